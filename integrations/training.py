@@ -1,0 +1,86 @@
+"""Train SAELens SAEs on LRB data with SAELens's own ``SAETrainer``.
+
+The bench's stream (or a finite dataset's loader) is passed to ``SAETrainer`` as its
+``DataProvider`` unchanged; the trainer keeps its schedulers, coefficient warm-ups, dead-latent
+bookkeeping and W&B logging.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+from unittest.mock import patch
+
+import sae_lens.training.sae_trainer as sae_trainer_module
+import torch
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.saes.sae import TrainingSAE
+from sae_lens.training.sae_trainer import SAETrainer
+from tqdm.auto import tqdm
+
+from sdl_anchor.lrb.bench import LinearRepresentationBench
+from sdl_anchor.lrb.data import LRBDataset
+
+
+def train_on_bench(
+    sae: TrainingSAE[Any],
+    bench: LinearRepresentationBench,
+    n_steps: int = 5000,
+    batch_size: int = 4096,
+    lr: float = 3e-4,
+    *,
+    dataset: LRBDataset | None = None,
+    lr_warm_up_steps: int = 0,
+    lr_decay_steps: int | None = None,
+    dead_feature_window: int = 1000,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    logger: LoggingConfig | None = None,
+    autocast: bool = False,
+    show_progress: bool = True,
+) -> TrainingSAE[Any]:
+    """Train ``sae`` for ``n_steps`` batches of LRB data and return it.
+
+    Data comes from ``dataset`` (shuffled epochs, the paper's finite-N setting) or, when it is
+    None, from a fresh stream seeded with ``seed``. ``lr_decay_steps`` defaults to the last 20% of
+    training (SAELens's linear decay to ``lr / 10``).
+    """
+    if bench.kind != "sae":
+        raise ValueError(f"train_on_bench trains SAEs on an SAE-kind bench; got a {bench.kind!r} bench")
+    if not hasattr(sae, "cfg") or not hasattr(sae, "training_forward_pass"):
+        raise ValueError("sae must be a SAELens TrainingSAE (e.g. TopKTrainingSAE(cfg))")
+    if sae.cfg.d_in != bench.d_in:
+        raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but the bench's inputs have width {bench.d_in}")
+    for name, value in (("n_steps", n_steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if dataset is not None and dataset.bench is not bench:
+        raise ValueError("dataset was drawn from a different bench")
+    device = str(device if device is not None else bench.device)
+    if lr_decay_steps is None:
+        lr_decay_steps = n_steps // 5
+    provider = (
+        bench.stream(batch_size, seed=seed)
+        if dataset is None
+        else dataset.loader(batch_size, shuffle=True, seed=seed)
+    )
+    trainer_config = SAETrainerConfig(
+        total_training_samples=n_steps * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr / 10,
+        lr_warm_up_steps=lr_warm_up_steps,
+        lr_decay_steps=lr_decay_steps,
+        device=device,
+        autocast=autocast,
+        dead_feature_window=dead_feature_window,
+        feature_sampling_window=max(1, min(2000, n_steps)),
+        logger=logger if logger is not None else LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=10,
+    )
+    sae.to(device)
+    trainer = SAETrainer(cfg=trainer_config, sae=sae, data_provider=provider)
+    if show_progress:
+        return trainer.fit()
+    with patch.object(sae_trainer_module, "tqdm", partial(tqdm, disable=True)):
+        return trainer.fit()

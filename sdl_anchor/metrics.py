@@ -1,0 +1,99 @@
+"""Feature-recovery metrics on the LRB (paper section 5.1, Table 1; DESIGN.md section 4).
+
+For every ground-truth feature ``w_i`` not excluded (anchors are excluded, as in the paper):
+
+    s_i = max_j |cos(W_enc[:, j], w_i)|,   M_GT = mean_i 1{s_i > tau},   M_IP = mean_i s_i
+
+on the encoder columns (SAELens layout ``W_enc [d_in, d_sae]``), and the same on the decoder rows
+(``W_dec [d_sae, d_out]``) against the output-side features. ``MCC`` is SAELens's mean correlation
+coefficient (Hungarian matching of decoder rows to features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from sdl_anchor.lrb.bench import LinearRepresentationBench
+
+
+def max_abs_cosine(features: torch.Tensor, directions: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """``s_i = max_j |cos(features[i], directions[j])|`` for rows of both, chunked over ``directions``."""
+    feats = torch.nn.functional.normalize(features.float(), dim=1)
+    best = torch.zeros(feats.shape[0], device=feats.device)
+    for start in range(0, directions.shape[0], chunk_size):
+        block = torch.nn.functional.normalize(directions[start : start + chunk_size].float(), dim=1)
+        best = torch.maximum(best, (feats @ block.T).abs().max(dim=1).values)
+    return best
+
+
+def recovery_scores(s: torch.Tensor, tau: float) -> tuple[float, float]:
+    """``(M_GT, M_IP)`` from per-feature best cosines ``s``."""
+    return float((s > tau).float().mean()), float(s.mean())
+
+
+@torch.no_grad()
+def recovery(
+    sae: Any,
+    bench: LinearRepresentationBench,
+    tau: float = 0.95,
+    exclude: Sequence[int] | torch.Tensor | None = None,
+    mcc: bool = True,
+) -> dict[str, float]:
+    """M_GT / M_IP on encoder columns, their decoder-side versions and MCC, anchors excluded.
+
+    ``sae`` is any SAELens SAE or TrainingSAE (anything with ``W_enc [d_in, d_sae]`` and
+    ``W_dec [d_sae, d_out]``).
+    """
+    if not 0.0 < tau < 1.0:
+        raise ValueError(f"tau must be in (0, 1), got {tau}")
+    w_enc, w_dec = _weights(sae)
+    if w_enc.shape[0] != bench.d_in:
+        raise ValueError(
+            f"the SAE's W_enc has d_in={w_enc.shape[0]} but the bench's inputs have width "
+            f"{bench.d_in}; train the SAE on this bench"
+        )
+    if w_dec.shape[1] != bench.d_out:
+        raise ValueError(
+            f"the SAE's W_dec has d_out={w_dec.shape[1]} but the bench's targets have width {bench.d_out}"
+        )
+    keep = _kept_features(bench.n_features, exclude)
+    device = w_enc.device
+    feats_in = bench.features_in.to(device)[keep]
+    feats_out = bench.features_out.to(device)[keep]
+    m_gt, m_ip = recovery_scores(max_abs_cosine(feats_in, w_enc.T), tau)
+    m_gt_dec, m_ip_dec = recovery_scores(max_abs_cosine(feats_out, w_dec), tau)
+    result = {"M_GT": m_gt, "M_IP": m_ip, "M_GT_dec": m_gt_dec, "M_IP_dec": m_ip_dec}
+    if mcc:
+        from sae_lens.synthetic import mean_correlation_coefficient
+
+        result["MCC"] = mean_correlation_coefficient(w_dec.float().cpu(), feats_out.float().cpu())
+    result["n_scored"] = int(keep.numel())
+    return result
+
+
+def _weights(sae: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    w_enc = getattr(sae, "W_enc", None)
+    w_dec = getattr(sae, "W_dec", None)
+    if not isinstance(w_enc, torch.Tensor) or not isinstance(w_dec, torch.Tensor):
+        raise ValueError("recovery needs an SAE with W_enc [d_in, d_sae] and W_dec [d_sae, d_out] tensors")
+    if w_enc.ndim != 2 or w_dec.ndim != 2 or w_enc.shape[1] != w_dec.shape[0]:
+        raise ValueError(
+            f"W_enc {tuple(w_enc.shape)} and W_dec {tuple(w_dec.shape)} are not [d_in, d_sae] and [d_sae, d_out]"
+        )
+    return w_enc.detach(), w_dec.detach()
+
+
+def _kept_features(n_features: int, exclude: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+    keep = torch.ones(n_features, dtype=torch.bool)
+    if exclude is not None:
+        excluded = torch.as_tensor(exclude, dtype=torch.long).flatten()
+        if excluded.numel() and (excluded.min() < 0 or excluded.max() >= n_features):
+            raise ValueError(f"exclude names features outside 0..{n_features - 1}")
+        keep[excluded] = False
+    if not keep.any():
+        raise ValueError("exclude removes every feature; nothing is left to score")
+    return torch.nonzero(keep).flatten()

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+import sdl_anchor as sa
+
+
+def test_round_trip_with_names_and_indices(tmp_path):
+    anchors = sa.AnchorSet(torch.randn(4, 8), torch.randn(4, 6), indices=[3, 1, 7, 9], names=list("abcd"))
+    anchors.save(tmp_path / "anchors.safetensors")
+    loaded = sa.AnchorSet.load(tmp_path / "anchors.safetensors")
+    assert torch.equal(loaded.directions_in, anchors.directions_in)
+    assert torch.equal(loaded.directions_out, anchors.directions_out)
+    assert loaded.indices.tolist() == [3, 1, 7, 9]
+    assert loaded.names == list("abcd")
+    assert (loaded.k, loaded.d_in, loaded.d_out) == (4, 8, 6)
+
+
+def test_output_directions_default_to_input():
+    anchors = sa.AnchorSet(torch.randn(3, 5))
+    assert torch.equal(anchors.directions_out, anchors.directions_in)
+    assert anchors.indices is None and anchors.names is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((torch.zeros(0, 5),), "k = 0"),
+        ((torch.randn(5),), "shape \\[k, d\\]"),
+        ((torch.tensor([[1.0, float("nan")]]),), "NaN"),
+        ((torch.tensor([[0.0, 0.0], [1.0, 0.0]]),), "zero-norm anchors at rows \\[0\\]"),
+        ((torch.randn(3, 5), torch.randn(2, 5)), "one output direction per input direction"),
+        (([[1.0, 0.0]],), "must be a torch.Tensor"),
+    ],
+)
+def test_bad_anchors(args, message):
+    with pytest.raises(ValueError, match=message):
+        sa.AnchorSet(*args)
+
+
+def test_bad_indices_and_names():
+    with pytest.raises(ValueError, match="indices must hold 2"):
+        sa.AnchorSet(torch.randn(2, 3), indices=[1])
+    with pytest.raises(ValueError, match="names must hold 2"):
+        sa.AnchorSet(torch.randn(2, 3), names=["a"])
+
+
+def test_load_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="anchor file"):
+        sa.AnchorSet.load(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"weights": torch.randn(2, 2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="no 'directions_in' tensor"):
+        sa.AnchorSet.load(tmp_path / "other.safetensors")

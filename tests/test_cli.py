@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sdl_anchor.eval.cli import main
+
+ROW_KEYS = {
+    "method",
+    "kind",
+    "anchored",
+    "resampling",
+    "interference",
+    "M_GT",
+    "M_IP",
+    "M_GT_dec",
+    "M_IP_dec",
+    "MCC",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lrb")
+    code = main(
+        [
+            "bench",
+            "lrb",
+            "--preset",
+            "quick",
+            "--steps",
+            "15",
+            "--methods",
+            "topk,standard",
+            "--interference",
+            "bounded,negative",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    return code, out
+
+
+def test_bench_lrb_writes_results_json_and_plot(quick_run, capsys):
+    code, out = quick_run
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["interference"], r["method"]) for r in results["rows"]] == [
+        ("bounded", "topk"),
+        ("bounded", "standard"),
+        ("negative", "topk"),
+        ("negative", "standard"),
+    ]
+    for row in results["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert row["kind"] == "sae" and row["anchored"] is False and row["resampling"] == "none"
+        assert 0.0 <= row["M_GT"] <= 1.0 and 0.0 < row["M_IP"] <= 1.0
+    assert results["rows"][0]["paper_M_GT"] == pytest.approx(0.849)
+    assert results["config"]["n_features"] == 128 and results["config"]["d_sae"] == 2048
+    assert (out / "recovery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_existing_results_are_not_overwritten(quick_run, capsys):
+    _, out = quick_run
+    before = (out / "results.json").read_text()
+    assert main(["bench", "lrb", "--out", str(out), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "relu"], "unknown method 'relu'"),
+        (["--interference", "sideways"], "unknown interference"),
+        (["--steps", "0"], "--steps must be positive"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
+    assert main(["bench", "lrb", "--out", str(tmp_path / "o"), "--no-progress", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_console_script_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "sdl_anchor.eval.cli", "bench", "lrb", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--preset" in result.stdout and "--out" in result.stdout

@@ -1,0 +1,74 @@
+import pytest
+import torch
+from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+
+import sdl_anchor as sa
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return sa.LinearRepresentationBench(n_features=40, d_in=32, max_interference=0.4, seed=1)
+
+
+def planted_sae(bench, recovered, noise=0.0, seed=0):
+    """A SAELens TopK SAE whose first latents are exactly the given ground-truth features."""
+    torch.manual_seed(seed)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=bench.d_in, d_sae=64, k=4))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn_like(sae.W_enc))
+        sae.W_dec.copy_(torch.randn_like(sae.W_dec))
+        for latent, feature in enumerate(recovered):
+            sae.W_enc[:, latent] = 3.0 * bench.features_in[feature] + noise * torch.randn(bench.d_in)
+            sae.W_dec[latent] = 0.5 * bench.features_out[feature]
+    return sae
+
+
+def test_planted_recovery_is_exact(bench):
+    sae = planted_sae(bench, recovered=range(10))
+    r = sa.recovery(sae, bench)
+    # random 32-d directions never reach cosine 0.95 with the other 30 features
+    assert r["M_GT"] == pytest.approx(10 / 40)
+    assert r["M_GT_dec"] == pytest.approx(10 / 40)
+    assert r["M_IP"] < 0.5 + 0.5 * 10 / 40
+    assert r["n_scored"] == 40
+
+
+def test_full_recovery_and_sign_invariance(bench):
+    sae = planted_sae(bench, recovered=range(40))
+    with torch.no_grad():
+        sae.W_enc[:, :20] *= -1  # |cos| counts a flipped direction as recovered
+    r = sa.recovery(sae, bench)
+    assert r["M_GT"] == 1.0 and r["M_IP"] == pytest.approx(1.0, abs=1e-5)
+    assert r["MCC"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_exclude_removes_anchor_features(bench):
+    sae = planted_sae(bench, recovered=range(10))
+    r = sa.recovery(sae, bench, exclude=list(range(10)))
+    assert r["n_scored"] == 30
+    assert r["M_GT"] == 0.0
+    anchors = bench.anchors(k=5, seed=0)
+    assert sa.recovery(sae, bench, exclude=anchors.indices)["n_scored"] == 35
+
+
+def test_tau_threshold(bench):
+    sae = planted_sae(bench, recovered=range(40), noise=0.6, seed=3)
+    r_low = sa.recovery(sae, bench, tau=0.5, mcc=False)
+    r_high = sa.recovery(sae, bench, tau=0.99, mcc=False)
+    assert r_low["M_GT"] > r_high["M_GT"]
+    assert "MCC" not in r_low
+
+
+def test_bad_inputs(bench):
+    other = sa.LinearRepresentationBench(n_features=40, d_in=20, max_interference=0.5)
+    sae = planted_sae(bench, recovered=range(3))
+    with pytest.raises(ValueError, match="d_in=32 but the bench's inputs have width 20"):
+        sa.recovery(sae, other)
+    with pytest.raises(ValueError, match="outside 0..39"):
+        sa.recovery(sae, bench, exclude=[40])
+    with pytest.raises(ValueError, match="removes every feature"):
+        sa.recovery(sae, bench, exclude=range(40))
+    with pytest.raises(ValueError, match="tau must be in"):
+        sa.recovery(sae, bench, tau=1.5)
+    with pytest.raises(ValueError, match="W_enc"):
+        sa.recovery(object(), bench)
