@@ -7,9 +7,9 @@ from sae_lens.synthetic import (
     SyntheticSAERunnerConfig,
     eval_sae_on_synthetic_data,
 )
-from sdl_anchor.integrations.synthetic import to_synthetic_model
 
 import sdl_anchor as sa
+from sdl_anchor.integrations.synthetic import to_synthetic_model
 
 
 @pytest.fixture(scope="module")
