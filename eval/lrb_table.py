@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from sae_lens.registry import get_sae_training_class
-from sdl_anchor.eval.paper_numbers import PAPER_LABELS, paper_numbers
-from sdl_anchor.integrations.training import train_on_bench
 from tqdm.auto import tqdm
 
+from sdl_anchor.eval.paper_numbers import PAPER_LABELS, paper_numbers
+from sdl_anchor.integrations.training import train_on_bench
 from sdl_anchor.io import write_json
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.metrics import recovery
