@@ -19,8 +19,9 @@ number of violating pairs), seeded noise of 1e-3 of that length per step (so exa
 pairs, whose gradient vanishes, still separate), and rows processed in chunks of ``chunk_size`` so that at most a
 ``chunk_size x n`` block of the Gram matrix exists at once.
 
-Feasibility (checked before optimising): the Welch bound ``sqrt((n - d) / (d (n - 1)))`` is a lower
-bound on ``max_{i!=j} |<w_i, w_j>|`` for ``n > d``, and ``-1 / (n - 1)`` (the simplex) is a lower
+Feasibility (checked before optimising): the Welch bound ``sqrt((n - d) / (d (n - 1)))`` (with the
+orthoplex bound ``1 / sqrt(d)`` once ``n > d (d + 1) / 2``) is a lower bound on
+``max_{i!=j} |<w_i, w_j>|`` for ``n > d``, and ``-1 / (n - 1)`` (the simplex) is a lower
 bound on ``max_{i!=j} <w_i, w_j>``; Rankin's bound adds that the latter is positive when ``n > 2 d``.
 """
 
@@ -45,10 +46,17 @@ class FeatureMatrix:
 
 
 def welch_bound(n: int, d: int) -> float:
-    """Lower bound on the maximum |cosine| between ``n`` unit vectors in ``R^d`` (0 if n <= d)."""
+    """Lower bound on the maximum |cosine| between ``n`` unit vectors in ``R^d`` (0 if n <= d).
+
+    The Welch bound ``sqrt((n - d) / (d (n - 1)))``, raised to the orthoplex bound ``1 / sqrt(d)`` when
+    ``n > d (d + 1) / 2`` (Conway, Hardin and Sloane 1996), where the Welch bound cannot be met.
+    """
     if n <= d:
         return 0.0
-    return math.sqrt((n - d) / (d * (n - 1)))
+    bound = math.sqrt((n - d) / (d * (n - 1)))
+    if n > d * (d + 1) // 2:
+        bound = max(bound, 1.0 / math.sqrt(d))
+    return bound
 
 
 def check_feasible(n: int, d: int, max_interference: float, interference: str) -> None:
