@@ -38,9 +38,9 @@ def write_json(path: str | Path, data: Any) -> Path:
 def write_safetensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
-    """Save CPU-contiguous copies of ``tensors`` (and string ``metadata``) with safetensors,
-    atomically."""
-    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    """Save CPU copies of ``tensors`` (and string ``metadata``) with safetensors, atomically. Each tensor
+    is cloned, so tensors that share memory (e.g. an anchor set whose output side is its input side) save."""
+    cpu = {name: t.detach().to("cpu").clone().contiguous() for name, t in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
 

@@ -15,10 +15,12 @@ def test_round_trip_with_names_and_indices(tmp_path):
     assert (loaded.k, loaded.d_in, loaded.d_out) == (4, 8, 6)
 
 
-def test_output_directions_default_to_input():
+def test_output_directions_default_to_input(tmp_path):
     anchors = sa.AnchorSet(torch.randn(3, 5))
     assert torch.equal(anchors.directions_out, anchors.directions_in)
     assert anchors.indices is None and anchors.names is None
+    anchors.save(tmp_path / "a.safetensors")  # the shared tensor still saves
+    assert torch.equal(sa.AnchorSet.load(tmp_path / "a.safetensors").directions_out, anchors.directions_in)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,88 @@
+"""Where anchors come from (paper section 4): ground truth, class means, probe directions.
+
+* Ground truth: ``LinearRepresentationBench.anchors(k)`` (the LRB knows its features).
+* Class means (Luo et al. 2024, "mean embeddings of dataset subpopulations"): the normalised mean
+  activation of each labelled class, optionally centred on the global mean first.
+* Probes: the normalised weight vectors of linear probes (e.g. logistic regression), one per concept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sdl_anchor.anchoring.anchor_set import AnchorSet
+
+
+def class_mean_anchors(
+    activations: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    names: Sequence[str] | None = None,
+    center: bool = True,
+    output_activations: torch.Tensor | None = None,
+) -> AnchorSet:
+    """One anchor per class: the unit-normalised mean of its activations ``[N, d]``.
+
+    ``labels [N]`` are integer class ids 0..C-1, every class present. With ``center=True`` the global
+    mean is subtracted first, so the anchor is what distinguishes the class rather than what all
+    activations share. ``output_activations [N, d_out]`` (a transcoder's targets) give the output side;
+    by default it equals the input side.
+    """
+    acts = _check_activations(activations, "activations")
+    labels = torch.as_tensor(labels, dtype=torch.long, device=acts.device)
+    if labels.shape != (acts.shape[0],):
+        raise ValueError(
+            f"labels must have shape [{acts.shape[0]}] (one per activation), got {tuple(labels.shape)}"
+        )
+    if labels.min() < 0:
+        raise ValueError("labels must be non-negative class ids")
+    n_classes = int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=n_classes)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()[:5]
+        raise ValueError(
+            f"classes {missing} have no examples; number classes 0..C-1 with every class present"
+        )
+    if names is not None and len(names) != n_classes:
+        raise ValueError(f"names must hold {n_classes} class names, got {len(names)}")
+    directions_in = _class_means(acts, labels, n_classes, counts, center)
+    directions_out = None
+    if output_activations is not None:
+        out = _check_activations(output_activations, "output_activations")
+        if out.shape[0] != acts.shape[0]:
+            raise ValueError("output_activations must have one row per activation")
+        directions_out = _class_means(out, labels, n_classes, counts, center)
+    return AnchorSet(directions_in, directions_out, names=names)
+
+
+def probe_anchors(weights: torch.Tensor, names: Sequence[str] | None = None) -> AnchorSet:
+    """Anchors from linear-probe weights ``[k, d]`` (one probe per row), unit-normalised."""
+    w = _check_activations(weights, "probe weights")
+    return AnchorSet(torch.nn.functional.normalize(w, dim=1), names=names)
+
+
+def _class_means(
+    acts: torch.Tensor, labels: torch.Tensor, n_classes: int, counts: torch.Tensor, center: bool
+) -> torch.Tensor:
+    if center:
+        acts = acts - acts.mean(0, keepdim=True)
+    sums = torch.zeros(n_classes, acts.shape[1], device=acts.device, dtype=acts.dtype)
+    sums.index_add_(0, labels, acts)
+    means = sums / counts.unsqueeze(1).to(acts.dtype)
+    norms = means.norm(dim=1)
+    if (norms < 1e-8).any():
+        bad = torch.nonzero(norms < 1e-8).flatten().tolist()[:5]
+        raise ValueError(
+            f"classes {bad} have a zero mean{' after centring' if center else ''}; they give no direction"
+        )
+    return means / norms.unsqueeze(1)
+
+
+def _check_activations(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2:
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ValueError(f"{name} must be a 2-D tensor [N, d], got {shape}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+    return tensor.detach().float()
