@@ -25,8 +25,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     lrb = bench.add_parser(
         "lrb",
-        help="train stock SAELens SAEs on the Linear Representation Bench and print Table 1",
-        description="Train SAELens SAEs on LRB data and score M_GT / M_IP beside the paper's numbers.",
+        help="train SAELens SAEs, plain and anchored, on the Linear Representation Bench; print Table 1",
+        description="Train SAELens SAEs (plain, init-only and anchored) on LRB data and score M_GT / M_IP "
+        "on non-anchor features beside the paper's numbers.",
     )
     lrb.add_argument(
         "--preset",
@@ -48,6 +49,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of standard,jumprelu,topk,batchtopk,matryoshka_batchtopk",
     )
     lrb.add_argument(
+        "--variants",
+        type=_csv,
+        default=None,
+        help="comma-separated subset of plain,init_only,anchored (default: all three)",
+    )
+    lrb.add_argument(
         "--interference",
         type=_csv,
         default=("bounded",),
@@ -57,11 +64,43 @@ def _build_parser() -> argparse.ArgumentParser:
     lrb.add_argument("--seed", type=int, default=0)
     lrb.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     lrb.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    commands.add_parser(
+        "train",
+        add_help=False,
+        help="train with SAELens's LanguageModelSAETrainingRunner; takes its flags, with sdl-anchor's "
+        "architectures (e.g. --architecture anchored_topk --anchor_path anchors.safetensors)",
+        description="All arguments go to SAELens's runner parser with sdl-anchor's architectures registered. "
+        "The trained SAE is written in SAELens's format to --output_path.",
+    )
     return parser
 
 
+def _train(runner_args: list[str]) -> int:
+    """Parse SAELens's runner flags (our architectures registered) and run SAELens's runner."""
+    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner, _parse_cfg_args
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    import sdl_anchor  # noqa: F401  (registers the architectures)
+
+    if "--architecture" in runner_args:
+        position = runner_args.index("--architecture") + 1
+        name = runner_args[position] if position < len(runner_args) else ""
+        if name not in SAE_TRAINING_CLASS_REGISTRY:
+            known = ", ".join(sorted(SAE_TRAINING_CLASS_REGISTRY))
+            raise ValueError(f"unknown architecture {name!r}; known architectures: {known}")
+    try:
+        config = _parse_cfg_args(runner_args or ["--help"])
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    except Exception as err:  # simple_parsing reports bad flags as argparse errors
+        raise ValueError(f"could not parse the training flags: {err}") from None
+    LanguageModelSAETrainingRunner(cfg=config).run()
+    print(f"wrote the trained SAE to {config.output_path}")
+    return 0
+
+
 def _bench_lrb(args: argparse.Namespace) -> int:
-    from sdl_anchor.eval.lrb_table import METHODS, format_table, run_lrb_bench, write_results
+    from sdl_anchor.eval.lrb_table import METHODS, VARIANTS, format_table, run_lrb_bench, write_results
 
     out = args.out if args.out is not None else Path("runs") / f"lrb-{args.preset}"
     if (out / "results.json").exists() and not args.overwrite:
@@ -77,6 +116,7 @@ def _bench_lrb(args: argparse.Namespace) -> int:
         args.preset,
         device=args.device,
         methods=tuple(methods),
+        variants=tuple(args.variants or VARIANTS),
         interference=tuple(modes),
         seed=args.seed,
         n_steps=args.steps,
@@ -90,11 +130,13 @@ def _bench_lrb(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sdl-anchor`` console script."""
-    args = _build_parser().parse_args(argv)
-    handlers = {("bench", "lrb"): _bench_lrb}
-    handler = handlers[(args.command, getattr(args, "bench", None))]
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return handler(args)
+        if argv[:1] == ["train"]:  # SAELens's own parser takes every flag after "train"
+            return _train(argv[1:])
+        args = _build_parser().parse_args(argv)
+        handlers = {("bench", "lrb"): _bench_lrb}
+        return handlers[(args.command, getattr(args, "bench", None))](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"sdl-anchor: error: {err}", file=sys.stderr)
         return EXIT_USAGE

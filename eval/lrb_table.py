@@ -1,13 +1,22 @@
 """``sdl-anchor bench lrb``: the paper's Table 1 on the Linear Representation Bench.
 
-Trains stock SAELens SAEs (standard = ReLU + L1, topk, batchtopk, jumprelu, matryoshka_batchtopk)
-through SAELens's own ``SAETrainer`` on a finite LRB dataset, scores M_GT / M_IP (encoder side,
-tau = 0.95) plus decoder-side scores and MCC, and prints them beside the paper's reported numbers.
+Trains SAELens SAEs (standard = ReLU + L1, topk, batchtopk, jumprelu, matryoshka_batchtopk) through
+SAELens's own ``SAETrainer`` on a finite LRB dataset in three variants:
+
+* ``plain``: the stock architecture;
+* ``init_only``: the anchored architecture with ``anchor_coefficient = 0``, i.e. the first k latents
+  start at k ground-truth features (SAELens's ``init_sae_to_match_feature_dict`` idea) and nothing holds
+  them there;
+* ``anchored``: the anchor loss (paper section 4) with ``anchor_coefficient = lambda``.
+
+Every variant is scored on the same non-anchor features (M_GT / M_IP on the encoder side, tau = 0.95;
+decoder-side scores and MCC too) and printed beside the paper's reported numbers.
 
 Presets:
 * ``quick``: 2 CPU cores, a few minutes. n=128, d=96 (n/d = 1.33 as in the paper), width 2048 (16 n),
-  S=0.99, M=0.1.
-* ``paper``: the paper's configuration (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000), for a GPU.
+  S=0.99, M=0.1, 13 anchors (10% of the features, as the paper's 100 of 1000).
+* ``paper``: the paper's configuration (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000,
+  100 anchors, lambda = 0.1), for a GPU.
 """
 
 from __future__ import annotations
@@ -22,12 +31,14 @@ from sae_lens.registry import get_sae_training_class
 from tqdm.auto import tqdm
 
 from sdl_anchor.eval.paper_numbers import PAPER_LABELS, paper_numbers
+from sdl_anchor.integrations.anchored import DEFAULT_ANCHOR_LOSS
 from sdl_anchor.integrations.training import train_on_bench
-from sdl_anchor.io import write_json
+from sdl_anchor.io import atomic_write, write_json
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.metrics import recovery
 
 METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk")
+VARIANTS = ("plain", "init_only", "anchored")
 
 
 @dataclass(frozen=True)
@@ -44,16 +55,27 @@ class LRBPreset:
     n_steps: int = 2000
     batch_size: int = 1024
     lr: float = 3e-4
+    n_anchors: int = 100
+    anchor_coefficient: float = 0.1
+    anchor_loss: str = DEFAULT_ANCHOR_LOSS
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def settings_for(self, method: str) -> dict[str, Any]:
-        return dict(self.method_settings.get(method, {}))
+        """The SAELens config fields for ``method`` (its learning rate excluded)."""
+        settings = dict(self.method_settings.get(method, {}))
+        settings.pop("lr", None)
+        return settings
+
+    def lr_for(self, method: str) -> float:
+        return float(self.method_settings.get(method, {}).get("lr", self.lr))
 
 
-def _settings(k: int, l1: float, l0: float, widths: list[int]) -> dict[str, dict[str, Any]]:
+def _settings(
+    k: int, l1: float, l0: float, widths: list[int], jumprelu_lr: float
+) -> dict[str, dict[str, Any]]:
     return {
         "standard": {"l1_coefficient": l1},
-        "jumprelu": {"l0_coefficient": l0},
+        "jumprelu": {"l0_coefficient": l0, "lr": jumprelu_lr},
         "topk": {"k": k},
         "batchtopk": {"k": k},
         "matryoshka_batchtopk": {"k": k, "matryoshka_widths": widths},
@@ -66,10 +88,12 @@ PRESETS: dict[str, LRBPreset] = {
         n_features=128,
         d_in=96,
         d_sae=2048,
-        n_steps=2000,
-        batch_size=1024,
+        n_steps=1000,
+        batch_size=512,
         lr=3e-4,
-        method_settings=_settings(k=2, l1=1.0, l0=1.0, widths=[128, 512, 2048]),
+        n_anchors=13,
+        # JumpReLU's thresholds need lr 1e-3 to converge in 1000 steps (decoder M_GT 100% vs 5% at 3e-4)
+        method_settings=_settings(k=2, l1=1.0, l0=1.0, widths=[128, 512, 2048], jumprelu_lr=1e-3),
     ),
     "paper": LRBPreset(
         name="paper",
@@ -79,18 +103,28 @@ PRESETS: dict[str, LRBPreset] = {
         n_steps=20_000,
         batch_size=4096,
         lr=3e-4,
-        method_settings=_settings(k=10, l1=1.0, l0=1.0, widths=[1000, 4000, 16_000]),
+        n_anchors=100,
+        method_settings=_settings(k=10, l1=1.0, l0=1.0, widths=[1000, 4000, 16_000], jumprelu_lr=3e-4),
     ),
 }
 
 
-def build_sae(method: str, preset: LRBPreset, d_in: int, device: str) -> Any:
-    """A fresh SAELens TrainingSAE of architecture ``method`` with the preset's settings."""
+def build_sae(method: str, preset: LRBPreset, d_in: int, device: str, variant: str = "plain") -> Any:
+    """A fresh SAELens TrainingSAE of architecture ``method`` (anchored for the anchoring variants)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    settings = preset.settings_for(method)
+    if variant != "plain":
+        method = f"anchored_{method}"
+        settings.update(
+            anchor_coefficient=preset.anchor_coefficient if variant == "anchored" else 0.0,
+            anchor_loss=preset.anchor_loss,
+            anchor_init=True,
+        )
     sae_class, config_class = get_sae_training_class(method)
-    config = config_class(d_in=d_in, d_sae=preset.d_sae, device=device, **preset.settings_for(method))
-    return sae_class(config)
+    return sae_class(config_class(d_in=d_in, d_sae=preset.d_sae, device=device, **settings))
 
 
 def run_lrb_bench(
@@ -98,12 +132,13 @@ def run_lrb_bench(
     *,
     device: str = "cpu",
     methods: tuple[str, ...] = METHODS,
+    variants: tuple[str, ...] = VARIANTS,
     interference: tuple[str, ...] = ("bounded",),
     seed: int = 0,
     n_steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train and score every method on every interference mode; return the results dict."""
+    """Train and score every (interference, method, variant); return the results dict."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -113,13 +148,16 @@ def run_lrb_bench(
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     rows: list[dict[str, Any]] = []
     benches: dict[str, dict[str, Any]] = {}
-    jobs = [(mode, method) for mode in interference for method in methods]
+    jobs = [(mode, method, variant) for mode in interference for method in methods for variant in variants]
     bar = tqdm(jobs, desc="LRB bench", disable=not progress)
-    datasets: dict[str, Any] = {}
-    for mode, method in bar:
-        if mode not in datasets:
+    prepared: dict[str, Any] = {}
+    for mode, method, variant in bar:
+        if mode not in prepared:
             bench = LinearRepresentationBench(
                 kind="sae",
                 n_features=preset.n_features,
@@ -130,30 +168,34 @@ def run_lrb_bench(
                 seed=seed,
                 device=device,
             )
-            datasets[mode] = (bench, bench.dataset(preset.n_samples))
+            anchors = bench.anchors(preset.n_anchors, seed=seed)
+            prepared[mode] = (bench, bench.dataset(preset.n_samples), anchors)
             benches[mode] = {
                 "generation_seconds": bench.generation_seconds,
                 "interference_stats": bench.interference_stats,
+                "anchor_indices": anchors.indices.tolist(),
             }
-        bench, dataset = datasets[mode]
-        bar.set_postfix_str(f"{mode}/{method}")
+        bench, dataset, anchors = prepared[mode]
+        bar.set_postfix_str(f"{mode}/{method}/{variant}")
         torch.manual_seed(seed)
-        sae = build_sae(method, preset, bench.d_in, device)
+        sae = build_sae(method, preset, bench.d_in, device, variant)
+        if variant != "plain":
+            sae.set_anchors(anchors)
         started = time.perf_counter()
         train_on_bench(
             sae,
             bench,
             n_steps=preset.n_steps,
             batch_size=preset.batch_size,
-            lr=preset.lr,
+            lr=preset.lr_for(method),
             dataset=dataset,
             seed=seed,
             device=device,
             show_progress=False,
         )
         train_seconds = time.perf_counter() - started
-        scores = recovery(sae, bench)
-        rows.append(_row(method, mode, scores, sae, bench, preset, train_seconds))
+        scores = recovery(sae, bench, exclude=anchors.indices)
+        rows.append(_row(method, variant, mode, scores, sae, bench, preset, train_seconds))
     return {
         "rows": rows,
         "config": {
@@ -169,6 +211,7 @@ def run_lrb_bench(
 @torch.no_grad()
 def _row(
     method: str,
+    variant: str,
     mode: str,
     scores: dict[str, float],
     sae: Any,
@@ -181,12 +224,22 @@ def _row(
     acts = sae.encode(sample.x_in)
     recon = sae.decode(acts)
     fvu = float(((recon - sample.x_out) ** 2).sum() / ((sample.x_out - sample.x_out.mean(0)) ** 2).sum())
-    paper = paper_numbers(method)
+    paper = paper_numbers(method, anchored=variant == "anchored") if variant != "init_only" else None
+    settings = {"lr": preset.lr_for(method), "n_steps": preset.n_steps, "batch_size": preset.batch_size}
+    settings.update(preset.settings_for(method))
+    if variant != "plain":
+        settings.update(
+            n_anchors=preset.n_anchors,
+            anchor_coefficient=preset.anchor_coefficient if variant == "anchored" else 0.0,
+            anchor_loss=preset.anchor_loss,
+            anchor_init=True,
+        )
     return {
         "method": method,
         "label": PAPER_LABELS[method],
         "kind": "sae",
-        "anchored": False,
+        "variant": variant,
+        "anchored": variant == "anchored",
         "resampling": "none",
         "interference": mode,
         **{k: float(v) for k, v in scores.items()},
@@ -194,61 +247,104 @@ def _row(
         "dead_fraction": float(((acts != 0).sum(0) == 0).float().mean()),
         "fvu": fvu,
         "train_seconds": train_seconds,
-        "settings": {
-            "lr": preset.lr,
-            "n_steps": preset.n_steps,
-            "batch_size": preset.batch_size,
-            **preset.settings_for(method),
-        },
+        "settings": settings,
         "paper_M_GT": None if paper is None else paper[0],
         "paper_M_IP": None if paper is None else paper[1],
     }
 
 
+def _pair(row: dict[str, Any] | None, prefix: str = "") -> str:
+    if row is None or row.get(f"{prefix}M_GT") is None:
+        return f"{'-':>15}"
+    return f"{100 * row[prefix + 'M_GT']:>6.1f}% / {row[prefix + 'M_IP']:.3f}"
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """The paper's Table 1 layout: ours beside the paper's reported numbers (clearly labelled)."""
+    """The paper's Table 1 layout, M_GT / M_IP per variant, beside the paper's reported numbers."""
+    config = results["config"]
+    rows = results["rows"]
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     lines = [
-        f"LRB Table 1 (preset {results['config']['name']}; n={results['config']['n_features']}, "
-        f"d={results['config']['d_in']}, width={results['config']['d_sae']}; tau=0.95, encoder side)",
-        f"{'interference':<12} {'method':<12} {'ours M_GT':>9} {'ours M_IP':>9} | "
-        f"{'paper M_GT':>10} {'paper M_IP':>10} | {'dec M_GT':>8} {'MCC':>6} {'L0':>6} {'dead':>6} {'FVU':>7}",
+        f"LRB Table 1 (preset {config['name']}; n={config['n_features']}, d={config['d_in']}, "
+        f"width={config['d_sae']}, {config['n_anchors']} anchors excluded from scoring; M_GT / M_IP, "
+        "encoder side, tau=0.95)",
+        f"{'interference':<12} {'method':<11} "
+        + " ".join(f"{'ours ' + v:>15}" for v in variants)
+        + f" | {'paper plain':>15} {'paper anchored':>15} | {'dec M_GT':>8} {'MCC':>6} {'L0':>5} {'dead':>6}",
     ]
-    for row in results["rows"]:
-        paper_gt = "-" if row["paper_M_GT"] is None else f"{100 * row['paper_M_GT']:.1f}%"
-        paper_ip = "-" if row["paper_M_IP"] is None else f"{row['paper_M_IP']:.3f}"
+    keys = list(dict.fromkeys((r["interference"], r["method"]) for r in rows))
+    for mode, method in keys:
+        by_variant = {r["variant"]: r for r in rows if (r["interference"], r["method"]) == (mode, method)}
+        last = by_variant[variants[-1]]
+        paper_plain = paper_numbers(method)
+        paper_anchored = paper_numbers(method, anchored=True)
+        paper_cells = [
+            "-" if p is None else f"{100 * p[0]:>6.1f}% / {p[1]:.3f}" for p in (paper_plain, paper_anchored)
+        ]
         lines.append(
-            f"{row['interference']:<12} {row['label']:<12} {100 * row['M_GT']:>8.1f}% {row['M_IP']:>9.3f} | "
-            f"{paper_gt:>10} {paper_ip:>10} | {100 * row['M_GT_dec']:>7.1f}% {row['MCC']:>6.3f} "
-            f"{row['l0']:>6.2f} {100 * row['dead_fraction']:>5.1f}% {row['fvu']:>7.4f}"
+            f"{mode:<12} {PAPER_LABELS[method]:<11} "
+            + " ".join(_pair(by_variant.get(v)) for v in variants)
+            + f" | {paper_cells[0]:>15} {paper_cells[1]:>15} | {100 * last['M_GT_dec']:>7.1f}% "
+            f"{last['MCC']:>6.3f} {last['l0']:>5.2f} {100 * last['dead_fraction']:>5.1f}%"
         )
-    lines.append("paper = numbers reported in arXiv 2512.05534 Table 1 at n=1000, d=768 (not rerun here)")
+    lines.append(
+        f"dec M_GT, MCC, L0, dead: the '{variants[-1]}' variant. paper = numbers reported in arXiv 2512.05534 "
+        "Table 1 at n=1000, d=768 (not rerun here)"
+    )
     return "\n".join(lines)
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """Bar chart of ours vs the paper's M_GT and M_IP per method, one panel per metric."""
+    """Grouped bars of M_GT and M_IP per method and variant, the paper's numbers as markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    labels = [f"{r['label']}\n({r['interference']})" for r in rows]
-    x = torch.arange(len(rows)).numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows)), 4))
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    groups = list(dict.fromkeys((r["interference"], r["method"]) for r in rows))
+    width = 0.8 / len(variants)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(groups) * 2), 4.2))
     for ax, metric in zip(axes, ("M_GT", "M_IP"), strict=True):
-        ours = [r[metric] for r in rows]
-        paper = [r[f"paper_{metric}"] if r[f"paper_{metric}"] is not None else 0.0 for r in rows]
-        ax.bar(x - 0.2, ours, 0.4, label="ours")
-        ax.bar(x + 0.2, paper, 0.4, label="paper (reported)", alpha=0.6)
-        ax.set_xticks(x, labels, fontsize=8)
+        for i, variant in enumerate(variants):
+            values = [
+                next(
+                    (
+                        r[metric]
+                        for r in rows
+                        if (r["interference"], r["method"], r["variant"]) == (*g, variant)
+                    ),
+                    0.0,
+                )
+                for g in groups
+            ]
+            ax.bar(
+                [j + (i - (len(variants) - 1) / 2) * width for j in range(len(groups))],
+                values,
+                width,
+                label=variant,
+            )
+        for anchored, marker in ((False, "x"), (True, "o")):
+            paper = [paper_numbers(method, anchored) for _, method in groups]
+            xs = [j for j, p in enumerate(paper) if p is not None]
+            ys = [p[0 if metric == "M_GT" else 1] for p in paper if p is not None]
+            label = f"paper {'anchored' if anchored else 'plain'}"
+            ax.scatter(
+                xs,
+                ys,
+                marker=marker,
+                color="black",
+                zorder=3,
+                label=label,
+                facecolors="none" if anchored else None,
+            )
+        ax.set_xticks(range(len(groups)), [f"{PAPER_LABELS[m]}\n({mode})" for mode, m in groups], fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(metric)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"LRB recovery, preset {results['config']['name']}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"LRB recovery on non-anchor features, preset {results['config']['name']}")
     fig.tight_layout()
-    from sdl_anchor.io import atomic_write
-
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path

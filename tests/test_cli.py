@@ -33,6 +33,8 @@ def quick_run(tmp_path_factory):
             "15",
             "--methods",
             "topk,standard",
+            "--variants",
+            "plain,anchored",
             "--interference",
             "bounded,negative",
             "--out",
@@ -47,17 +49,21 @@ def test_bench_lrb_writes_results_json_and_plot(quick_run, capsys):
     code, out = quick_run
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert [(r["interference"], r["method"]) for r in results["rows"]] == [
-        ("bounded", "topk"),
-        ("bounded", "standard"),
-        ("negative", "topk"),
-        ("negative", "standard"),
+    assert [(r["interference"], r["method"], r["variant"]) for r in results["rows"]] == [
+        (mode, method, variant)
+        for mode in ("bounded", "negative")
+        for method in ("topk", "standard")
+        for variant in ("plain", "anchored")
     ]
     for row in results["rows"]:
         assert ROW_KEYS <= set(row)
-        assert row["kind"] == "sae" and row["anchored"] is False and row["resampling"] == "none"
+        assert row["kind"] == "sae" and row["resampling"] == "none"
+        assert row["anchored"] is (row["variant"] == "anchored")
         assert 0.0 <= row["M_GT"] <= 1.0 and 0.0 < row["M_IP"] <= 1.0
+        assert row["n_scored"] == 128 - 13  # the anchors are not scored
     assert results["rows"][0]["paper_M_GT"] == pytest.approx(0.849)
+    assert results["rows"][1]["paper_M_GT"] == pytest.approx(0.876)
+    assert results["rows"][1]["settings"]["anchor_coefficient"] == 0.1
     assert results["config"]["n_features"] == 128 and results["config"]["d_sae"] == 2048
     assert (out / "recovery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -76,6 +82,7 @@ def test_existing_results_are_not_overwritten(quick_run, capsys):
         (["--methods", "relu"], "unknown method 'relu'"),
         (["--interference", "sideways"], "unknown interference"),
         (["--steps", "0"], "--steps must be positive"),
+        (["--variants", "frozen"], "unknown variant 'frozen'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
