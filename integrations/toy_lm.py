@@ -1,0 +1,81 @@
+"""A tiny TransformerLens language model with a word-level tokenizer, built offline.
+
+For tests, examples and air-gapped machines: ``toy_language_model(corpus)`` returns a randomly
+initialised ``HookedTransformer`` whose tokenizer knows exactly the words of ``corpus`` (plus BOS / EOS
+/ PAD / UNK), so SAELens's ``ActivationsStore`` and ``LanguageModelSAETrainingRunner`` run end to end with
+no hub access. With a real model online, use ``HookedTransformer.from_pretrained(name)`` instead.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
+
+
+def word_level_tokenizer(corpus: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is the special tokens plus every word in ``corpus``.
+
+    It is saved to a temporary folder and loaded back with ``AutoTokenizer``, as TransformerLens
+    re-loads tokenizers by their ``name_or_path`` (a local folder works offline)."""
+    words = sorted({word for text in corpus for word in text.lower().split()})
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.normalizer = None
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+    )
+    folder = tempfile.mkdtemp(prefix="sdl_anchor_toy_tokenizer_")
+    fast.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def toy_language_model(
+    corpus: Sequence[str],
+    d_model: int = 32,
+    n_layers: int = 2,
+    n_ctx: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+) -> HookedTransformer:
+    """A random ``HookedTransformer`` with the usual hook names and a word-level tokenizer of ``corpus``."""
+    tokenizer = word_level_tokenizer(corpus)
+    config = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=d_model,
+        d_head=max(4, d_model // 4),
+        n_heads=4,
+        d_mlp=4 * d_model,
+        d_vocab=len(tokenizer),
+        n_ctx=n_ctx,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+        device=device,
+        tokenizer_prepends_bos=True,
+        default_prepend_bos=True,
+    )
+    model = HookedTransformer(config, tokenizer=tokenizer)
+    model.eval()
+    return model
+
+
+def tokenized_dataset(model: HookedTransformer, corpus: Sequence[str], context_size: int) -> Dataset:
+    """A ``tokens`` dataset for SAELens: the corpus tokenized, concatenated and cut into windows."""
+    ids: list[int] = []
+    for text in corpus:
+        ids.extend(model.to_tokens(text, prepend_bos=False)[0].tolist())
+        ids.append(model.tokenizer.eos_token_id)
+    n_windows = len(ids) // context_size
+    if n_windows == 0:
+        raise ValueError(f"the corpus has {len(ids)} tokens, fewer than one context of {context_size}")
+    windows = torch.tensor(ids[: n_windows * context_size]).view(n_windows, context_size)
+    return Dataset.from_dict({"tokens": windows.tolist()})
