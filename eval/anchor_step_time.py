@@ -41,6 +41,7 @@ def _trainer(sae: Any, batch_size: int, device: str) -> SAETrainer:
     config = SAETrainerConfig(
         total_training_samples=10**9,
         train_batch_size_samples=batch_size,
+        lr_end=3e-5,
         device=device,
         logger=LoggingConfig(log_to_wandb=False),
     )

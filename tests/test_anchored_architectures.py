@@ -205,3 +205,12 @@ def test_config_naming_a_vanished_anchor_file(bench, tmp_path):
     path.unlink()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         sa.AnchoredTopKTrainingSAE(sa.AnchoredTopKTrainingSAEConfig.from_dict(config))
+
+
+def test_step_time_benchmark_times_both_on_the_same_batches():
+    from sdl_anchor.eval.anchor_step_time import measure_activation
+
+    row = measure_activation("topk", {"d_in": 16, "d_sae": 64, "batch_size": 32, "k": 4, "steps": 3})
+    assert row["stock_seconds"] > 0 and row["anchored_seconds"] > 0
+    assert row["ratio"] == pytest.approx(row["anchored_seconds"] / row["stock_seconds"])
+    assert row["target"] == 1.03 and row["ok"] is (row["ratio"] <= 1.03)
