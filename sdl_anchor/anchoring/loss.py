@@ -30,13 +30,21 @@ def anchor_loss_mse(
     return enc + dec
 
 
+def anchor_cosines(
+    w_enc: torch.Tensor, w_dec: torch.Tensor, anchors_in: torch.Tensor, anchors_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([k] cos(W_enc[:, i], a_i), [k] cos(W_dec[i], r_i))``."""
+    k = anchors_in.shape[0]
+    enc_cos = torch.nn.functional.cosine_similarity(w_enc[:, :k].T, anchors_in.to(w_enc.dtype), dim=1)
+    dec_cos = torch.nn.functional.cosine_similarity(w_dec[:k], anchors_out.to(w_dec.dtype), dim=1)
+    return enc_cos, dec_cos
+
+
 def anchor_loss_cosine(
     w_enc: torch.Tensor, w_dec: torch.Tensor, anchors_in: torch.Tensor, anchors_out: torch.Tensor
 ) -> torch.Tensor:
     """Direction form: ``sum_i (1 - cos(W_enc[:, i], a_i)) + (1 - cos(W_dec[i], r_i))``."""
-    k = anchors_in.shape[0]
-    enc_cos = torch.nn.functional.cosine_similarity(w_enc[:, :k].T, anchors_in.to(w_enc.dtype), dim=1)
-    dec_cos = torch.nn.functional.cosine_similarity(w_dec[:k], anchors_out.to(w_dec.dtype), dim=1)
+    enc_cos, dec_cos = anchor_cosines(w_enc, w_dec, anchors_in, anchors_out)
     return (1.0 - enc_cos).sum() + (1.0 - dec_cos).sum()
 
 
@@ -60,7 +68,5 @@ def mean_anchor_cosine(
     w_enc: torch.Tensor, w_dec: torch.Tensor, anchors_in: torch.Tensor, anchors_out: torch.Tensor
 ) -> torch.Tensor:
     """Mean over anchors and both sides of ``cos(W_enc[:, i], a_i)`` and ``cos(W_dec[i], r_i)``."""
-    k = anchors_in.shape[0]
-    enc_cos = torch.nn.functional.cosine_similarity(w_enc[:, :k].T, anchors_in.to(w_enc.dtype), dim=1)
-    dec_cos = torch.nn.functional.cosine_similarity(w_dec[:k], anchors_out.to(w_dec.dtype), dim=1)
+    enc_cos, dec_cos = anchor_cosines(w_enc, w_dec, anchors_in, anchors_out)
     return 0.5 * (enc_cos.mean() + dec_cos.mean())
