@@ -38,12 +38,12 @@ ANCHOR_CONFIG_FIELDS: list[tuple[str, Any, dataclasses.Field[Any]]] = [
 ]
 
 
-def _camel(name: str) -> str:
+def camel_name(name: str) -> str:
     special = {"topk": "TopK", "batchtopk": "BatchTopK", "jumprelu": "JumpReLU"}
     return "".join(special.get(part, part.capitalize()) for part in name.split("_"))
 
 
-def _validate_anchor_fields(cfg: Any) -> None:
+def validate_anchor_fields(cfg: Any) -> None:
     if cfg.anchor_loss not in ANCHOR_LOSSES:
         raise ValueError(f"anchor_loss must be one of {ANCHOR_LOSSES}, got {cfg.anchor_loss!r}")
     if not cfg.anchor_coefficient >= 0:
@@ -71,7 +71,7 @@ def make_anchored_architecture(activation: str) -> tuple[type, type]:
     """``(AnchoredTrainingSAE, AnchoredTrainingSAEConfig)`` built on SAELens's ``activation`` classes."""
     base_sae, base_config = get_sae_training_class(activation)
     architecture = f"anchored_{activation}"
-    camel = _camel(activation)
+    camel = camel_name(activation)
 
     def get_inference_config_class(self: Any) -> type:
         inherited = base_config.get_inference_config_class
@@ -81,7 +81,7 @@ def make_anchored_architecture(activation: str) -> tuple[type, type]:
 
     def post_init(self: Any) -> None:
         base_config.__post_init__(self)
-        _validate_anchor_fields(self)
+        validate_anchor_fields(self)
 
     config_class = dataclasses.make_dataclass(
         f"Anchored{camel}TrainingSAEConfig",

@@ -1,8 +1,9 @@
-"""Train SAELens SAEs on LRB data with SAELens's own ``SAETrainer``.
+"""Train SAELens SAEs and our transcoders on LRB data with ``PairedSAETrainer`` (SAELens's
+``SAETrainer``, extended so a batch can carry a target).
 
-The bench's stream (or a finite dataset's loader) is passed to ``SAETrainer`` as its
-``DataProvider`` unchanged; the trainer keeps its schedulers, coefficient warm-ups, dead-latent
-bookkeeping and W&B logging.
+The bench's stream (or a finite dataset's loader) is the trainer's ``DataProvider``: ``x`` batches for
+an SAE bench, ``(x_in, x_out)`` pairs for a transcoder bench. The trainer keeps SAELens's schedulers,
+coefficient warm-ups, dead-latent bookkeeping and W&B logging.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import sae_lens.training.sae_trainer as sae_trainer_module
 import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAE
-from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
+from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.lrb.data import LRBDataset
 
@@ -45,12 +46,20 @@ def train_on_bench(
     None, from a fresh stream seeded with ``seed``. ``lr_decay_steps`` defaults to the last 20% of
     training (SAELens's linear decay to ``lr / 10``).
     """
-    if bench.kind != "sae":
-        raise ValueError(f"train_on_bench trains SAEs on an SAE-kind bench; got a {bench.kind!r} bench")
     if not hasattr(sae, "cfg") or not hasattr(sae, "training_forward_pass"):
         raise ValueError("sae must be a SAELens TrainingSAE (e.g. TopKTrainingSAE(cfg))")
+    if bench.kind == "crosscoder":
+        raise ValueError("no crosscoder architecture is registered yet; train SAEs or transcoders here")
+    paired = bench.kind == "transcoder"
+    if paired != hasattr(sae, "set_training_target"):
+        need = "a transcoder (e.g. topk_transcoder)" if paired else "an SAE (it reconstructs its input)"
+        raise ValueError(f"a {bench.kind!r} bench needs {need}; got {type(sae).__name__}")
     if sae.cfg.d_in != bench.d_in:
         raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but the bench's inputs have width {bench.d_in}")
+    if paired and sae.cfg.d_out != bench.d_out:
+        raise ValueError(
+            f"the transcoder has d_out={sae.cfg.d_out} but the bench's targets have width {bench.d_out}"
+        )
     for name, value in (("n_steps", n_steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -60,9 +69,9 @@ def train_on_bench(
     if lr_decay_steps is None:
         lr_decay_steps = n_steps // 5
     provider = (
-        bench.stream(batch_size, seed=seed)
+        bench.stream(batch_size, seed=seed, with_targets=paired)
         if dataset is None
-        else dataset.loader(batch_size, shuffle=True, seed=seed)
+        else dataset.loader(batch_size, shuffle=True, seed=seed, with_targets=paired)
     )
     trainer_config = SAETrainerConfig(
         total_training_samples=n_steps * batch_size,
@@ -79,7 +88,7 @@ def train_on_bench(
         n_batches_for_norm_estimate=10,
     )
     sae.to(device)
-    trainer = SAETrainer(cfg=trainer_config, sae=sae, data_provider=provider)
+    trainer = PairedSAETrainer(cfg=trainer_config, sae=sae, data_provider=provider)
     if show_progress:
         return trainer.fit()
     with patch.object(sae_trainer_module, "tqdm", partial(tqdm, disable=True)):

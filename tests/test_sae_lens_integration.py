@@ -46,7 +46,7 @@ def test_train_on_bench_rejects_mismatches(bench):
     transcoder_bench = sa.LinearRepresentationBench(
         kind="transcoder", n_features=24, d_in=20, max_interference=0.5
     )
-    with pytest.raises(ValueError, match="SAE-kind bench"):
+    with pytest.raises(ValueError, match="bench needs a transcoder"):
         sa.train_on_bench(
             TopKTrainingSAE(TopKTrainingSAEConfig(d_in=20, d_sae=48, k=3)), transcoder_bench, n_steps=1
         )

@@ -1,0 +1,171 @@
+"""Trainable transcoders (DESIGN.md section 3), from SAELens's own SAE training classes.
+
+A transcoder encodes ``x_in [d_in]`` and reconstructs a different target ``x_out [d_out]`` (an MLP's
+output from its input, or the LRB's ``W_r z`` from ``W_p z``): ``W_enc [d_in, d_sae]``,
+``W_dec [d_sae, d_out]``, loss ``||x_out - W_dec f(W_enc x_in + b_enc) - b_dec||^2`` plus the
+activation's own sparsity / auxiliary losses, which see the target wherever they use a residual.
+
+``make_transcoder_architecture("topk")`` subclasses SAELens's ``TopKTrainingSAE`` (activation, aux loss,
+threshold updates, coefficient schedules all SAELens's), adds ``d_out`` and the anchoring fields, and
+reads the target that :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer` hands it with
+each batch. Saved inference formats are SAELens's ``transcoder`` (ReLU) and ``jumprelu_transcoder``
+(JumpReLU and BatchTopK); a TopK transcoder has no SAELens inference format yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens.registry import get_sae_class, get_sae_training_class
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from torch import nn
+
+from sdl_anchor.integrations.anchored import (
+    ANCHOR_CONFIG_FIELDS,
+    AnchoredMixin,
+    camel_name,
+    validate_anchor_fields,
+)
+
+TRANSCODER_ACTIVATIONS = ("standard", "topk", "batchtopk", "jumprelu")
+# training activation -> SAELens inference architecture of the saved transcoder
+INFERENCE_ARCHITECTURES = {
+    "standard": "transcoder",
+    "jumprelu": "jumprelu_transcoder",
+    "batchtopk": "jumprelu_transcoder",
+}
+
+
+class TranscoderMixin:
+    """Output-space decoder and a target-aware training step for any SAELens TrainingSAE."""
+
+    cfg: Any
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    _training_target: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        super().initialize_weights()  # type: ignore[misc]
+        d_sae, d_out = self.cfg.d_sae, self.cfg.d_out
+        if self.W_dec.shape == (d_sae, d_out):
+            return
+        w_dec = torch.empty(d_sae, d_out, dtype=self.W_dec.dtype, device=self.W_dec.device)
+        nn.init.kaiming_uniform_(w_dec)
+        if self.cfg.decoder_init_norm is not None:
+            w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True) * self.cfg.decoder_init_norm
+        self.W_dec = nn.Parameter(w_dec)
+        self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=w_dec.dtype, device=w_dec.device))
+
+    def process_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """As SAELens's ``Transcoder``: no decoder-bias subtraction (``b_dec`` lives in the output space)."""
+        sae_in = self.hook_sae_input(sae_in.to(self.W_dec.dtype))  # type: ignore[attr-defined]
+        return self.run_time_activation_norm_fn_in(sae_in)  # type: ignore[attr-defined]
+
+    def set_training_target(self, target: torch.Tensor) -> None:
+        """The target ``[batch, d_out]`` of the next training step (set by PairedSAETrainer)."""
+        if target.ndim != 2 or target.shape[-1] != self.cfg.d_out:
+            raise ValueError(
+                f"transcoder targets must be [batch, {self.cfg.d_out}], got {tuple(target.shape)}"
+            )
+        self._training_target = target
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        target = self._training_target
+        if target is None:
+            raise ValueError(
+                "a transcoder trains on (input, target) pairs: train it with sdl_anchor's PairedSAETrainer "
+                "or train_on_bench on a transcoder bench"
+            )
+        self._training_target = None
+        if target.shape[0] != step_input.sae_in.shape[0]:
+            raise ValueError(f"target batch {target.shape[0]} != input batch {step_input.sae_in.shape[0]}")
+        target = target.to(step_input.sae_in.device, step_input.sae_in.dtype)
+        feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)  # type: ignore[attr-defined]
+        sae_out = self.decode(feature_acts)  # type: ignore[attr-defined]
+        mse_loss = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()  # type: ignore[attr-defined]
+        aux = self.calculate_aux_loss(  # type: ignore[attr-defined]
+            step_input=dataclasses.replace(step_input, sae_in=target),
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            sae_out=sae_out,
+        )
+        losses = {"mse_loss": mse_loss, **(aux if isinstance(aux, dict) else {"aux_loss": aux})}
+        output = TrainStepOutput(
+            sae_in=target,  # SAELens logs explained variance of sae_out against this
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            loss=sum(losses.values()),  # type: ignore[arg-type]
+            losses=losses,
+        )
+        if hasattr(self, "update_topk_threshold"):  # BatchTopK's running threshold, as SAELens updates it
+            self.update_topk_threshold(feature_acts)
+            output.metrics["topk_threshold"] = self.topk_threshold  # type: ignore[attr-defined]
+        return output
+
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        activation = self.cfg.transcoder_activation
+        if activation not in INFERENCE_ARCHITECTURES:
+            raise ValueError(
+                f"a {activation} transcoder has no SAELens inference format yet; save the training "
+                "checkpoint (sae.save_model) instead"
+            )
+        return super().save_inference_model(path)  # type: ignore[misc]
+
+
+def make_transcoder_architecture(activation: str) -> tuple[type, type]:
+    """``(<Activation>TranscoderTrainingSAE, config)`` built on SAELens's ``activation`` classes."""
+    if activation not in TRANSCODER_ACTIVATIONS:
+        raise ValueError(f"no transcoder for activation {activation!r}; choose from {TRANSCODER_ACTIVATIONS}")
+    base_sae, base_config = get_sae_training_class(activation)
+    architecture = f"{activation}_transcoder"
+    camel = camel_name(activation)
+
+    def post_init(self: Any) -> None:
+        if self.d_out is None:
+            self.d_out = self.d_in
+        if not isinstance(self.d_out, int) or self.d_out < 1:
+            raise ValueError(f"d_out must be a positive integer, got {self.d_out!r}")
+        if self.apply_b_dec_to_input:
+            raise ValueError(
+                "apply_b_dec_to_input must be False for a transcoder: b_dec lives in the output space"
+            )
+        if self.normalize_activations != "none":
+            raise ValueError(
+                "transcoders train on raw activations: normalize_activations must be 'none' "
+                f"(got {self.normalize_activations!r}); normalise inputs and targets yourself if needed"
+            )
+        base_config.__post_init__(self)
+        validate_anchor_fields(self)
+
+    def get_inference_config_class(self: Any) -> type:
+        return get_sae_class(INFERENCE_ARCHITECTURES.get(activation, "transcoder"))[1]
+
+    config_class = dataclasses.make_dataclass(
+        f"{camel}TranscoderTrainingSAEConfig",
+        [
+            ("d_out", int | None, dataclasses.field(default=None)),
+            ("apply_b_dec_to_input", bool, dataclasses.field(default=False)),
+            *ANCHOR_CONFIG_FIELDS,
+        ],
+        bases=(base_config,),
+        kw_only=True,
+        namespace={
+            "architecture": classmethod(lambda cls: architecture),
+            "transcoder_activation": activation,
+            "get_inference_config_class": get_inference_config_class,
+            "__post_init__": post_init,
+            "__doc__": f"SAELens {base_config.__name__} as a transcoder (d_in -> d_out), with anchoring fields.",
+            "__module__": __name__,
+        },
+    )
+    sae_class = type(
+        f"{camel}TranscoderTrainingSAE",
+        (AnchoredMixin, TranscoderMixin, base_sae),
+        {"__doc__": f"SAELens {base_sae.__name__} trained as a transcoder.", "__module__": __name__},
+    )
+    return sae_class, config_class
