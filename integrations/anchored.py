@@ -123,7 +123,7 @@ class AnchoredMixin:
             if not path.is_file():
                 raise FileNotFoundError(
                     f"the {cfg.architecture()} config names anchor_path={str(path)!r}, which does not exist; "
-                    "write the anchors there with AnchorSet.save (or `sdl-anchor anchors`), or set anchor_path=None"
+                    "write the anchors there with AnchorSet.save, or set anchor_path=None"
                 )
             self.set_anchors(AnchorSet.load(path))
 
