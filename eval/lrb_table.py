@@ -69,6 +69,16 @@ class LRBPreset:
     def lr_for(self, method: str) -> float:
         return float(self.method_settings.get(method, {}).get("lr", self.lr))
 
+    def anchor_settings(self, variant: str) -> dict[str, Any]:
+        """The anchoring config fields of ``variant`` (none for ``plain``; lambda 0 for ``init_only``)."""
+        if variant == "plain":
+            return {}
+        return {
+            "anchor_coefficient": self.anchor_coefficient if variant == "anchored" else 0.0,
+            "anchor_loss": self.anchor_loss,
+            "anchor_init": True,
+        }
+
 
 def _settings(
     k: int, l1: float, l0: float, widths: list[int], jumprelu_lr: float
@@ -115,15 +125,9 @@ def build_sae(method: str, preset: LRBPreset, d_in: int, device: str, variant: s
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    settings = preset.settings_for(method)
-    if variant != "plain":
-        method = f"anchored_{method}"
-        settings.update(
-            anchor_coefficient=preset.anchor_coefficient if variant == "anchored" else 0.0,
-            anchor_loss=preset.anchor_loss,
-            anchor_init=True,
-        )
-    sae_class, config_class = get_sae_training_class(method)
+    settings = {**preset.settings_for(method), **preset.anchor_settings(variant)}
+    architecture = method if variant == "plain" else f"anchored_{method}"
+    sae_class, config_class = get_sae_training_class(architecture)
     return sae_class(config_class(d_in=d_in, d_sae=preset.d_sae, device=device, **settings))
 
 
@@ -228,12 +232,7 @@ def _row(
     settings = {"lr": preset.lr_for(method), "n_steps": preset.n_steps, "batch_size": preset.batch_size}
     settings.update(preset.settings_for(method))
     if variant != "plain":
-        settings.update(
-            n_anchors=preset.n_anchors,
-            anchor_coefficient=preset.anchor_coefficient if variant == "anchored" else 0.0,
-            anchor_loss=preset.anchor_loss,
-            anchor_init=True,
-        )
+        settings.update(n_anchors=preset.n_anchors, **preset.anchor_settings(variant))
     return {
         "method": method,
         "label": PAPER_LABELS[method],
