@@ -67,6 +67,36 @@ def check_anchors_fit(anchors: AnchorSet, d_in: int, d_out: int, d_sae: int) -> 
         raise ValueError(f"{anchors.k} anchors cannot fit in d_sae={d_sae} latents; use k <= d_sae")
 
 
+def derive_training_config(
+    base_config: type,
+    class_name: str,
+    architecture: str,
+    fields: list[tuple[str, Any, dataclasses.Field[Any]]],
+    *,
+    post_init: Any,
+    get_inference_config_class: Any,
+    doc: str,
+    module: str,
+    **attributes: Any,
+) -> type:
+    """A keyword-only dataclass subclass of a SAELens training config, with extra ``fields``, its own
+    ``architecture()`` name, validation and inference-config mapping."""
+    return dataclasses.make_dataclass(
+        class_name,
+        fields,
+        bases=(base_config,),
+        kw_only=True,
+        namespace={
+            "architecture": classmethod(lambda cls: architecture),
+            "get_inference_config_class": get_inference_config_class,
+            "__post_init__": post_init,
+            "__doc__": doc,
+            "__module__": module,
+            **attributes,
+        },
+    )
+
+
 def make_anchored_architecture(activation: str) -> tuple[type, type]:
     """``(AnchoredTrainingSAE, AnchoredTrainingSAEConfig)`` built on SAELens's ``activation`` classes."""
     base_sae, base_config = get_sae_training_class(activation)
@@ -83,19 +113,16 @@ def make_anchored_architecture(activation: str) -> tuple[type, type]:
         base_config.__post_init__(self)
         validate_anchor_fields(self)
 
-    config_class = dataclasses.make_dataclass(
+    config_class = derive_training_config(
+        base_config,
         f"Anchored{camel}TrainingSAEConfig",
+        architecture,
         ANCHOR_CONFIG_FIELDS,
-        bases=(base_config,),
-        kw_only=True,
-        namespace={
-            "architecture": classmethod(lambda cls: architecture),
-            "get_inference_config_class": get_inference_config_class,
-            "__post_init__": post_init,
-            "__doc__": f"SAELens {base_config.__name__} plus feature anchoring (anchor_path, "
-            "anchor_coefficient, anchor_warm_up_steps, anchor_loss, anchor_init).",
-            "__module__": __name__,
-        },
+        post_init=post_init,
+        get_inference_config_class=get_inference_config_class,
+        doc=f"SAELens {base_config.__name__} plus feature anchoring (anchor_path, anchor_coefficient, "
+        "anchor_warm_up_steps, anchor_loss, anchor_init).",
+        module=__name__,
     )
     sae_class = type(
         f"Anchored{camel}TrainingSAE",

@@ -27,6 +27,7 @@ from sdl_anchor.integrations.anchored import (
     ANCHOR_CONFIG_FIELDS,
     AnchoredMixin,
     camel_name,
+    derive_training_config,
     validate_anchor_fields,
 )
 
@@ -145,23 +146,20 @@ def make_transcoder_architecture(activation: str) -> tuple[type, type]:
     def get_inference_config_class(self: Any) -> type:
         return get_sae_class(INFERENCE_ARCHITECTURES.get(activation, "transcoder"))[1]
 
-    config_class = dataclasses.make_dataclass(
+    config_class = derive_training_config(
+        base_config,
         f"{camel}TranscoderTrainingSAEConfig",
+        architecture,
         [
             ("d_out", int | None, dataclasses.field(default=None)),
             ("apply_b_dec_to_input", bool, dataclasses.field(default=False)),
             *ANCHOR_CONFIG_FIELDS,
         ],
-        bases=(base_config,),
-        kw_only=True,
-        namespace={
-            "architecture": classmethod(lambda cls: architecture),
-            "transcoder_activation": activation,
-            "get_inference_config_class": get_inference_config_class,
-            "__post_init__": post_init,
-            "__doc__": f"SAELens {base_config.__name__} as a transcoder (d_in -> d_out), with anchoring fields.",
-            "__module__": __name__,
-        },
+        post_init=post_init,
+        get_inference_config_class=get_inference_config_class,
+        doc=f"SAELens {base_config.__name__} as a transcoder (d_in -> d_out), with anchoring fields.",
+        module=__name__,
+        transcoder_activation=activation,
     )
     sae_class = type(
         f"{camel}TranscoderTrainingSAE",
