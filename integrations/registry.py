@@ -1,20 +1,35 @@
-"""Registration of sdl-anchor's architectures with SAELens's registry (idempotent, on ``import sdl_anchor``)."""
+"""Registration of sdl-anchor's architectures with SAELens's registries (idempotent, on ``import sdl_anchor``).
+
+Training architectures: ``anchored_<activation>``, ``<activation>_transcoder``, ``<activation>_crosscoder``.
+Inference architectures (kinds SAELens lacks): ``topk_transcoder``, ``topk_skip_transcoder`` and
+``<standard|topk|jumprelu>_crosscoder``.
+"""
 
 from __future__ import annotations
 
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
+from sae_lens.registry import (
+    SAE_CLASS_REGISTRY,
+    SAE_TRAINING_CLASS_REGISTRY,
+    register_sae_class,
+    register_sae_training_class,
+)
 
 from sdl_anchor.integrations.anchored import make_anchored_architecture
+from sdl_anchor.integrations.crosscoder import CROSSCODER_ACTIVATIONS, make_crosscoder_architecture
+from sdl_anchor.integrations.inference import inference_architectures
 from sdl_anchor.integrations.transcoder import TRANSCODER_ACTIVATIONS, make_transcoder_architecture
 
 ANCHORED_ACTIVATIONS = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk")
 
 
 def register_all() -> dict[str, tuple[type, type]]:
-    """Register every ``anchored_<activation>`` and ``<activation>_transcoder`` training architecture
-    once; return them by name."""
+    """Register every training and inference architecture of ours once; return the training ones by name."""
+    for name, classes in inference_architectures().items():
+        if name not in SAE_CLASS_REGISTRY:
+            register_sae_class(name, *classes)
     factories = {f"anchored_{a}": (make_anchored_architecture, a) for a in ANCHORED_ACTIVATIONS}
     factories.update({f"{a}_transcoder": (make_transcoder_architecture, a) for a in TRANSCODER_ACTIVATIONS})
+    factories.update({f"{a}_crosscoder": (make_crosscoder_architecture, a) for a in CROSSCODER_ACTIVATIONS})
     registered: dict[str, tuple[type, type]] = {}
     for name, (factory, activation) in factories.items():
         if name not in SAE_TRAINING_CLASS_REGISTRY:
@@ -35,3 +50,7 @@ StandardTranscoderTrainingSAE, StandardTranscoderTrainingSAEConfig = ARCHITECTUR
 TopKTranscoderTrainingSAE, TopKTranscoderTrainingSAEConfig = ARCHITECTURES["topk_transcoder"]
 BatchTopKTranscoderTrainingSAE, BatchTopKTranscoderTrainingSAEConfig = ARCHITECTURES["batchtopk_transcoder"]
 JumpReLUTranscoderTrainingSAE, JumpReLUTranscoderTrainingSAEConfig = ARCHITECTURES["jumprelu_transcoder"]
+StandardCrosscoderTrainingSAE, StandardCrosscoderTrainingSAEConfig = ARCHITECTURES["standard_crosscoder"]
+TopKCrosscoderTrainingSAE, TopKCrosscoderTrainingSAEConfig = ARCHITECTURES["topk_crosscoder"]
+BatchTopKCrosscoderTrainingSAE, BatchTopKCrosscoderTrainingSAEConfig = ARCHITECTURES["batchtopk_crosscoder"]
+JumpReLUCrosscoderTrainingSAE, JumpReLUCrosscoderTrainingSAEConfig = ARCHITECTURES["jumprelu_crosscoder"]

@@ -1,8 +1,9 @@
 """A tiny TransformerLens language model with a word-level tokenizer, built offline.
 
-For tests, examples and air-gapped machines: ``toy_language_model(corpus)`` returns a randomly
-initialised ``HookedTransformer`` whose tokenizer knows exactly the words of ``corpus`` (plus BOS / EOS
-/ PAD / UNK), so SAELens's ``ActivationsStore`` and ``LanguageModelSAETrainingRunner`` run end to end with
+For tests, examples and air-gapped machines: ``toy_language_model(corpus)`` returns a small
+``HookedTransformer`` whose tokenizer knows exactly the words of ``corpus`` (plus BOS / EOS / PAD / UNK),
+randomly initialised or, with ``train_steps``, trained on the corpus so that its layers matter (splicing
+a coder in then changes its loss measurably), so SAELens's ``ActivationsStore`` and ``LanguageModelSAETrainingRunner`` run end to end with
 no hub access. With a real model online, use ``HookedTransformer.from_pretrained(name)`` instead.
 """
 
@@ -45,8 +46,10 @@ def toy_language_model(
     n_ctx: int = 32,
     seed: int = 0,
     device: str = "cpu",
+    train_steps: int = 0,
 ) -> HookedTransformer:
-    """A random ``HookedTransformer`` with the usual hook names and a word-level tokenizer of ``corpus``."""
+    """A ``HookedTransformer`` with the usual hook names and a word-level tokenizer of ``corpus``, trained
+    for ``train_steps`` Adam steps of next-token prediction on the corpus (0: left at random init)."""
     tokenizer = word_level_tokenizer(corpus)
     config = HookedTransformerConfig(
         n_layers=n_layers,
@@ -64,8 +67,25 @@ def toy_language_model(
         default_prepend_bos=True,
     )
     model = HookedTransformer(config, tokenizer=tokenizer)
+    if train_steps > 0:
+        _fit_to_corpus(model, corpus, train_steps, seed)
     model.eval()
     return model
+
+
+def _fit_to_corpus(model: HookedTransformer, corpus: Sequence[str], steps: int, seed: int) -> None:
+    windows = torch.tensor(
+        tokenized_dataset(model, corpus, model.cfg.n_ctx)["tokens"], device=model.cfg.device
+    )
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(windows), (min(32, len(windows)),), generator=generator)
+        loss = model(windows[rows.to(windows.device)], return_type="loss")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def tokenized_dataset(model: HookedTransformer, corpus: Sequence[str], context_size: int) -> Dataset:

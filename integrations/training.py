@@ -2,7 +2,8 @@
 ``SAETrainer``, extended so a batch can carry a target).
 
 The bench's stream (or a finite dataset's loader) is the trainer's ``DataProvider``: ``x`` batches for
-an SAE bench, ``(x_in, x_out)`` pairs for a transcoder bench. The trainer keeps SAELens's schedulers,
+an SAE or crosscoder bench (a crosscoder's sources side by side), ``(x_in, x_out)`` pairs for a
+transcoder bench. The trainer keeps SAELens's schedulers,
 coefficient warm-ups, dead-latent bookkeeping and W&B logging.
 """
 
@@ -18,9 +19,26 @@ from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAE
 from tqdm.auto import tqdm
 
+from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.lrb.data import LRBDataset
+
+
+def check_coder_kind(sae: TrainingSAE[Any], bench: LinearRepresentationBench) -> None:
+    """Raise ValueError unless ``sae`` is the kind of coder ``bench`` generates data for."""
+    kind = coder_kind(sae)
+    if kind != bench.kind:
+        need = {
+            "sae": "an SAE (e.g. topk or anchored_topk)",
+            "transcoder": "a transcoder (e.g. topk_transcoder)",
+            "crosscoder": "a crosscoder (e.g. topk_crosscoder)",
+        }[bench.kind]
+        raise ValueError(f"a {bench.kind!r} bench needs {need}; got {type(sae).__name__}, a {kind}")
+    if kind == "crosscoder" and sae.cfg.n_sources != bench.config.n_sources:
+        raise ValueError(
+            f"the crosscoder has n_sources={sae.cfg.n_sources} but the bench has {bench.config.n_sources} sources"
+        )
 
 
 def train_on_bench(
@@ -48,12 +66,8 @@ def train_on_bench(
     """
     if not hasattr(sae, "cfg") or not hasattr(sae, "training_forward_pass"):
         raise ValueError("sae must be a SAELens TrainingSAE (e.g. TopKTrainingSAE(cfg))")
-    if bench.kind == "crosscoder":
-        raise ValueError("no crosscoder architecture is registered yet; train SAEs or transcoders here")
+    check_coder_kind(sae, bench)
     paired = bench.kind == "transcoder"
-    if paired != hasattr(sae, "set_training_target"):
-        need = "a transcoder (e.g. topk_transcoder)" if paired else "an SAE (it reconstructs its input)"
-        raise ValueError(f"a {bench.kind!r} bench needs {need}; got {type(sae).__name__}")
     if sae.cfg.d_in != bench.d_in:
         raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but the bench's inputs have width {bench.d_in}")
     if paired and sae.cfg.d_out != bench.d_out:

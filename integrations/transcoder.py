@@ -3,19 +3,21 @@
 A transcoder encodes ``x_in [d_in]`` and reconstructs a different target ``x_out [d_out]`` (an MLP's
 output from its input, or the LRB's ``W_r z`` from ``W_p z``): ``W_enc [d_in, d_sae]``,
 ``W_dec [d_sae, d_out]``, loss ``||x_out - W_dec f(W_enc x_in + b_enc) - b_dec||^2`` plus the
-activation's own sparsity / auxiliary losses, which see the target wherever they use a residual.
+activation's own sparsity / auxiliary losses, which see the target wherever they use a residual. With
+``skip_connection=True`` the output gains SAELens ``SkipTranscoder``'s learned linear term ``x_in @ W_skip.T``
+(``W_skip [d_out, d_in]``, initialised at zero).
 
 ``make_transcoder_architecture("topk")`` subclasses SAELens's ``TopKTrainingSAE`` (activation, aux loss,
 threshold updates, coefficient schedules all SAELens's), adds ``d_out`` and the anchoring fields, and
 reads the target that :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer` hands it with
-each batch. Saved inference formats are SAELens's ``transcoder`` (ReLU) and ``jumprelu_transcoder``
-(JumpReLU and BatchTopK); a TopK transcoder has no SAELens inference format yet.
+each batch. Saved inference formats are SAELens's ``transcoder`` / ``skip_transcoder`` (ReLU) and
+``jumprelu_transcoder`` / ``jumprelu_skip_transcoder`` (JumpReLU and BatchTopK), and our
+``topk_transcoder`` / ``topk_skip_transcoder`` (TopK; :mod:`sdl_anchor.integrations.inference`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,11 +34,12 @@ from sdl_anchor.integrations.anchored import (
 )
 
 TRANSCODER_ACTIVATIONS = ("standard", "topk", "batchtopk", "jumprelu")
-# training activation -> SAELens inference architecture of the saved transcoder
+# training activation -> inference architecture of the saved transcoder (without / with skip connection)
 INFERENCE_ARCHITECTURES = {
-    "standard": "transcoder",
-    "jumprelu": "jumprelu_transcoder",
-    "batchtopk": "jumprelu_transcoder",
+    "standard": ("transcoder", "skip_transcoder"),
+    "topk": ("topk_transcoder", "topk_skip_transcoder"),
+    "jumprelu": ("jumprelu_transcoder", "jumprelu_skip_transcoder"),
+    "batchtopk": ("jumprelu_transcoder", "jumprelu_skip_transcoder"),
 }
 
 
@@ -46,12 +49,17 @@ class TranscoderMixin:
     cfg: Any
     W_dec: nn.Parameter
     b_dec: nn.Parameter
+    W_skip: nn.Parameter
     _training_target: torch.Tensor | None = None
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
         super().initialize_weights()  # type: ignore[misc]
         d_sae, d_out = self.cfg.d_sae, self.cfg.d_out
+        if self.cfg.skip_connection:
+            self.W_skip = nn.Parameter(
+                torch.zeros(d_out, self.cfg.d_in, dtype=self.W_dec.dtype, device=self.W_dec.device)
+            )
         if self.W_dec.shape == (d_sae, d_out):
             return
         w_dec = torch.empty(d_sae, d_out, dtype=self.W_dec.dtype, device=self.W_dec.device)
@@ -65,6 +73,17 @@ class TranscoderMixin:
         """As SAELens's ``Transcoder``: no decoder-bias subtraction (``b_dec`` lives in the output space)."""
         sae_in = self.hook_sae_input(sae_in.to(self.W_dec.dtype))  # type: ignore[attr-defined]
         return self.run_time_activation_norm_fn_in(sae_in)  # type: ignore[attr-defined]
+
+    def transcode(self, sae_in: torch.Tensor, feature_acts: torch.Tensor) -> torch.Tensor:
+        """The output ``decode(feature_acts)``, plus ``sae_in @ W_skip.T`` with a skip connection."""
+        sae_out = self.decode(feature_acts)  # type: ignore[attr-defined]
+        if self.cfg.skip_connection:
+            sae_out = sae_out + sae_in @ self.W_skip.T
+        return sae_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x_in [..., d_in] -> x_out [..., d_out]``, as SAELens's inference transcoders compute it."""
+        return self.transcode(x.to(self.W_dec.dtype), self.encode(x))  # type: ignore[attr-defined]
 
     def set_training_target(self, target: torch.Tensor) -> None:
         """The target ``[batch, d_out]`` of the next training step (set by PairedSAETrainer)."""
@@ -86,7 +105,7 @@ class TranscoderMixin:
             raise ValueError(f"target batch {target.shape[0]} != input batch {step_input.sae_in.shape[0]}")
         target = target.to(step_input.sae_in.device, step_input.sae_in.dtype)
         feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)  # type: ignore[attr-defined]
-        sae_out = self.decode(feature_acts)  # type: ignore[attr-defined]
+        sae_out = self.transcode(step_input.sae_in, feature_acts)
         mse_loss = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()  # type: ignore[attr-defined]
         aux = self.calculate_aux_loss(  # type: ignore[attr-defined]
             step_input=dataclasses.replace(step_input, sae_in=target),
@@ -107,15 +126,6 @@ class TranscoderMixin:
             self.update_topk_threshold(feature_acts)
             output.metrics["topk_threshold"] = self.topk_threshold  # type: ignore[attr-defined]
         return output
-
-    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        activation = self.cfg.transcoder_activation
-        if activation not in INFERENCE_ARCHITECTURES:
-            raise ValueError(
-                f"a {activation} transcoder has no SAELens inference format yet; save the training "
-                "checkpoint (sae.save_model) instead"
-            )
-        return super().save_inference_model(path)  # type: ignore[misc]
 
 
 def make_transcoder_architecture(activation: str) -> tuple[type, type]:
@@ -144,7 +154,7 @@ def make_transcoder_architecture(activation: str) -> tuple[type, type]:
         validate_anchor_fields(self)
 
     def get_inference_config_class(self: Any) -> type:
-        return get_sae_class(INFERENCE_ARCHITECTURES.get(activation, "transcoder"))[1]
+        return get_sae_class(INFERENCE_ARCHITECTURES[activation][self.skip_connection])[1]
 
     config_class = derive_training_config(
         base_config,
@@ -153,6 +163,7 @@ def make_transcoder_architecture(activation: str) -> tuple[type, type]:
         [
             ("d_out", int | None, dataclasses.field(default=None)),
             ("apply_b_dec_to_input", bool, dataclasses.field(default=False)),
+            ("skip_connection", bool, dataclasses.field(default=False)),
             *ANCHOR_CONFIG_FIELDS,
         ],
         post_init=post_init,

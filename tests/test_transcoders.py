@@ -59,18 +59,31 @@ def test_the_loss_is_the_target_reconstruction(bench):
 
 
 @pytest.mark.parametrize(
-    "activation, inference", [("standard", "transcoder"), ("jumprelu", "jumprelu_transcoder")]
+    "activation, skip, inference",
+    [
+        ("standard", False, "transcoder"),
+        ("standard", True, "skip_transcoder"),
+        ("jumprelu", False, "jumprelu_transcoder"),
+        ("jumprelu", True, "jumprelu_skip_transcoder"),
+        ("topk", False, "topk_transcoder"),
+        ("topk", True, "topk_skip_transcoder"),
+    ],
 )
-def test_saved_transcoders_load_as_sae_lens_transcoders(activation, inference, bench, tmp_path):
+def test_saved_transcoders_reload_with_identical_outputs(activation, skip, inference, bench, tmp_path):
     torch.manual_seed(0)
-    sae = make(activation)
+    sae = make(activation, skip_connection=skip)
+    assert hasattr(sae, "W_skip") == skip
     sa.train_on_bench(sae, bench, n_steps=100, batch_size=128, lr=3e-3, show_progress=False)
+    if skip:  # the skip connection trains (it starts at zero)
+        assert sae.W_skip.abs().max() > 0
     sae.save_inference_model(tmp_path / "tc")
     assert json.loads((tmp_path / "tc" / "cfg.json").read_text())["architecture"] == inference
     loaded = SAE.load_from_disk(str(tmp_path / "tc"))
     x = bench.sample(32).x_in
     sae.eval()
-    assert torch.allclose(loaded(x), sae.decode(sae.encode(x)), atol=1e-5)
+    assert torch.allclose(loaded(x), sae(x), atol=1e-5)
+    if skip:
+        assert not torch.allclose(sae(x), sae.decode(sae.encode(x)), atol=1e-3)
 
 
 def test_anchored_transcoder(bench, tmp_path):
@@ -88,13 +101,11 @@ def test_anchored_transcoder(bench, tmp_path):
         make("topk", anchor_path=str(wrong))
 
 
-def test_bad_transcoder_configs_and_pairings(bench, tmp_path):
+def test_bad_transcoder_configs_and_pairings(bench):
     with pytest.raises(ValueError, match="apply_b_dec_to_input must be False"):
         make("topk", apply_b_dec_to_input=True)
     with pytest.raises(ValueError, match="normalize_activations must be 'none'"):
         make("topk", normalize_activations="expected_average_only_in")
-    with pytest.raises(ValueError, match="no SAELens inference format"):
-        make("topk").save_inference_model(tmp_path / "x")
     with pytest.raises(ValueError, match="d_out=24 but the bench's targets have width 32"):
         sa.train_on_bench(make("topk", d_out=24), bench, n_steps=1)
     sae_bench = sa.LinearRepresentationBench(n_features=48, d_in=40, max_interference=0.35)

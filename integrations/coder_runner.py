@@ -1,0 +1,198 @@
+"""Train SAEs, transcoders and crosscoders on a TransformerLens model, configured like SAELens.
+
+``CoderRunnerConfig`` is SAELens's ``LanguageModelSAERunnerConfig`` plus ``hook_names``: the input and
+output hooks of a transcoder, or a crosscoder's source hooks (an SAE may keep using ``hook_name``).
+``CoderTrainingRunner`` is SAELens's ``LanguageModelSAETrainingRunner`` with three changes:
+
+* activations come from SAELens's multi-hook ``ActivationsStore`` (one model pass fills every hook, one
+  shared shuffle keeps tokens aligned) as ``(x_in, x_out)`` pairs or concatenated sources;
+* the trainer is :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer`;
+* its evaluator splices the coder into the model (:func:`~sdl_anchor.integrations.splice.evaluate_spliced`).
+
+Like SAELens's runner it takes ``override_model`` / ``override_dataset`` / ``override_sae``, checkpoints,
+saves the final coder (``save_inference_model``) with its hooks in ``cfg.metadata.hook_names``, and logs to
+W&B. Hooks and widths are checked against the model before any forward pass (``check_coder_hooks``).
+Cached activations and prefetching (single-hook features of SAELens) are not supported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import wandb
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
+from sae_lens.load_model import load_model
+from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
+from sae_lens.training.activations_store import ActivationsStore
+from sae_lens.util import get_special_token_ids
+from transformer_lens.hook_points import HookedRootModule
+
+from sdl_anchor.integrations.coder_hooks import check_coder_hooks, coder_kind
+from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.splice import evaluate_spliced
+
+HfDataset = Dataset | DatasetDict | IterableDataset | IterableDatasetDict
+
+
+@dataclasses.dataclass
+class CoderRunnerConfig(LanguageModelSAERunnerConfig[Any]):
+    """SAELens's runner config plus ``hook_names`` (``[input, output]`` for a transcoder, the sources for a
+    crosscoder, ``[hook_name]`` by default)."""
+
+    hook_names: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.hook_names:
+            self.hook_names = [self.hook_name]
+        self.hook_names = list(self.hook_names)
+        self.hook_name = self.hook_names[0]
+        if self.use_cached_activations:
+            raise ValueError(
+                "CoderRunnerConfig reads activations from the model; set use_cached_activations=False"
+            )
+        if self.prefetch_llm_batches:
+            raise ValueError("CoderRunnerConfig does not prefetch; set prefetch_llm_batches=False")
+        super().__post_init__()
+
+
+def coder_batches(store: ActivationsStore, hook_names: list[str], kind: str) -> Iterator[Any]:
+    """The trainer's data: ``(x_in, x_out)`` for a transcoder, concatenated sources for a crosscoder."""
+    for batch in store.get_multi_hook_data_loader():
+        if kind == "transcoder":
+            yield batch[hook_names[0]], batch[hook_names[1]]
+        elif kind == "crosscoder":
+            yield torch.cat([batch[name] for name in hook_names], dim=-1)
+        else:
+            yield batch[hook_names[0]]
+
+
+@dataclasses.dataclass
+class SplicedCoderEvaluator:
+    """The trainer's evaluator: ``evaluate_spliced`` on fresh token batches from the store."""
+
+    model: Any
+    activations_store: ActivationsStore
+    hook_names: list[str]
+    n_eval_batches: int
+    eval_batch_size_prompts: int | None
+
+    def __call__(self, sae: Any, data_provider: Any, activation_scaler: Any) -> dict[str, Any]:
+        size = self.eval_batch_size_prompts or self.activations_store.store_batch_size_prompts
+        batches = (self.activations_store.get_batch_tokens(size) for _ in range(self.n_eval_batches))
+        return evaluate_spliced(sae, self.model, batches, self.hook_names)
+
+
+class CoderTrainingRunner(LanguageModelSAETrainingRunner):
+    """SAELens's ``LanguageModelSAETrainingRunner`` for SAEs, transcoders and crosscoders (module docstring)."""
+
+    cfg: CoderRunnerConfig
+
+    def __init__(
+        self,
+        cfg: CoderRunnerConfig,
+        override_dataset: HfDataset | None = None,
+        override_model: HookedRootModule | None = None,
+        override_sae: TrainingSAE[Any] | None = None,
+    ) -> None:
+        # SAELens's __init__ builds a single-hook ActivationsStore, so it is not called.
+        if not isinstance(cfg, CoderRunnerConfig):
+            raise ValueError(
+                "CoderTrainingRunner needs a CoderRunnerConfig (SAELens's config plus hook_names)"
+            )
+        if override_dataset is None and cfg.dataset_path == "":
+            raise ValueError("give a dataset: set dataset_path in the config or pass override_dataset")
+        self.cfg = cfg
+        if override_sae is not None:
+            self.sae = override_sae
+        elif cfg.from_pretrained_path is not None:
+            self.sae = TrainingSAE.load_from_disk(cfg.from_pretrained_path, cfg.device)
+        else:
+            self.sae = TrainingSAE.from_dict(
+                TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict()).to_dict()
+            )
+        self.kind = coder_kind(self.sae)
+        if override_model is None:
+            self.model = load_model(
+                cfg.model_class_name,
+                cfg.model_name,
+                device=cfg.llm_device,
+                model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
+                hook_names=cfg.hook_names,
+            )
+        else:
+            self.model = override_model
+        hook_d_ins = check_coder_hooks(self.model, cfg.hook_names, self.sae.cfg, self.kind)
+        self._compile_llm_if_needed()
+        exclude = cfg.exclude_special_tokens
+        if exclude is True:
+            exclude = get_special_token_ids(self.model.tokenizer)  # type: ignore[arg-type]
+        self.activations_store = ActivationsStore.from_config_multi_hook(
+            self.model,
+            dataset=override_dataset if override_dataset is not None else cfg.dataset_path,
+            hook_names=cfg.hook_names,
+            hook_d_ins=hook_d_ins,
+            streaming=cfg.streaming,
+            context_size=cfg.context_size,
+            n_batches_in_buffer=cfg.n_batches_in_buffer,
+            total_training_tokens=cfg.training_tokens,
+            store_batch_size_prompts=cfg.store_batch_size_prompts,
+            train_batch_size_tokens=cfg.train_batch_size_tokens,
+            prepend_bos=cfg.prepend_bos,
+            device=cfg.act_store_device,
+            dtype=cfg.dtype,
+            model_kwargs=cfg.model_kwargs,
+            autocast_lm=cfg.autocast_lm,
+            dataset_trust_remote_code=cfg.dataset_trust_remote_code,
+            seqpos_slice=cfg.seqpos_slice,
+            exclude_special_tokens=None if exclude is False else torch.tensor(exclude, dtype=torch.long),
+            disable_concat_sequences=cfg.disable_concat_sequences,
+            sequence_separator_token=cfg.sequence_separator_token,
+            activations_mixing_fraction=cfg.activations_mixing_fraction,
+            use_chat_formatting=cfg.use_chat_formatting,
+        )
+        self.sae.to(cfg.device)
+        self.evaluator = SplicedCoderEvaluator(  # type: ignore[assignment]
+            model=self.model,
+            activations_store=self.activations_store,
+            hook_names=cfg.hook_names,
+            n_eval_batches=cfg.n_eval_batches,
+            eval_batch_size_prompts=cfg.eval_batch_size_prompts,
+        )
+
+    def _set_sae_metadata(self) -> None:
+        super()._set_sae_metadata()
+        self.sae.cfg.metadata.hook_names = list(self.cfg.hook_names)
+
+    def run(self) -> TrainingSAE[Any]:
+        """Train the coder (and save it to ``cfg.output_path`` when set); return it."""
+        self._set_sae_metadata()
+        if self.cfg.logger.log_to_wandb:
+            wandb.init(
+                project=self.cfg.logger.wandb_project,
+                entity=self.cfg.logger.wandb_entity,
+                config=self.cfg.to_dict(),
+                name=self.cfg.logger.run_name,
+                id=self.cfg.logger.wandb_id,
+            )
+        trainer = PairedSAETrainer(
+            sae=self.sae,
+            data_provider=coder_batches(self.activations_store, self.cfg.hook_names, self.kind),
+            evaluator=self.evaluator,
+            save_checkpoint_fn=self.save_checkpoint,
+            cfg=self.cfg.to_sae_trainer_config(),
+        )
+        if self.cfg.resume_from_checkpoint is not None:
+            trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
+            self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
+            self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
+        self._compile_sae_if_needed()
+        sae = self.run_trainer_with_interruption_handling(trainer)
+        if self.cfg.output_path is not None:
+            self.save_final_sae(sae, self.cfg.output_path, log_feature_sparsity=trainer.log_feature_sparsity)
+        if self.cfg.logger.log_to_wandb:
+            wandb.finish()
+        return sae
