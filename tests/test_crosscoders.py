@@ -18,7 +18,12 @@ N_SOURCES, D_SOURCE = 3, 16
 @pytest.fixture(scope="module")
 def bench():
     return sa.LinearRepresentationBench(
-        kind="crosscoder", n_features=40, d_in=D_SOURCE, n_sources=N_SOURCES, sparsity=0.95, max_interference=0.4
+        kind="crosscoder",
+        n_features=40,
+        d_in=D_SOURCE,
+        n_sources=N_SOURCES,
+        sparsity=0.95,
+        max_interference=0.4,
     )
 
 
@@ -54,7 +59,9 @@ def test_standard_crosscoder_l1_weights_latents_by_the_sum_of_source_norms(bench
     expected = 0.7 * (acts * crosscoder_decoder_norm(coder.W_dec, N_SOURCES)).sum(-1).mean()
     assert output.losses["l1_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     whole_row = 0.7 * (acts * coder.W_dec.norm(dim=1)).sum(-1).mean()
-    assert output.losses["l1_loss"].item() > whole_row.item() * 1.2  # an L1 over sources, not the L2 of the row
+    assert (
+        output.losses["l1_loss"].item() > whole_row.item() * 1.2
+    )  # an L1 over sources, not the L2 of the row
 
 
 def test_jumprelu_crosscoder_tanh_and_pre_act_losses_use_the_source_norm_sum(bench):
