@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ if os.environ.get("CI"):
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="sdl_anchor_wandb_"))  # not the repository
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
