@@ -1,7 +1,9 @@
 """``sdl-anchor bench lrb``: the paper's Table 1 on the Linear Representation Bench.
 
-Trains SAELens SAEs (standard = ReLU + L1, topk, batchtopk, jumprelu, matryoshka_batchtopk) through
-SAELens's own ``SAETrainer`` on a finite LRB dataset in three variants:
+Trains SAELens SAEs (standard = ReLU + L1, topk, batchtopk, jumprelu, matryoshka_batchtopk), and our
+transcoders and crosscoders (TopK by default, ``LRBPreset.coder_activation``) on the LRB's transcoder and
+crosscoder kinds (``d_out = d_in``; ``n_sources`` blocks), through SAELens's ``SAETrainer`` (extended so a
+batch can carry a target) on a finite LRB dataset in three variants:
 
 * ``plain``: the stock architecture;
 * ``init_only``: the anchored architecture with ``anchor_coefficient = 0``, i.e. the first k latents
@@ -37,7 +39,9 @@ from sdl_anchor.io import atomic_write, write_json
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.metrics import recovery
 
-METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk")
+METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")
+# the LRB kind each method trains on (SAE methods: "sae")
+CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder"}
 VARIANTS = ("plain", "init_only", "anchored")
 
 
@@ -58,6 +62,8 @@ class LRBPreset:
     n_anchors: int = 100
     anchor_coefficient: float = 0.1
     anchor_loss: str = DEFAULT_ANCHOR_LOSS
+    coder_activation: str = "topk"  # the transcoder's and crosscoder's activation
+    n_sources: int = 2  # the crosscoder's sources
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def settings_for(self, method: str) -> dict[str, Any]:
@@ -89,6 +95,8 @@ def _settings(
         "topk": {"k": k},
         "batchtopk": {"k": k},
         "matryoshka_batchtopk": {"k": k, "matryoshka_widths": widths},
+        "transcoder": {"k": k},
+        "crosscoder": {"k": k},
     }
 
 
@@ -119,16 +127,44 @@ PRESETS: dict[str, LRBPreset] = {
 }
 
 
-def build_sae(method: str, preset: LRBPreset, d_in: int, device: str, variant: str = "plain") -> Any:
-    """A fresh SAELens TrainingSAE of architecture ``method`` (anchored for the anchoring variants)."""
+def architecture_for(method: str, variant: str, preset: LRBPreset) -> str:
+    """The registered training architecture a (method, variant) row trains."""
+    if method in CODER_KINDS:  # transcoders and crosscoders carry the anchoring fields themselves
+        return f"{preset.coder_activation}_{method}"
+    return method if variant == "plain" else f"anchored_{method}"
+
+
+def build_bench(preset: LRBPreset, kind: str, mode: str, seed: int, device: str) -> LinearRepresentationBench:
+    """The preset's LRB of ``kind`` ("sae", "transcoder" or "crosscoder") and interference ``mode``."""
+    return LinearRepresentationBench(
+        kind=kind,
+        n_features=preset.n_features,
+        d_in=preset.d_in,
+        d_out=preset.d_in if kind == "transcoder" else None,
+        n_sources=preset.n_sources,
+        sparsity=preset.sparsity,
+        max_interference=preset.max_interference,
+        interference=mode,
+        seed=seed,
+        device=device,
+    )
+
+
+def build_sae(
+    method: str, preset: LRBPreset, bench: LinearRepresentationBench, device: str, variant: str = "plain"
+) -> Any:
+    """A fresh SAELens TrainingSAE for ``method`` on ``bench`` (anchored for the anchoring variants)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     settings = {**preset.settings_for(method), **preset.anchor_settings(variant)}
-    architecture = method if variant == "plain" else f"anchored_{method}"
-    sae_class, config_class = get_sae_training_class(architecture)
-    return sae_class(config_class(d_in=d_in, d_sae=preset.d_sae, device=device, **settings))
+    if bench.kind == "transcoder":
+        settings["d_out"] = bench.d_out
+    if bench.kind == "crosscoder":
+        settings["n_sources"] = bench.config.n_sources
+    sae_class, config_class = get_sae_training_class(architecture_for(method, variant, preset))
+    return sae_class(config_class(d_in=bench.d_in, d_sae=preset.d_sae, device=device, **settings))
 
 
 def run_lrb_bench(
@@ -161,28 +197,20 @@ def run_lrb_bench(
     bar = tqdm(jobs, desc="LRB bench", disable=not progress)
     prepared: dict[str, Any] = {}
     for mode, method, variant in bar:
-        if mode not in prepared:
-            bench = LinearRepresentationBench(
-                kind="sae",
-                n_features=preset.n_features,
-                d_in=preset.d_in,
-                sparsity=preset.sparsity,
-                max_interference=preset.max_interference,
-                interference=mode,
-                seed=seed,
-                device=device,
-            )
+        kind = CODER_KINDS.get(method, "sae")
+        if (mode, kind) not in prepared:
+            bench = build_bench(preset, kind, mode, seed, device)
             anchors = bench.anchors(preset.n_anchors, seed=seed)
-            prepared[mode] = (bench, bench.dataset(preset.n_samples), anchors)
-            benches[mode] = {
+            prepared[mode, kind] = (bench, bench.dataset(preset.n_samples), anchors)
+            benches[mode if kind == "sae" else f"{mode}/{kind}"] = {
                 "generation_seconds": bench.generation_seconds,
                 "interference_stats": bench.interference_stats,
                 "anchor_indices": anchors.indices.tolist(),
             }
-        bench, dataset, anchors = prepared[mode]
+        bench, dataset, anchors = prepared[mode, kind]
         bar.set_postfix_str(f"{mode}/{method}/{variant}")
         torch.manual_seed(seed)
-        sae = build_sae(method, preset, bench.d_in, device, variant)
+        sae = build_sae(method, preset, bench, device, variant)
         if variant != "plain":
             sae.set_anchors(anchors)
         started = time.perf_counter()
@@ -229,14 +257,19 @@ def _row(
     recon = sae.decode(acts)
     fvu = float(((recon - sample.x_out) ** 2).sum() / ((sample.x_out - sample.x_out.mean(0)) ** 2).sum())
     paper = paper_numbers(method, anchored=variant == "anchored") if variant != "init_only" else None
-    settings = {"lr": preset.lr_for(method), "n_steps": preset.n_steps, "batch_size": preset.batch_size}
+    settings = {
+        "architecture": architecture_for(method, variant, preset),
+        "lr": preset.lr_for(method),
+        "n_steps": preset.n_steps,
+        "batch_size": preset.batch_size,
+    }
     settings.update(preset.settings_for(method))
     if variant != "plain":
         settings.update(n_anchors=preset.n_anchors, **preset.anchor_settings(variant))
     return {
         "method": method,
         "label": PAPER_LABELS[method],
-        "kind": "sae",
+        "kind": bench.kind,
         "variant": variant,
         "anchored": variant == "anchored",
         "resampling": "none",

@@ -68,6 +68,21 @@ def test_bench_lrb_writes_results_json_and_plot(quick_run, capsys):
     assert (out / "recovery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_lrb_has_transcoder_and_crosscoder_rows(tmp_path):
+    argv = ["bench", "lrb", "--steps", "10", "--methods", "transcoder,crosscoder", "--variants", "plain,anchored"]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["kind"], r["anchored"]) for r in rows] == [
+        ("transcoder", False),
+        ("transcoder", True),
+        ("crosscoder", False),
+        ("crosscoder", True),
+    ]
+    assert [r["paper_M_GT"] for r in rows] == pytest.approx([0.236, 0.251, 0.564, 0.577])
+    assert rows[0]["settings"]["architecture"] == "topk_transcoder"
+    assert rows[3]["settings"]["architecture"] == "topk_crosscoder" and rows[3]["n_scored"] == 128 - 13
+
+
 def test_existing_results_are_not_overwritten(quick_run, capsys):
     _, out = quick_run
     before = (out / "results.json").read_text()
