@@ -11,16 +11,13 @@ batches after a warm-up, and the ratio of median step times is reported (target 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Any
 
 import torch
-from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.registry import get_sae_training_class
-from sae_lens.training.sae_trainer import SAETrainer
 
 from sdl_anchor.anchoring.anchor_set import AnchorSet
+from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
 from sdl_anchor.integrations.registry import ANCHORED_ACTIVATIONS
 
 PRESETS = {
@@ -37,17 +34,6 @@ def _extra(activation: str, d_sae: int) -> dict[str, Any]:
     return {}
 
 
-def _trainer(sae: Any, batch_size: int, device: str) -> SAETrainer:
-    config = SAETrainerConfig(
-        total_training_samples=10**9,
-        train_batch_size_samples=batch_size,
-        lr_end=3e-5,
-        device=device,
-        logger=LoggingConfig(log_to_wandb=False),
-    )
-    return SAETrainer(cfg=config, sae=sae, data_provider=iter(()))
-
-
 def measure_activation(activation: str, preset: dict[str, int], device: str = "cpu") -> dict[str, Any]:
     """Median step seconds of stock and anchored ``activation`` SAEs on identical batches."""
     d_in, d_sae, batch_size = preset["d_in"], preset["d_sae"], preset["batch_size"]
@@ -59,25 +45,17 @@ def measure_activation(activation: str, preset: dict[str, int], device: str = "c
     torch.manual_seed(0)
     anchored = anchored_class(anchored_config(d_in=d_in, d_sae=d_sae, device=device, **extra))
     anchored.set_anchors(AnchorSet(torch.randn(preset["k"], d_in)))
-    trainers = {
-        "stock": _trainer(stock, batch_size, device),
-        "anchored": _trainer(anchored, batch_size, device),
-    }
     generator = torch.Generator(device=device).manual_seed(0)
     batches = [torch.randn(batch_size, d_in, generator=generator, device=device) for _ in range(4)]
-    times: dict[str, list[float]] = {"stock": [], "anchored": []}
-    for i in range(preset["steps"] + 3):
-        batch = batches[i % len(batches)]
-        for name, trainer in trainers.items():
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            trainer.step(batch)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= 3:  # warm-up
-                times[name].append(time.perf_counter() - started)
-    stock_s, anchored_s = statistics.median(times["stock"]), statistics.median(times["anchored"])
+    seconds = median_step_seconds(
+        {
+            "stock": (trainer_for_timing(stock, batch_size, device), batches),
+            "anchored": (trainer_for_timing(anchored, batch_size, device), batches),
+        },
+        preset["steps"],
+        device,
+    )
+    stock_s, anchored_s = seconds["stock"], seconds["anchored"]
     return {
         "name": f"anchored_{activation} / {activation} step",
         "stock_seconds": stock_s,

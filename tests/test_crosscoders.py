@@ -151,3 +151,15 @@ def test_bad_crosscoder_configs_and_pairings(bench):
     sae_bench = sa.LinearRepresentationBench(n_features=40, d_in=48, max_interference=0.4)
     with pytest.raises(ValueError, match="'sae' bench needs an SAE"):
         sa.train_on_bench(make("topk"), sae_bench, n_steps=1)
+
+
+@pytest.mark.parametrize("kind, flop_ratio", [("transcoder", 1.0), ("crosscoder", 3.0)])
+def test_coder_step_time_benchmark_times_coder_and_stock_sae(kind, flop_ratio):
+    from sdl_anchor.eval.coder_step_time import measure_coder
+
+    preset = {"d": 16, "d_sae": 64, "batch_size": 32, "steps": 3, "n_sources": 3}
+    row = measure_coder("topk", kind, preset)
+    assert row["stock_seconds"] > 0 and row["coder_seconds"] > 0 and row["flop_ratio"] == flop_ratio
+    assert row["ratio"] == pytest.approx(row["coder_seconds"] / row["stock_seconds"])
+    with pytest.raises(ValueError, match="kind must be"):
+        measure_coder("topk", "sae", preset)
