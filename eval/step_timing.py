@@ -32,10 +32,13 @@ def median_step_seconds(
     trainers: dict[str, tuple[PairedSAETrainer, list[Any]]], steps: int, device: str, warm_up: int = 3
 ) -> dict[str, float]:
     """``{name: median seconds of trainer.step}``; each trainer cycles through its own batches and the
-    trainers take turns at every step."""
+    trainers take turns at every step, in an order that reverses every step (so neither always runs
+    first, on colder caches)."""
     times: dict[str, list[float]] = {name: [] for name in trainers}
+    names = list(trainers)
     for i in range(steps + warm_up):
-        for name, (trainer, batches) in trainers.items():
+        for name in names if i % 2 == 0 else names[::-1]:
+            trainer, batches = trainers[name]
             batch = batches[i % len(batches)]
             if device.startswith("cuda"):
                 torch.cuda.synchronize()

@@ -69,7 +69,16 @@ def test_bench_lrb_writes_results_json_and_plot(quick_run, capsys):
 
 
 def test_bench_lrb_has_transcoder_and_crosscoder_rows(tmp_path):
-    argv = ["bench", "lrb", "--steps", "10", "--methods", "transcoder,crosscoder", "--variants", "plain,anchored"]
+    argv = [
+        "bench",
+        "lrb",
+        "--steps",
+        "10",
+        "--methods",
+        "transcoder,crosscoder",
+        "--variants",
+        "plain,anchored",
+    ]
     assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["kind"], r["anchored"]) for r in rows] == [

@@ -222,3 +222,19 @@ def test_runner_needs_a_dataset_and_a_coder_runner_config(model, tmp_path):
 
         CoderTrainingRunner(LanguageModelSAERunnerConfig(sae=config.sae, verbose=False, checkpoint_path=None))
     assert sa.TopKTranscoderTrainingSAEConfig is get_sae_training_class("topk_transcoder")[1]
+
+
+def test_example_trains_splices_and_reloads_both_kinds(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "transcoder_crosscoder_transformerlens.py"
+    spec = importlib.util.spec_from_file_location("coders_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main(["--out", str(tmp_path), "--training-tokens", "16384"])
+    assert results["transcoder"]["architecture"] == "topk_transcoder"
+    assert results["crosscoder"]["architecture"] == "topk_crosscoder"
+    for kind in ("transcoder", "crosscoder"):
+        assert results[kind]["model_performance_preservation"]["ce_loss_score"] > 0.5
+    assert "reloaded CE loss recovered" in capsys.readouterr().out
