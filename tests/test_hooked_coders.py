@@ -108,6 +108,8 @@ def test_coders_train_on_the_model_splice_back_and_reload(
         assert {"explained_variance_source_0", "explained_variance_source_1"} <= set(
             after["reconstruction_quality"]
         )
+    logged = runner.evaluator(coder, None, None)  # what the trainer logs to W&B at its eval steps
+    assert logged["model_performance_preservation"]["ce_loss_score"] > 0.5
     loaded = SAE.load_from_disk(str(tmp_path / "coder"))
     assert loaded.cfg.architecture() == inference and loaded.cfg.metadata.hook_names == hook_names
     reloaded = evaluate_spliced(loaded, model, tokens)
