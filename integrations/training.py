@@ -21,8 +21,10 @@ from tqdm.auto import tqdm
 
 from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.lrb.data import LRBDataset
+from sdl_anchor.resampling import ResamplingConfig
 
 
 def check_coder_kind(sae: TrainingSAE[Any], bench: LinearRepresentationBench) -> None:
@@ -57,12 +59,15 @@ def train_on_bench(
     logger: LoggingConfig | None = None,
     autocast: bool = False,
     show_progress: bool = True,
+    resampling: ResamplingConfig | None = None,
 ) -> TrainingSAE[Any]:
     """Train ``sae`` for ``n_steps`` batches of LRB data and return it.
 
     Data comes from ``dataset`` (shuffled epochs, the paper's finite-N setting) or, when it is
     None, from a fresh stream seeded with ``seed``. ``lr_decay_steps`` defaults to the last 20% of
-    training (SAELens's linear decay to ``lr / 10``).
+    training (SAELens's linear decay to ``lr / 10``). With ``resampling`` the trainer is
+    :class:`~sdl_anchor.integrations.resampling_trainer.ResamplingSAETrainer`; its schedule scales with
+    ``n_steps``, and the events are recorded in ``sae.cfg.metadata.resampling``.
     """
     if not hasattr(sae, "cfg") or not hasattr(sae, "training_forward_pass"):
         raise ValueError("sae must be a SAELens TrainingSAE (e.g. TopKTrainingSAE(cfg))")
@@ -102,8 +107,20 @@ def train_on_bench(
         n_batches_for_norm_estimate=10,
     )
     sae.to(device)
-    trainer = PairedSAETrainer(cfg=trainer_config, sae=sae, data_provider=provider)
+    if resampling is None:
+        trainer: PairedSAETrainer = PairedSAETrainer(cfg=trainer_config, sae=sae, data_provider=provider)
+    else:
+        trainer = ResamplingSAETrainer(
+            cfg=trainer_config, sae=sae, data_provider=provider, resampling=resampling
+        )
     if show_progress:
-        return trainer.fit()
-    with patch.object(sae_trainer_module, "tqdm", partial(tqdm, disable=True)):
-        return trainer.fit()
+        trained = trainer.fit()
+    else:
+        with patch.object(sae_trainer_module, "tqdm", partial(tqdm, disable=True)):
+            trained = trainer.fit()
+    if isinstance(trainer, ResamplingSAETrainer):
+        trained.cfg.metadata.resampling = {
+            "strategy": trainer.resampling.strategy,
+            "events": trainer.resample_log,
+        }
+    return trained

@@ -36,6 +36,7 @@ from sdl_anchor.integrations.registry import (
 from sdl_anchor.integrations.training import train_on_bench
 from sdl_anchor.lrb import LinearRepresentationBench, LRBBatch
 from sdl_anchor.metrics import recovery
+from sdl_anchor.resampling import ResamplingConfig
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,7 @@ __all__ = [
     "JumpReLUTranscoderTrainingSAEConfig",
     "LRBBatch",
     "LinearRepresentationBench",
+    "ResamplingConfig",
     "StandardCrosscoderTrainingSAE",
     "StandardCrosscoderTrainingSAEConfig",
     "StandardTranscoderTrainingSAE",

@@ -1,0 +1,234 @@
+"""``ResamplingSAETrainer``: ``PairedSAETrainer`` that resamples dead latents on a schedule.
+
+SAELens's trainer has no hook for resampling (SAELens dropped it in 2024). This subclass keeps every
+SAELens behaviour and, after the steps named by :class:`~sdl_anchor.resampling.ResamplingConfig`'s
+schedule:
+
+1. finds dead latents: no firing for ``dead_steps`` steps (SAELens's own per-latent counter) or, with
+   ``dead_tokens``, for that many tokens (counted here);
+2. runs the configured strategy (:mod:`sdl_anchor.resampling.strategies`) on a pool of the last
+   ``pool_size`` training inputs, writes the new encoder columns, encoder biases and decoder rows (and
+   resets a JumpReLU threshold to its initial value), and zeroes Adam's moments for exactly those latents;
+3. optionally ramps the learning rate back up over ``rewarm_steps``;
+4. logs ``resample/events``, ``resample/latents``, ``resample/dead_before``, ``resample/split``,
+   ``resample/fallback``, ``resample/loss_before``, ``resample/loss_after`` (pool MSE around the event) and
+   ``resample/seconds`` to W&B through SAELens's logger settings, and keeps them in ``self.resample_log``.
+
+Works for SAEs, transcoders and crosscoders of every registered architecture: it only touches the
+latent-indexed parameters (``W_enc`` columns, ``b_enc``, ``W_dec`` rows, ``threshold``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import wandb
+from sae_lens.config import SAETrainerConfig
+from sae_lens.saes.sae import TrainStepOutput
+
+from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.resampling import (
+    ResamplePool,
+    ResampleUpdate,
+    ResamplingConfig,
+    anthropic_resample,
+    mean_live_norms,
+    reset_adam_state,
+    theory_resample,
+)
+
+# parameter name -> the dimension that indexes latents
+LATENT_DIMS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0}
+
+
+class InputPool:
+    """The last ``capacity`` training inputs (and targets), in preallocated ring buffers on the device."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.inputs: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None
+        self.size = 0
+        self.position = 0
+
+    @torch.no_grad()
+    def add(self, x_in: torch.Tensor, target: torch.Tensor | None) -> None:
+        if self.inputs is None:
+            self.inputs = x_in.new_empty(self.capacity, x_in.shape[-1])
+            if target is not None:
+                self.targets = target.new_empty(self.capacity, target.shape[-1])
+        x_in = x_in[-self.capacity :]
+        rows = (self.position + torch.arange(x_in.shape[0], device=x_in.device)) % self.capacity
+        self.inputs[rows] = x_in.detach().to(self.inputs.dtype)
+        if self.targets is not None and target is not None:
+            self.targets[rows] = target[-self.capacity :].detach().to(self.targets.dtype)
+        self.position = (self.position + x_in.shape[0]) % self.capacity
+        self.size = min(self.capacity, self.size + x_in.shape[0])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.inputs is None:
+            raise ValueError("the resampling pool is empty: no training step has run yet")
+        inputs = self.inputs[: self.size]
+        return inputs, inputs if self.targets is None else self.targets[: self.size]
+
+
+# a latent "owns" an input when its activation is at least this fraction of the input's largest
+DOMINANCE = 0.5
+
+
+@torch.no_grad()
+def pool_statistics(sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: int = 4096) -> ResamplePool:
+    """Run the coder over the pool in chunks: encoder inputs, targets minus ``b_dec``, errors, and the
+    latents that own each input (activation >= ``DOMINANCE`` x the input's largest): with TopK every input
+    fires k latents, and a latent's clusters are read from the inputs it answers for, not those where it is
+    a distant runner-up."""
+    encoder_inputs, targets, losses, rows, latents = [], [], [], [], []
+    for start in range(0, x_in.shape[0], chunk):
+        x, t = x_in[start : start + chunk], target[start : start + chunk]
+        acts = sae.encode(x)
+        output = sae.transcode(x, acts) if hasattr(sae, "transcode") else sae.decode(acts)
+        encoder_inputs.append(sae.process_sae_in(x))
+        targets.append(t - sae.b_dec)
+        losses.append((t - output).pow(2).sum(dim=-1))
+        dominant = (acts > 0) & (acts >= DOMINANCE * acts.amax(dim=-1, keepdim=True))
+        chunk_rows, chunk_latents = torch.nonzero(dominant, as_tuple=True)
+        rows.append(chunk_rows + start)
+        latents.append(chunk_latents)
+    return ResamplePool.from_pairs(
+        torch.cat(encoder_inputs),
+        torch.cat(targets),
+        torch.cat(losses),
+        torch.cat(rows),
+        torch.cat(latents),
+        sae.cfg.d_sae,
+    )
+
+
+class ResamplingSAETrainer(PairedSAETrainer):
+    """SAELens's trainer (paired batches allowed) that resamples dead latents (module docstring)."""
+
+    def __init__(
+        self,
+        cfg: SAETrainerConfig,
+        sae: Any,
+        data_provider: Any,
+        evaluator: Any = None,
+        save_checkpoint_fn: Any = None,
+        resampling: ResamplingConfig | None = None,
+    ) -> None:
+        super().__init__(
+            cfg=cfg,
+            sae=sae,
+            data_provider=data_provider,
+            evaluator=evaluator,
+            save_checkpoint_fn=save_checkpoint_fn,
+        )
+        self.resampling = resampling if resampling is not None else ResamplingConfig()
+        self.schedule = self.resampling.schedule(cfg.total_training_steps)
+        self.pool = InputPool(self.resampling.pool_size)
+        self.tokens_since_fired = torch.zeros(sae.cfg.d_sae, device=cfg.device, dtype=torch.long)
+        self.resample_log: list[dict[str, float]] = []
+        self._last_event_step: int | None = None
+        self._generator = torch.Generator().manual_seed(self.resampling.seed)
+
+    def step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> TrainStepOutput:
+        output = super().step(batch)
+        x_in, target = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        device = self.sae.device
+        self.pool.add(self.activation_scaler(x_in.to(device)), None if target is None else target.to(device))
+        fired = (output.feature_acts.detach() != 0).reshape(-1, self.sae.cfg.d_sae).any(dim=0)
+        self.tokens_since_fired = torch.where(fired, 0, self.tokens_since_fired + x_in.shape[0])
+        completed = self.n_training_steps + 1
+        if completed in self.schedule.event_steps:
+            self.resample(completed)
+        self._rewarm(completed)
+        return output
+
+    def dead_latents(self) -> torch.Tensor:
+        """Indices of the latents that count as dead now (steps, or tokens with ``dead_tokens``)."""
+        if self.schedule.dead_tokens is not None:
+            dead = self.tokens_since_fired >= self.schedule.dead_tokens
+        else:
+            dead = self.n_forward_passes_since_fired >= self.schedule.dead_steps
+        return torch.nonzero(dead).flatten()
+
+    @torch.no_grad()
+    def resample(self, step: int) -> dict[str, float]:
+        """Run one resampling event now; return (and log) its record."""
+        started = time.perf_counter()
+        dead = self.dead_latents()
+        record = {
+            "resample/events": float(len(self.resample_log) + 1),
+            "resample/dead_before": float(dead.numel()),
+        }
+        x_in, target = self.pool.tensors()
+        pool = pool_statistics(self.sae, x_in, target)
+        record["resample/loss_before"] = float(pool.loss.mean())
+        update = self._strategy_update(dead, pool) if dead.numel() else None
+        if update is not None and update.latents.numel():
+            self._apply(update)
+            record["resample/loss_after"] = float(pool_statistics(self.sae, x_in, target).loss.mean())
+        else:
+            record["resample/loss_after"] = record["resample/loss_before"]
+        record["resample/latents"] = float(0 if update is None else update.n_dead_resampled)
+        record["resample/split"] = float(0 if update is None else update.n_split)
+        record["resample/fallback"] = float(0 if update is None else update.n_fallback)
+        record["resample/seconds"] = time.perf_counter() - started
+        record["resample/step"] = float(step)
+        self.resample_log.append(record)
+        self._last_event_step = step
+        if self.cfg.logger.log_to_wandb:
+            wandb.log(record, step=self.n_training_steps)
+        return record
+
+    def _strategy_update(self, dead: torch.Tensor, pool: ResamplePool) -> ResampleUpdate:
+        config = self.resampling
+        W_enc, W_dec = self.sae.W_enc.detach(), self.sae.W_dec.detach()
+        if config.strategy == "theory":
+            return theory_resample(
+                dead,
+                pool,
+                W_enc,
+                self.sae.b_enc.detach(),
+                W_dec,
+                n_clusters=config.n_clusters,
+                merge_cosine=config.merge_cosine,
+                min_cluster_fraction=config.min_cluster_fraction,
+                encoder_scale=config.encoder_scale,
+                generator=self._generator,
+            )
+        live = torch.ones(W_dec.shape[0], dtype=torch.bool, device=W_dec.device)
+        live[dead] = False
+        encoder_norm, decoder_norm = mean_live_norms(W_enc, W_dec, live)
+        return anthropic_resample(
+            dead, pool, encoder_norm, decoder_norm, config.encoder_scale, self._generator
+        )
+
+    @torch.no_grad()
+    def _apply(self, update: ResampleUpdate) -> None:
+        sae, latents = self.sae, update.latents.to(self.sae.device)
+        sae.W_enc[:, latents] = update.encoder.to(sae.W_enc.dtype)
+        sae.b_enc[latents] = update.encoder_bias.to(sae.b_enc.dtype)
+        sae.W_dec[latents] = update.decoder.to(sae.W_dec.dtype)
+        threshold = getattr(sae, "threshold", None)
+        if isinstance(threshold, torch.nn.Parameter) and threshold.shape == (sae.cfg.d_sae,):
+            threshold[latents] = float(sae.cfg.jumprelu_init_threshold)
+        named = dict(sae.named_parameters())
+        params = [(named[name], dim) for name, dim in LATENT_DIMS.items() if name in named]
+        reset_adam_state(self.optimizer, params, latents)
+        self.n_forward_passes_since_fired[latents] = 0
+        self.tokens_since_fired[latents] = 0
+
+    def _rewarm(self, completed: int) -> None:
+        """Scale the scheduler's learning rate by ``(steps since the event) / rewarm_steps`` for a while."""
+        rewarm = self.schedule.rewarm_steps
+        if rewarm == 0 or self._last_event_step is None:
+            return
+        since = completed - self._last_event_step
+        if since >= rewarm:
+            return
+        factor = (since + 1) / rewarm
+        for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr(), strict=True):
+            group["lr"] = base * factor

@@ -1,0 +1,25 @@
+"""Dead-latent resampling: Bricken et al.'s recipe and a theory-guided split of polysemantic latents."""
+
+from sdl_anchor.resampling.adam import reset_adam_state
+from sdl_anchor.resampling.config import STRATEGIES, ResamplingConfig, ResamplingSchedule
+from sdl_anchor.resampling.strategies import (
+    ResamplePool,
+    ResampleUpdate,
+    anthropic_resample,
+    mean_live_norms,
+    spherical_kmeans,
+    theory_resample,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "ResamplePool",
+    "ResampleUpdate",
+    "ResamplingConfig",
+    "ResamplingSchedule",
+    "anthropic_resample",
+    "mean_live_norms",
+    "reset_adam_state",
+    "spherical_kmeans",
+    "theory_resample",
+]
