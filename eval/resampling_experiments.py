@@ -48,7 +48,7 @@ def planted_experiment(
     architecture: str = "topk",
     n_features: int = 64,
     d_in: int = 64,
-    n_steps: int = 1500,
+    n_steps: int = 800,
     batch_size: int = 512,
     device: str = "cpu",
     variants: tuple[str, ...] = PLANTED_VARIANTS,
@@ -64,7 +64,9 @@ def planted_experiment(
         if variant == "auxk" and "topk" not in architecture:
             continue
         sae_class, config_class = get_sae_training_class(architecture)
-        extra: dict[str, Any] = {"k": k} if "topk" in architecture else {"l1_coefficient": 1.0}
+        extra: dict[str, Any] = {"k": k} if "topk" in architecture else {}
+        if architecture == "standard":
+            extra["l1_coefficient"] = 1.0
         if "topk" in architecture:
             extra["aux_loss_coefficient"] = 1.0 if variant == "auxk" else 0.0
         torch.manual_seed(0)
@@ -78,7 +80,7 @@ def planted_experiment(
             bench,
             n_steps=n_steps,
             batch_size=batch_size,
-            lr=3e-3,
+            lr=1e-3,
             dead_feature_window=50,
             resampling=resampling,
             show_progress=False,
@@ -87,7 +89,8 @@ def planted_experiment(
         scores = recovery(sae, bench, mcc=False)
         sample = bench.sample(8192, torch.Generator(device=device).manual_seed(1)).x_in
         sae.eval()
-        mse = float((sae.decode(sae.encode(sample)) - sample).pow(2).sum(-1).mean())
+        with torch.no_grad():
+            mse = float((sae.decode(sae.encode(sample)) - sample).pow(2).sum(-1).mean())
         rows.append(
             {
                 "architecture": architecture,
@@ -103,17 +106,72 @@ def planted_experiment(
     return rows
 
 
+def cost_experiment(
+    d_in: int = 768, d_sae: int = 16_384, batch_size: int = 4096, device: str = "cpu", steps: int = 3
+) -> dict[str, Any]:
+    """Seconds of one training step and of one event per strategy, a TopK SAE with half its latents dead;
+    the amortised overhead assumes the default schedule (4 events) over ``8 x 1000`` steps."""
+    from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
+    from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+
+    sae_class, config_class = get_sae_training_class("topk")
+    torch.manual_seed(0)
+    sae = sae_class(config_class(d_in=d_in, d_sae=d_sae, k=32, device=device))
+    generator = torch.Generator(device=device).manual_seed(0)
+    batches = [torch.randn(batch_size, d_in, generator=generator, device=device) for _ in range(2)]
+    step_seconds = median_step_seconds(
+        {"step": (trainer_for_timing(sae, batch_size, device), batches)}, steps, device, 1
+    )["step"]
+    row: dict[str, Any] = {"d_sae": d_sae, "batch_size": batch_size, "step_seconds": step_seconds}
+    for strategy in ("anthropic", "theory"):
+        trainer = ResamplingSAETrainer(
+            cfg=trainer_for_timing(sae, batch_size, device).cfg,
+            sae=sae,
+            data_provider=iter(()),
+            resampling=ResamplingConfig(strategy=strategy),
+        )
+        with torch.no_grad():
+            for _ in range(8):  # a full pool of 32,768 inputs
+                trainer.pool.add(torch.randn(batch_size, d_in, generator=generator, device=device), None)
+            trainer.n_forward_passes_since_fired[d_sae // 2 :] = 10**6  # half the latents dead
+        record = trainer.resample(step=1)
+        total_steps = 8000
+        row[strategy] = {
+            "event_seconds": record["resample/seconds"],
+            "event_over_step": record["resample/seconds"] / step_seconds,
+            "amortised_overhead": 4 * record["resample/seconds"] / (total_steps * step_seconds),
+            "latents": record["resample/latents"],
+        }
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("experiment", choices=("planted",))
+    parser.add_argument("experiment", choices=("planted", "cost"))
     parser.add_argument("--architecture", default="topk")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=800)
     args = parser.parse_args(argv)
+    if args.experiment == "cost":
+        row = cost_experiment(device=args.device)
+        print(
+            f"one resampling event vs one training step (TopK, d_in 768, d_sae 16,384, batch 4096, {args.device})"
+        )
+        print(f"training step {row['step_seconds']:.3f} s")
+        for strategy in ("anthropic", "theory"):
+            r = row[strategy]
+            print(
+                f"{strategy:<10} event {r['event_seconds']:.2f} s = {r['event_over_step']:.1f} steps; "
+                f"{r['latents']:.0f} latents; 4 events over 8000 steps: {100 * r['amortised_overhead']:.2f}%"
+            )
+        return
     rows = planted_experiment(args.architecture, n_steps=args.steps, device=args.device)
-    print(f"planted spurious minimum ({args.architecture}, n=64, d=64): M_GT start -> end, final MSE")
+    print(
+        f"planted spurious minimum ({args.architecture}, n=64, d=64, S=0.98, {args.steps} steps of 512, lr 1e-3): "
+        "M_GT start -> end, final MSE"
+    )
     for row in rows:
         split = sum(e["resample/split"] for e in row["events"])
         print(

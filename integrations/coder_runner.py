@@ -7,7 +7,9 @@ output hooks of a transcoder, or a crosscoder's source hooks (an SAE may keep us
 * activations come from SAELens's multi-hook ``ActivationsStore`` (one model pass fills every hook, one
   shared shuffle keeps tokens aligned) as ``(x_in, x_out)`` pairs or concatenated sources;
 * the trainer is :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer`;
-* its evaluator splices the coder into the model (:func:`~sdl_anchor.integrations.splice.evaluate_spliced`).
+* its evaluator splices the coder into the model (:func:`~sdl_anchor.integrations.splice.evaluate_spliced`);
+* ``resampling=ResamplingConfig(...)`` swaps in
+  :class:`~sdl_anchor.integrations.resampling_trainer.ResamplingSAETrainer` (dead-latent resampling).
 
 Like SAELens's runner it takes ``override_model`` / ``override_dataset`` / ``override_sae``, checkpoints,
 saves the final coder (``save_inference_model``) with its hooks in ``cfg.metadata.hook_names``, and logs to
@@ -33,7 +35,9 @@ from transformer_lens.hook_points import HookedRootModule
 
 from sdl_anchor.integrations.coder_hooks import check_coder_hooks, coder_kind
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.splice import evaluate_spliced
+from sdl_anchor.resampling import ResamplingConfig
 
 HfDataset = Dataset | DatasetDict | IterableDataset | IterableDatasetDict
 
@@ -97,8 +101,10 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
         override_dataset: HfDataset | None = None,
         override_model: HookedRootModule | None = None,
         override_sae: TrainingSAE[Any] | None = None,
+        resampling: ResamplingConfig | None = None,
     ) -> None:
         # SAELens's __init__ builds a single-hook ActivationsStore, so it is not called.
+        self.resampling = resampling
         if not isinstance(cfg, CoderRunnerConfig):
             raise ValueError(
                 "CoderTrainingRunner needs a CoderRunnerConfig (SAELens's config plus hook_names)"
@@ -178,13 +184,17 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
                 name=self.cfg.logger.run_name,
                 id=self.cfg.logger.wandb_id,
             )
-        trainer = PairedSAETrainer(
-            sae=self.sae,
-            data_provider=coder_batches(self.activations_store, self.cfg.hook_names, self.kind),
-            evaluator=self.evaluator,
-            save_checkpoint_fn=self.save_checkpoint,
-            cfg=self.cfg.to_sae_trainer_config(),
-        )
+        trainer_kwargs = {
+            "sae": self.sae,
+            "data_provider": coder_batches(self.activations_store, self.cfg.hook_names, self.kind),
+            "evaluator": self.evaluator,
+            "save_checkpoint_fn": self.save_checkpoint,
+            "cfg": self.cfg.to_sae_trainer_config(),
+        }
+        if self.resampling is None:
+            trainer: PairedSAETrainer = PairedSAETrainer(**trainer_kwargs)
+        else:
+            trainer = ResamplingSAETrainer(**trainer_kwargs, resampling=self.resampling)
         if self.cfg.resume_from_checkpoint is not None:
             trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
             self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)

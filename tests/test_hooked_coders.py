@@ -240,3 +240,18 @@ def test_example_trains_splices_and_reloads_both_kinds(tmp_path, capsys):
     for kind in ("transcoder", "crosscoder"):
         assert results[kind]["model_performance_preservation"]["ce_loss_score"] > 0.5
     assert "reloaded CE loss recovered" in capsys.readouterr().out
+
+
+def test_runner_resamples_dead_latents_of_a_transcoder(model, dataset, tmp_path):
+    config = coder_config("topk_transcoder", d_in=32, d_out=32, d_sae=128)
+    runner = CoderTrainingRunner(
+        runner_config(config, MLP_PAIR, tmp_path / "tc", training_tokens=8192),
+        override_model=model,
+        override_dataset=dataset,
+        resampling=sa.ResamplingConfig(strategy="theory", pool_size=2048),
+    )
+    with torch.no_grad():
+        runner.sae.b_enc[64:] = -100.0  # half the latents start dead
+    coder = runner.run()
+    assert (coder.b_enc[64:] > -100).all()  # rewritten by the first event
+    assert SAE.load_from_disk(str(tmp_path / "tc")).cfg.architecture() == "topk_transcoder"
