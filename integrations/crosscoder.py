@@ -40,7 +40,7 @@ from sdl_anchor.integrations.anchored import (
     derive_training_config,
     validate_anchor_fields,
 )
-from sdl_anchor.integrations.inference import validate_n_sources
+from sdl_anchor.integrations.inference import SourceBlocksMixin, validate_n_sources
 
 CROSSCODER_ACTIVATIONS = ("standard", "topk", "batchtopk", "jumprelu")
 # training activation -> inference architecture of the saved crosscoder
@@ -62,19 +62,10 @@ def crosscoder_decoder_norm(W_dec: torch.Tensor, n_sources: int) -> torch.Tensor
     return source_decoder_norms(W_dec, n_sources).sum(dim=-1)
 
 
-class CrosscoderMixin:
+class CrosscoderMixin(SourceBlocksMixin):
     """The block decoder-norm penalty and per-source losses, on any SAELens TrainingSAE."""
 
-    cfg: Any
     W_dec: torch.nn.Parameter
-
-    @property
-    def n_sources(self) -> int:
-        return self.cfg.n_sources
-
-    @property
-    def d_source(self) -> int:
-        return self.cfg.d_in // self.cfg.n_sources
 
     def calculate_aux_loss(
         self,

@@ -78,8 +78,8 @@ class TopKSkipTranscoder(TopKTranscoder, SkipTranscoder):
 CROSSCODER_INFERENCE_BASES = ("standard", "topk", "jumprelu")
 
 
-class CrosscoderInferenceMixin:
-    """Per-source views of a crosscoder's concatenated input / output."""
+class SourceBlocksMixin:
+    """Per-source views of a crosscoder's concatenated input / output (training and inference classes)."""
 
     cfg: Any
 
@@ -131,7 +131,7 @@ def make_crosscoder_inference_architecture(base: str) -> tuple[type, type]:
     )
     sae_class = type(
         f"{camel}Crosscoder",
-        (CrosscoderInferenceMixin, base_sae),
+        (SourceBlocksMixin, base_sae),
         {"__doc__": f"A crosscoder for inference: SAELens's {base_sae.__name__}.", "__module__": __name__},
     )
     return sae_class, config_class
