@@ -205,3 +205,28 @@ def test_dead_latents_by_tokens(bench):
     config = ResamplingConfig(strategy="anthropic", every_n_steps=10, max_events=1, dead_tokens=10 * 128)
     sa.train_on_bench(sae, bench, n_steps=30, batch_size=128, lr=1e-3, resampling=config, show_progress=False)
     assert sae.cfg.metadata.resampling["events"][0]["resample/dead_before"] == 32
+
+
+def test_learning_rate_rewarms_after_an_event(bench):
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+
+    sae = planted_topk(bench)
+    config = SAETrainerConfig(
+        total_training_samples=40 * 64,
+        train_batch_size_samples=64,
+        lr=1e-3,
+        lr_end=1e-3,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    resampling = ResamplingConfig(strategy="anthropic", every_n_steps=10, max_events=1, rewarm_steps=4)
+    trainer = ResamplingSAETrainer(config, sae, bench.stream(64), resampling=resampling)
+    lrs = []
+    for _ in range(16):
+        trainer.step(next(trainer.data_provider))
+        trainer.n_training_steps += 1
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    assert len(trainer.resample_log) == 1
+    assert lrs[:9] == pytest.approx([1e-3] * 9)
+    assert lrs[9:14] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])  # ramps back over 4 steps
