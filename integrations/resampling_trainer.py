@@ -135,9 +135,12 @@ class ResamplingSAETrainer(PairedSAETrainer):
 
     def step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> TrainStepOutput:
         output = super().step(batch)
-        x_in, target = batch if isinstance(batch, (tuple, list)) else (batch, None)
-        device = self.sae.device
-        self.pool.add(self.activation_scaler(x_in.to(device)), None if target is None else target.to(device))
+        # the step's own (device-resident, scaled) tensors: output.sae_in is the input, or a transcoder's target
+        if isinstance(batch, (tuple, list)):
+            x_in, target = batch[0].to(self.sae.device), output.sae_in
+        else:
+            x_in, target = output.sae_in, None
+        self.pool.add(x_in, target)
         fired = (output.feature_acts.detach() != 0).reshape(-1, self.sae.cfg.d_sae).any(dim=0)
         self.tokens_since_fired = torch.where(fired, 0, self.tokens_since_fired + x_in.shape[0])
         completed = self.n_training_steps + 1

@@ -72,8 +72,7 @@ def evaluate_spliced(
     check_coder_hooks(model, hook_names, coder.cfg, kind)
     if isinstance(token_batches, torch.Tensor):
         token_batches = [token_batches]
-    replaced = hook_names[1:] if kind == "transcoder" else hook_names
-    sources = replaced  # the activations a reconstruction is scored against
+    sources = hook_names[1:] if kind == "transcoder" else hook_names  # the hooks the coder replaces
     variance = {name: ExplainedVarianceCalculator() for name in sources}
     totals = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0, "sq_error": 0.0, "l0": 0.0}
     n_batches = n_tokens = 0
@@ -102,7 +101,7 @@ def evaluate_spliced(
             )
             hooks = _splice_hooks(coder, kind, hook_names, reconstructions)
             totals["spliced"] += _ce_loss(model, tokens, hooks)
-            totals["ablated"] += _ce_loss(model, tokens, [(name, _zero) for name in replaced])
+            totals["ablated"] += _ce_loss(model, tokens, [(name, _zero) for name in sources])
             for name in sources:
                 target = acts[name].reshape(-1, acts[name].shape[-1]).to(output.device, output.dtype)
                 recon = reconstructions[name].reshape(target.shape)

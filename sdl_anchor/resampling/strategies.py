@@ -331,8 +331,6 @@ def theory_resample(
                 )
             )
             assigned.append(decoder_dir)
-    update = ResampleUpdate.concat(updates, W_enc.shape[0], W_dec.shape[1], W_dec)
-    update.n_split = n_split
     if free:
         fallback = anthropic_resample(
             torch.tensor(free, device=W_dec.device),
@@ -343,6 +341,7 @@ def theory_resample(
             generator,
         )
         fallback.n_fallback = fallback.n_dead_resampled
-        update = ResampleUpdate.concat([update, fallback], W_enc.shape[0], W_dec.shape[1], W_dec)
-        update.n_split = n_split
+        updates.append(fallback)
+    update = ResampleUpdate.concat(updates, W_enc.shape[0], W_dec.shape[1], W_dec)
+    update.n_split = n_split
     return update
