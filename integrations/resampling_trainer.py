@@ -78,6 +78,21 @@ class InputPool:
 DOMINANCE = 0.5
 
 
+def _coder_chunks(sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: int) -> Any:
+    """``(start, x, t, feature_acts, squared error)`` of the coder over the pool, ``chunk`` rows at a time."""
+    for start in range(0, x_in.shape[0], chunk):
+        x, t = x_in[start : start + chunk], target[start : start + chunk]
+        acts = sae.encode(x)
+        output = sae.transcode(x, acts) if hasattr(sae, "transcode") else sae.decode(acts)
+        yield start, x, t, acts, (t - output).pow(2).sum(dim=-1)
+
+
+@torch.no_grad()
+def pool_loss(sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: int = 4096) -> float:
+    """The coder's mean squared error over the pool."""
+    return float(torch.cat([loss for *_, loss in _coder_chunks(sae, x_in, target, chunk)]).mean())
+
+
 @torch.no_grad()
 def pool_statistics(sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: int = 4096) -> ResamplePool:
     """Run the coder over the pool in chunks: encoder inputs, targets minus ``b_dec``, errors, and the
@@ -85,13 +100,10 @@ def pool_statistics(sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: i
     fires k latents, and a latent's clusters are read from the inputs it answers for, not those where it is
     a distant runner-up."""
     encoder_inputs, targets, losses, rows, latents = [], [], [], [], []
-    for start in range(0, x_in.shape[0], chunk):
-        x, t = x_in[start : start + chunk], target[start : start + chunk]
-        acts = sae.encode(x)
-        output = sae.transcode(x, acts) if hasattr(sae, "transcode") else sae.decode(acts)
+    for start, x, t, acts, loss in _coder_chunks(sae, x_in, target, chunk):
         encoder_inputs.append(sae.process_sae_in(x))
         targets.append(t - sae.b_dec)
-        losses.append((t - output).pow(2).sum(dim=-1))
+        losses.append(loss)
         dominant = (acts > 0) & (acts >= DOMINANCE * acts.amax(dim=-1, keepdim=True))
         chunk_rows, chunk_latents = torch.nonzero(dominant, as_tuple=True)
         rows.append(chunk_rows + start)
@@ -172,7 +184,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
         update = self._strategy_update(dead, pool) if dead.numel() else None
         if update is not None and update.latents.numel():
             self._apply(update)
-            record["resample/loss_after"] = float(pool_statistics(self.sae, x_in, target).loss.mean())
+            record["resample/loss_after"] = pool_loss(self.sae, x_in, target)
         else:
             record["resample/loss_after"] = record["resample/loss_before"]
         record["resample/latents"] = float(0 if update is None else update.n_dead_resampled)
