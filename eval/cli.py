@@ -46,7 +46,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--methods",
         type=_csv,
         default=None,
-        help="comma-separated subset of standard,jumprelu,topk,batchtopk,matryoshka_batchtopk",
+        help="comma-separated subset of standard,jumprelu,topk,batchtopk,matryoshka_batchtopk,transcoder,"
+        "crosscoder (default: all)",
     )
     lrb.add_argument(
         "--variants",
@@ -59,6 +60,13 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_csv,
         default=("bounded",),
         help="comma-separated interference modes: bounded,negative",
+    )
+    lrb.add_argument(
+        "--resampling",
+        type=_csv,
+        default=("none",),
+        help="comma-separated dead-latent resampling strategies to add to each method: none,anthropic,theory "
+        "(default: none)",
     )
     lrb.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
     lrb.add_argument("--seed", type=int, default=0)
@@ -118,6 +126,7 @@ def _bench_lrb(args: argparse.Namespace) -> int:
         methods=tuple(methods),
         variants=tuple(args.variants or VARIANTS),
         interference=tuple(modes),
+        resampling=tuple(args.resampling),
         seed=args.seed,
         n_steps=args.steps,
         progress=not args.no_progress,

@@ -12,7 +12,10 @@ batch can carry a target) on a finite LRB dataset in three variants:
 * ``anchored``: the anchor loss (paper section 4) with ``anchor_coefficient = lambda``.
 
 Every variant is scored on the same non-anchor features (M_GT / M_IP on the encoder side, tau = 0.95;
-decoder-side scores and MCC too) and printed beside the paper's reported numbers.
+decoder-side scores and MCC too) and printed beside the paper's reported numbers. ``resampling`` adds a
+dead-latent resampling axis (``none``, ``anthropic``, ``theory``; :mod:`sdl_anchor.resampling`) on top of
+each stock architecture. Rows also carry ``M_GT_live`` / ``M_IP_live``: the same scores over the latents
+that fire on fresh samples, since resampling leaves dead latents whose encoders sit on features.
 
 Presets:
 * ``quick``: 2 CPU cores, a few minutes. n=128, d=96 (n/d = 1.33 as in the paper), width 2048 (16 n),
@@ -37,12 +40,14 @@ from sdl_anchor.integrations.anchored import DEFAULT_ANCHOR_LOSS
 from sdl_anchor.integrations.training import train_on_bench
 from sdl_anchor.io import atomic_write, write_json
 from sdl_anchor.lrb.bench import LinearRepresentationBench
-from sdl_anchor.metrics import recovery
+from sdl_anchor.metrics import live_recovery, recovery
+from sdl_anchor.resampling import ResamplingConfig
 
 METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")
 # the LRB kind each method trains on (SAE methods: "sae")
 CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder"}
 VARIANTS = ("plain", "init_only", "anchored")
+RESAMPLING = ("none", "anthropic", "theory")
 
 
 @dataclass(frozen=True)
@@ -174,11 +179,12 @@ def run_lrb_bench(
     methods: tuple[str, ...] = METHODS,
     variants: tuple[str, ...] = VARIANTS,
     interference: tuple[str, ...] = ("bounded",),
+    resampling: tuple[str, ...] = ("none",),
     seed: int = 0,
     n_steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train and score every (interference, method, variant); return the results dict."""
+    """Train and score every (interference, method, resampling, variant); return the results dict."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -191,12 +197,21 @@ def run_lrb_bench(
     for variant in variants:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    for strategy in resampling:
+        if strategy not in RESAMPLING:
+            raise ValueError(f"unknown resampling {strategy!r}; choose from {', '.join(RESAMPLING)}")
     rows: list[dict[str, Any]] = []
     benches: dict[str, dict[str, Any]] = {}
-    jobs = [(mode, method, variant) for mode in interference for method in methods for variant in variants]
+    jobs = [
+        (mode, method, strategy, variant)
+        for mode in interference
+        for method in methods
+        for strategy in resampling
+        for variant in variants
+    ]
     bar = tqdm(jobs, desc="LRB bench", disable=not progress)
     prepared: dict[str, Any] = {}
-    for mode, method, variant in bar:
+    for mode, method, strategy, variant in bar:
         kind = CODER_KINDS.get(method, "sae")
         if (mode, kind) not in prepared:
             bench = build_bench(preset, kind, mode, seed, device)
@@ -208,7 +223,7 @@ def run_lrb_bench(
                 "anchor_indices": anchors.indices.tolist(),
             }
         bench, dataset, anchors = prepared[mode, kind]
-        bar.set_postfix_str(f"{mode}/{method}/{variant}")
+        bar.set_postfix_str(f"{mode}/{method}/{strategy}/{variant}")
         torch.manual_seed(seed)
         sae = build_sae(method, preset, bench, device, variant)
         if variant != "plain":
@@ -224,10 +239,14 @@ def run_lrb_bench(
             seed=seed,
             device=device,
             show_progress=False,
+            resampling=None if strategy == "none" else ResamplingConfig(strategy=strategy, seed=seed),
         )
         train_seconds = time.perf_counter() - started
-        scores = recovery(sae, bench, exclude=anchors.indices)
-        rows.append(_row(method, variant, mode, scores, sae, bench, preset, train_seconds))
+        scores = {
+            **recovery(sae, bench, exclude=anchors.indices),
+            **live_recovery(sae, bench, exclude=anchors.indices),
+        }
+        rows.append(_row(method, variant, strategy, mode, scores, sae, bench, preset, train_seconds))
     return {
         "rows": rows,
         "config": {
@@ -244,6 +263,7 @@ def run_lrb_bench(
 def _row(
     method: str,
     variant: str,
+    strategy: str,
     mode: str,
     scores: dict[str, float],
     sae: Any,
@@ -255,7 +275,8 @@ def _row(
     sae.eval()
     acts = sae.encode(sample.x_in)
     recon = sae.decode(acts)
-    fvu = float(((recon - sample.x_out) ** 2).sum() / ((sample.x_out - sample.x_out.mean(0)) ** 2).sum())
+    squared_error = (recon - sample.x_out).pow(2).sum(-1)
+    fvu = float(squared_error.sum() / (sample.x_out - sample.x_out.mean(0)).pow(2).sum())
     paper = paper_numbers(method, anchored=variant == "anchored") if variant != "init_only" else None
     settings = {
         "architecture": architecture_for(method, variant, preset),
@@ -266,18 +287,21 @@ def _row(
     settings.update(preset.settings_for(method))
     if variant != "plain":
         settings.update(n_anchors=preset.n_anchors, **preset.anchor_settings(variant))
+    if strategy != "none":
+        settings["resampling"] = sae.cfg.metadata.resampling  # the strategy and each event's record
     return {
         "method": method,
         "label": PAPER_LABELS[method],
         "kind": bench.kind,
         "variant": variant,
         "anchored": variant == "anchored",
-        "resampling": "none",
+        "resampling": strategy,
         "interference": mode,
         **{k: float(v) for k, v in scores.items()},
         "l0": float((acts != 0).float().sum(-1).mean()),
         "dead_fraction": float(((acts != 0).sum(0) == 0).float().mean()),
         "fvu": fvu,
+        "mse": float(squared_error.mean()),
         "train_seconds": train_seconds,
         "settings": settings,
         "paper_M_GT": None if paper is None else paper[0],
@@ -291,6 +315,11 @@ def _pair(row: dict[str, Any] | None, prefix: str = "") -> str:
     return f"{100 * row[prefix + 'M_GT']:>6.1f}% / {row[prefix + 'M_IP']:.3f}"
 
 
+def _label(method: str, strategy: str) -> str:
+    """The method's paper label, with its resampling strategy when it has one."""
+    return PAPER_LABELS[method] if strategy == "none" else f"{PAPER_LABELS[method]}+{strategy}"
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The paper's Table 1 layout, M_GT / M_IP per variant, beside the paper's reported numbers."""
     config = results["config"]
@@ -300,13 +329,18 @@ def format_table(results: dict[str, Any]) -> str:
         f"LRB Table 1 (preset {config['name']}; n={config['n_features']}, d={config['d_in']}, "
         f"width={config['d_sae']}, {config['n_anchors']} anchors excluded from scoring; M_GT / M_IP, "
         "encoder side, tau=0.95)",
-        f"{'interference':<12} {'method':<11} "
+        f"{'interference':<12} {'method':<19} "
         + " ".join(f"{'ours ' + v:>15}" for v in variants)
-        + f" | {'paper plain':>15} {'paper anchored':>15} | {'dec M_GT':>8} {'MCC':>6} {'L0':>5} {'dead':>6}",
+        + f" | {'paper plain':>15} {'paper anchored':>15} | {'dec M_GT':>8} {'live M_GT':>9} {'MCC':>6} "
+        f"{'L0':>5} {'dead':>6}",
     ]
-    keys = list(dict.fromkeys((r["interference"], r["method"]) for r in rows))
-    for mode, method in keys:
-        by_variant = {r["variant"]: r for r in rows if (r["interference"], r["method"]) == (mode, method)}
+    keys = list(dict.fromkeys((r["interference"], r["method"], r["resampling"]) for r in rows))
+    for mode, method, strategy in keys:
+        by_variant = {
+            r["variant"]: r
+            for r in rows
+            if (r["interference"], r["method"], r["resampling"]) == (mode, method, strategy)
+        }
         last = by_variant[variants[-1]]
         paper_plain = paper_numbers(method)
         paper_anchored = paper_numbers(method, anchored=True)
@@ -314,14 +348,15 @@ def format_table(results: dict[str, Any]) -> str:
             "-" if p is None else f"{100 * p[0]:>6.1f}% / {p[1]:.3f}" for p in (paper_plain, paper_anchored)
         ]
         lines.append(
-            f"{mode:<12} {PAPER_LABELS[method]:<11} "
+            f"{mode:<12} {_label(method, strategy):<19} "
             + " ".join(_pair(by_variant.get(v)) for v in variants)
             + f" | {paper_cells[0]:>15} {paper_cells[1]:>15} | {100 * last['M_GT_dec']:>7.1f}% "
-            f"{last['MCC']:>6.3f} {last['l0']:>5.2f} {100 * last['dead_fraction']:>5.1f}%"
+            f"{100 * last['M_GT_live']:>8.1f}% {last['MCC']:>6.3f} {last['l0']:>5.2f} "
+            f"{100 * last['dead_fraction']:>5.1f}%"
         )
     lines.append(
-        f"dec M_GT, MCC, L0, dead: the '{variants[-1]}' variant. paper = numbers reported in arXiv 2512.05534 "
-        "Table 1 at n=1000, d=768 (not rerun here)"
+        f"dec M_GT, live M_GT (firing latents only), MCC, L0, dead: the '{variants[-1]}' variant. paper = "
+        "numbers reported in arXiv 2512.05534 Table 1 at n=1000, d=768 (not rerun here)"
     )
     return "\n".join(lines)
 
@@ -335,7 +370,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
 
     rows = results["rows"]
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
-    groups = list(dict.fromkeys((r["interference"], r["method"]) for r in rows))
+    groups = list(dict.fromkeys((r["interference"], r["method"], r["resampling"]) for r in rows))
     width = 0.8 / len(variants)
     fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(groups) * 2), 4.2))
     for ax, metric in zip(axes, ("M_GT", "M_IP"), strict=True):
@@ -345,7 +380,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
                     (
                         r[metric]
                         for r in rows
-                        if (r["interference"], r["method"], r["variant"]) == (*g, variant)
+                        if (r["interference"], r["method"], r["resampling"], r["variant"]) == (*g, variant)
                     ),
                     0.0,
                 )
@@ -358,7 +393,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
                 label=variant,
             )
         for anchored, marker in ((False, "x"), (True, "o")):
-            paper = [paper_numbers(method, anchored) for _, method in groups]
+            paper = [paper_numbers(method, anchored) for _, method, _ in groups]
             xs = [j for j, p in enumerate(paper) if p is not None]
             ys = [p[0 if metric == "M_GT" else 1] for p in paper if p is not None]
             label = f"paper {'anchored' if anchored else 'plain'}"
@@ -371,7 +406,11 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
                 label=label,
                 facecolors="none" if anchored else None,
             )
-        ax.set_xticks(range(len(groups)), [f"{PAPER_LABELS[m]}\n({mode})" for mode, m in groups], fontsize=8)
+        ax.set_xticks(
+            range(len(groups)),
+            [f"{_label(m, strategy)}\n({mode})" for mode, m, strategy in groups],
+            fontsize=8,
+        )
         ax.set_ylim(0, 1.05)
         ax.set_title(metric)
         ax.legend(fontsize=7)

@@ -4,8 +4,10 @@
    is polysemantic for features ``2i`` and ``2i+1`` (encoder and decoder on their normalised sum) and every
    other latent is dead (encoder bias -10). Training continues with no resampling, AuxK (TopK only),
    ``anthropic`` or ``theory``; we report the final MSE and M_GT.
-2. ``lrb``: each SAE architecture from SAELens's normal initialisation on the LRB quick preset, with none /
-   AuxK / anthropic / theory resampling: M_GT, dead fraction, final MSE.
+2. ``lrb``: each SAE architecture from SAELens's normal initialisation on the LRB quick preset (the
+   ``bench lrb`` table's runs), plain and anchored, with no resampling, ``anthropic`` or ``theory``; for the
+   TopK family these runs switch SAELens's AuxK loss off so each row isolates one mechanism, and extra
+   ``auxk`` rows keep it on (SAELens's default). M_GT (paper), M_GT over firing latents, dead fraction, MSE.
 3. ``cost``: one resampling event at ``d_sae = 16,384`` against one training step, and the amortised
    overhead of the default schedule.
 
@@ -16,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from sae_lens.registry import get_sae_training_class
 
+from sdl_anchor.eval.lrb_table import PRESETS, run_lrb_bench
 from sdl_anchor.integrations.training import train_on_bench
+from sdl_anchor.io import write_json
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.metrics import recovery
 from sdl_anchor.resampling import ResamplingConfig
@@ -106,6 +112,59 @@ def planted_experiment(
     return rows
 
 
+LRB_METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk")
+AUXK_METHODS = ("topk", "batchtopk", "matryoshka_batchtopk")  # SAELens gives these an AuxK loss
+
+
+def lrb_experiment(
+    preset: str = "quick",
+    methods: tuple[str, ...] = LRB_METHODS,
+    device: str = "cpu",
+    n_steps: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """``bench lrb`` rows (plain and anchored) for none / anthropic / theory with AuxK off, and ``auxk`` rows
+    (resampling ``"auxk"``) with SAELens's AuxK on, for the TopK family."""
+    stock = PRESETS[preset]
+    no_auxk = replace(
+        stock,
+        method_settings={
+            method: {**settings, **({"aux_loss_coefficient": 0.0} if method in AUXK_METHODS else {})}
+            for method, settings in stock.method_settings.items()
+        },
+    )
+    common: dict[str, Any] = {
+        "device": device,
+        "variants": ("plain", "anchored"),
+        "n_steps": n_steps,
+        "progress": progress,
+    }
+    rows = run_lrb_bench(no_auxk, methods=methods, resampling=("none", "anthropic", "theory"), **common)[
+        "rows"
+    ]
+    auxk_methods = tuple(m for m in methods if m in AUXK_METHODS)
+    if auxk_methods:
+        auxk_rows = run_lrb_bench(stock, methods=auxk_methods, **common)["rows"]
+        rows += [{**row, "resampling": "auxk"} for row in auxk_rows]
+    order = {m: i for i, m in enumerate(methods)}
+    strategies = {s: i for i, s in enumerate(("none", "auxk", "anthropic", "theory"))}
+    return sorted(rows, key=lambda r: (order[r["method"]], r["anchored"], strategies[r["resampling"]]))
+
+
+def format_lrb_rows(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'method':<22} {'variant':<9} {'resampling':<10} {'M_GT':>6} {'M_GT live':>9} {'M_IP live':>9} "
+        f"{'dec M_GT':>8} {'dead':>6} {'MSE':>7}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['method']:<22} {r['variant']:<9} {r['resampling']:<10} {100 * r['M_GT']:>5.1f}% "
+            f"{100 * r['M_GT_live']:>8.1f}% {r['M_IP_live']:>9.3f} {100 * r['M_GT_dec']:>7.1f}% "
+            f"{100 * r['dead_fraction']:>5.1f}% {r['mse']:>7.4f}"
+        )
+    return "\n".join(lines)
+
+
 def cost_experiment(
     d_in: int = 768, d_sae: int = 16_384, batch_size: int = 4096, device: str = "cpu", steps: int = 3
 ) -> dict[str, Any]:
@@ -149,11 +208,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("experiment", choices=("planted", "cost"))
-    parser.add_argument("--architecture", default="topk")
+    parser.add_argument("experiment", choices=("planted", "lrb", "cost"))
+    parser.add_argument("--architecture", default="topk", help="planted: the SAELens architecture")
+    parser.add_argument("--methods", default=",".join(LRB_METHODS), help="lrb: comma-separated methods")
+    parser.add_argument("--out", default=None, help="lrb: also write the rows to this JSON file")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (planted default 800)")
     args = parser.parse_args(argv)
+    if args.experiment == "lrb":
+        rows = lrb_experiment(methods=tuple(args.methods.split(",")), device=args.device, n_steps=args.steps)
+        p = PRESETS["quick"]
+        print(
+            f"LRB quick preset (n={p.n_features}, d={p.d_in}, width {p.d_sae}, {args.steps or p.n_steps} steps "
+            f"of {p.batch_size}), anchors not scored; AuxK off except in the auxk rows"
+        )
+        print(format_lrb_rows(rows))
+        if args.out:
+            write_json(Path(args.out), {"rows": rows})
+        return
     if args.experiment == "cost":
         row = cost_experiment(device=args.device)
         print(
@@ -167,9 +239,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['latents']:.0f} latents; 4 events over 8000 steps: {100 * r['amortised_overhead']:.2f}%"
             )
         return
-    rows = planted_experiment(args.architecture, n_steps=args.steps, device=args.device)
+    steps = args.steps or 800
+    rows = planted_experiment(args.architecture, n_steps=steps, device=args.device)
     print(
-        f"planted spurious minimum ({args.architecture}, n=64, d=64, S=0.98, {args.steps} steps of 512, lr 1e-3): "
+        f"planted spurious minimum ({args.architecture}, n=64, d=64, S=0.98, {steps} steps of 512, lr 1e-3): "
         "M_GT start -> end, final MSE"
     )
     for row in rows:

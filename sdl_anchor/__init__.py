@@ -35,7 +35,7 @@ from sdl_anchor.integrations.registry import (
 )
 from sdl_anchor.integrations.training import train_on_bench
 from sdl_anchor.lrb import LinearRepresentationBench, LRBBatch
-from sdl_anchor.metrics import recovery
+from sdl_anchor.metrics import live_recovery, recovery
 from sdl_anchor.resampling import ResamplingConfig
 
 __version__ = "0.1.0"
@@ -73,6 +73,7 @@ __all__ = [
     "TopKTranscoderTrainingSAEConfig",
     "__version__",
     "class_mean_anchors",
+    "live_recovery",
     "probe_anchors",
     "recovery",
     "train_on_bench",

@@ -7,6 +7,10 @@ For every ground-truth feature ``w_i`` not excluded (anchors are excluded, as in
 on the encoder columns (SAELens layout ``W_enc [d_in, d_sae]``), and the same on the decoder rows
 (``W_dec [d_sae, d_out]``) against the output-side features. ``MCC`` is SAELens's mean correlation
 coefficient (Hungarian matching of decoder rows to features).
+
+The max runs over every latent, as in the paper. A dead latent whose encoder column sits on a feature
+therefore counts although it never fires (resampling plants such columns); ``live_recovery`` scores the
+latents that fire on a sample instead.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ def recovery(
     tau: float = 0.95,
     exclude: Sequence[int] | torch.Tensor | None = None,
     mcc: bool = True,
+    latents: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """M_GT / M_IP on encoder columns, their decoder-side versions and MCC, anchors excluded.
 
     ``sae`` is any SAELens SAE or TrainingSAE (anything with ``W_enc [d_in, d_sae]`` and
-    ``W_dec [d_sae, d_out]``).
+    ``W_dec [d_sae, d_out]``). ``latents`` (a boolean mask over latents) restricts the max to those
+    latents; by default every latent counts.
     """
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau must be in (0, 1), got {tau}")
@@ -60,6 +66,12 @@ def recovery(
         raise ValueError(
             f"the SAE's W_dec has d_out={w_dec.shape[1]} but the bench's targets have width {bench.d_out}"
         )
+    if latents is not None:
+        if latents.dtype != torch.bool or latents.shape != (w_enc.shape[1],):
+            raise ValueError(f"latents must be a boolean mask of shape ({w_enc.shape[1]},)")
+        if not bool(latents.any()):
+            raise ValueError("latents selects no latent; nothing is left to score with")
+        w_enc, w_dec = w_enc[:, latents.to(w_enc.device)], w_dec[latents.to(w_dec.device)]
     keep = _kept_features(bench.n_features, exclude)
     device = w_enc.device
     feats_in = bench.features_in.to(device)[keep]
@@ -73,6 +85,28 @@ def recovery(
         result["MCC"] = mean_correlation_coefficient(w_dec.float().cpu(), feats_out.float().cpu())
     result["n_scored"] = int(keep.numel())
     return result
+
+
+@torch.no_grad()
+def live_recovery(
+    sae: Any,
+    bench: LinearRepresentationBench,
+    n_samples: int = 16_384,
+    seed: int = 12345,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """``recovery`` over the latents that fire on ``n_samples`` fresh bench inputs, keys suffixed ``_live``,
+    plus ``n_live``. All zeros when no latent fires."""
+    generator = torch.Generator(device=bench.device).manual_seed(seed)
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=sae.W_dec.device)
+    for start in range(0, n_samples, 4096):
+        x_in = bench.sample(min(4096, n_samples - start), generator).x_in.to(sae.W_dec.device)
+        fired |= (sae.encode(x_in) != 0).reshape(-1, sae.cfg.d_sae).any(dim=0)
+    keys = ("M_GT", "M_IP", "M_GT_dec", "M_IP_dec")
+    if not bool(fired.any()):
+        return {**{f"{k}_live": 0.0 for k in keys}, "n_live": 0}
+    scores = recovery(sae, bench, mcc=False, latents=fired, **kwargs)
+    return {**{f"{k}_live": scores[k] for k in keys}, "n_live": int(fired.sum())}
 
 
 def _weights(sae: Any) -> tuple[torch.Tensor, torch.Tensor]:

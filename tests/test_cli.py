@@ -92,6 +92,21 @@ def test_bench_lrb_has_transcoder_and_crosscoder_rows(tmp_path):
     assert rows[3]["settings"]["architecture"] == "topk_crosscoder" and rows[3]["n_scored"] == 128 - 13
 
 
+def test_bench_lrb_resampling_rows(tmp_path, capsys):
+    argv = ["bench", "lrb", "--steps", "40", "--methods", "topk", "--variants", "plain"]
+    argv += ["--resampling", "none,theory", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["resampling"] for r in rows] == ["none", "theory"]
+    assert "resampling" not in rows[0]["settings"]
+    resampled = rows[1]["settings"]["resampling"]
+    assert resampled["strategy"] == "theory" and len(resampled["events"]) >= 1
+    for row in rows:
+        assert 0 < row["n_live"] <= 2048 and row["M_GT_live"] <= row["M_GT"]
+    table = capsys.readouterr().out
+    assert "TopK+theory" in table and "live M_GT" in table
+
+
 def test_existing_results_are_not_overwritten(quick_run, capsys):
     _, out = quick_run
     before = (out / "results.json").read_text()
@@ -107,6 +122,7 @@ def test_existing_results_are_not_overwritten(quick_run, capsys):
         (["--interference", "sideways"], "unknown interference"),
         (["--steps", "0"], "--steps must be positive"),
         (["--variants", "frozen"], "unknown variant 'frozen'"),
+        (["--resampling", "ghost"], "unknown resampling 'ghost'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):

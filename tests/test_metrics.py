@@ -72,3 +72,30 @@ def test_bad_inputs(bench):
         sa.recovery(sae, bench, tau=1.5)
     with pytest.raises(ValueError, match="W_enc"):
         sa.recovery(object(), bench)
+
+
+def test_live_recovery_ignores_dead_latents_sitting_on_features(bench):
+    sae = planted_sae(bench, recovered=range(20))
+    with torch.no_grad():
+        sae.b_enc[10:] = -100.0  # latents 10..19 sit on features 10..19 but never fire
+    assert sa.recovery(sae, bench)["M_GT"] == pytest.approx(20 / 40)
+    live = sa.live_recovery(sae, bench)
+    assert live["n_live"] == 10
+    assert live["M_GT_live"] == pytest.approx(10 / 40)
+    assert live["M_GT_dec_live"] == pytest.approx(10 / 40)
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[:5] = True
+    assert sa.recovery(sae, bench, latents=mask)["M_GT"] == pytest.approx(5 / 40)
+    with pytest.raises(ValueError, match="boolean mask of shape"):
+        sa.recovery(sae, bench, latents=torch.arange(5))
+    with pytest.raises(ValueError, match="selects no latent"):
+        sa.recovery(sae, bench, latents=torch.zeros(64, dtype=torch.bool))
+    with torch.no_grad():
+        sae.b_enc[:] = -100.0
+    assert sa.live_recovery(sae, bench) == {
+        "M_GT_live": 0.0,
+        "M_IP_live": 0.0,
+        "M_GT_dec_live": 0.0,
+        "M_IP_dec_live": 0.0,
+        "n_live": 0,
+    }

@@ -7,7 +7,6 @@ from sdl_anchor.resampling.strategies import (
     ResampleUpdate,
     anthropic_resample,
     mean_live_norms,
-    spherical_kmeans,
     theory_resample,
 )
 
@@ -20,6 +19,5 @@ __all__ = [
     "anthropic_resample",
     "mean_live_norms",
     "reset_adam_state",
-    "spherical_kmeans",
     "theory_resample",
 ]

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sdl_anchor.resampling.clustering import segment_clusters
+
 
 @dataclass
 class ResamplePool:
@@ -202,44 +204,72 @@ def anthropic_resample(
     return ResampleUpdate(dead_latents, encoder, pool.loss.new_zeros(m), decoder, n_dead_resampled=m)
 
 
-def spherical_kmeans(
-    directions: torch.Tensor, k: int, iterations: int = 10
+def _candidate_pairs(
+    pool: ResamplePool, candidates: torch.Tensor, max_members: int, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(labels [N], centroids [k', D])`` of unit ``directions``, seeded by farthest-point selection
-    (deterministic); ``k' <= k`` when fewer distinct points exist."""
-    centroids = [directions[0]]
-    for _ in range(1, min(k, directions.shape[0])):
-        similarity = (directions @ torch.stack(centroids).T).max(dim=1).values
-        centroids.append(directions[int(similarity.argmin())])
-    centres = torch.stack(centroids)
-    for _ in range(iterations):
-        labels = (directions @ centres.T).argmax(dim=1)
-        sums = torch.zeros_like(centres).index_add_(0, labels, directions)
-        occupied = torch.bincount(labels, minlength=centres.shape[0]) > 0
-        centres = torch.where(occupied[:, None], F.normalize(sums, dim=1), centres)
-    return (directions @ centres.T).argmax(dim=1), centres
+    """``(rows, segments)``: the pool rows each candidate owns (at most ``max_members``, drawn at random),
+    ``segments`` naming the candidate's position in ``candidates``; grouped by segment."""
+    position = torch.full((pool.d_sae,), -1, dtype=torch.long, device=pool.fire_latents.device)
+    position[candidates] = torch.arange(candidates.numel(), device=position.device)
+    segments = position[pool.fire_latents]
+    rows, segments = pool.fire_rows[segments >= 0], segments[segments >= 0]
+    shuffle = torch.randperm(rows.numel(), generator=generator).to(rows.device)
+    rows, segments = rows[shuffle], segments[shuffle]
+    order = torch.argsort(segments, stable=True)
+    rows, segments = rows[order], segments[order]
+    counts = torch.bincount(segments, minlength=candidates.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    keep = torch.arange(rows.numel(), device=rows.device) - starts[segments] < max_members
+    return rows[keep], segments[keep]
 
 
-def _clusters(
-    directions: torch.Tensor, k: int, merge_cosine: float, min_fraction: float
-) -> list[torch.Tensor]:
-    """Member indices of the distinct clusters of ``directions``, largest first."""
-    labels, centres = spherical_kmeans(directions, k)
-    groups = [torch.nonzero(labels == c).flatten() for c in range(centres.shape[0])]
-    merged: list[tuple[torch.Tensor, torch.Tensor]] = []  # (centre, members)
-    for c, members in enumerate(groups):
-        if members.numel() == 0:
-            continue
-        for i, (centre, existing) in enumerate(merged):
-            if float(centre @ centres[c]) > merge_cosine:
-                members = torch.cat([existing, members])
-                merged[i] = (F.normalize(directions[members].sum(0), dim=0), members)
-                break
-        else:
-            merged.append((centres[c], members))
-    minimum = min_fraction * directions.shape[0]
-    kept = [members for _, members in merged if members.numel() >= max(2, minimum)]
-    return sorted(kept, key=lambda members: -members.numel())
+def _chunked_clusters(
+    directions: torch.Tensor,
+    segments: torch.Tensor,
+    n_segments: int,
+    k: int,
+    merge_cosine: float,
+    min_fraction: float,
+    max_points: int = 1 << 18,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``segment_clusters`` over runs of whole segments of at most ``max_points`` points (bounded memory);
+    every segment must hold a point."""
+    if n_segments == 0:
+        return segments.new_zeros(0), segments.new_zeros(0, k)
+    counts = torch.bincount(segments, minlength=n_segments).tolist()
+    ranks, sizes = [], []
+    first_segment = first_point = 0
+    while first_segment < n_segments:
+        last_segment, n_points = first_segment, 0
+        while last_segment < n_segments and (n_points == 0 or n_points + counts[last_segment] <= max_points):
+            n_points += counts[last_segment]
+            last_segment += 1
+        span = slice(first_point, first_point + n_points)
+        chunk_ranks, chunk_sizes = segment_clusters(
+            directions[span],
+            segments[span] - first_segment,
+            last_segment - first_segment,
+            k,
+            merge_cosine,
+            min_fraction,
+        )
+        ranks.append(chunk_ranks)
+        sizes.append(chunk_sizes)
+        first_segment, first_point = last_segment, first_point + n_points
+    return torch.cat(ranks), torch.cat(sizes)
+
+
+def _max_similarity(
+    directions: torch.Tensor, others: torch.Tensor, usable: torch.Tensor, own: torch.Tensor
+) -> torch.Tensor:
+    """``[R]``: each unit direction's largest cosine with the unit rows of ``others`` where ``usable``
+    (``[O]``), leaving out row ``own[r]`` for direction ``r``; in blocks of directions."""
+    best = []
+    for start in range(0, directions.shape[0], 1024):
+        similarity = (directions[start : start + 1024] @ others.T).masked_fill(~usable, -1.0)
+        similarity.scatter_(1, own[start : start + 1024, None], -1.0)
+        best.append(similarity.max(dim=1).values)
+    return torch.cat(best) if best else directions.new_zeros(0)
 
 
 def theory_resample(
@@ -257,91 +287,121 @@ def theory_resample(
     generator: torch.Generator | None = None,
 ) -> ResampleUpdate:
     """Split polysemantic live latents into ``dead_latents`` (module docstring); the update also re-points
-    each split latent at the cluster it keeps. Leftover dead latents get ``anthropic_resample``."""
+    each split latent at the cluster it keeps. Leftover dead latents get ``anthropic_resample``.
+
+    Steps 1-2 run for every candidate at once (:mod:`~sdl_anchor.resampling.clustering`); only the
+    assignment of dead latents (step 4, which depends on earlier assignments) walks the split candidates."""
     pool = pool.finite()
-    d_sae = W_dec.shape[0]
+    d_sae, device = W_dec.shape[0], W_dec.device
     dead_latents = _check_dead(dead_latents, d_sae)
-    live = torch.ones(d_sae, dtype=torch.bool, device=W_dec.device)
+    live = torch.ones(d_sae, dtype=torch.bool, device=device)
     live[dead_latents] = False
     encoder_norm, decoder_norm = mean_live_norms(W_enc, W_dec, live)
-    live_decoders = F.normalize(W_dec, dim=1)
     energy = pool.energy()
     energy[~live] = -1.0
-    candidates = torch.argsort(energy, descending=True)[: min(int(live.sum()), 2 * dead_latents.numel())]
-    free = dead_latents.tolist()
-    assigned: list[torch.Tensor] = []
-    updates: list[ResampleUpdate] = []
-    n_split = 0
-    for latent in candidates.tolist():
-        if not free or energy[latent] <= 0:
+    ranked = torch.argsort(energy, descending=True)[: min(int(live.sum()), 2 * dead_latents.numel())]
+    candidates = ranked[energy[ranked] > 0]
+    rows, segments = _candidate_pairs(pool, candidates, max_members, generator)
+    enough = torch.bincount(segments, minlength=candidates.numel()) >= 4  # fewer cannot form two clusters
+    candidates, renumber = candidates[enough], torch.cumsum(enough, 0) - 1
+    rows, segments = rows[enough[segments]], renumber[segments[enough[segments]]]
+    k = n_clusters
+    ranks, sizes = _chunked_clusters(
+        F.normalize(pool.targets[rows], dim=1),
+        segments,
+        candidates.numel(),
+        k,
+        merge_cosine,
+        min_cluster_fraction,
+    )
+    clustered = ranks >= 0
+    slot = segments[clustered] * k + ranks[clustered]
+    decoder_dirs = F.normalize(
+        pool.targets.new_zeros(candidates.numel() * k, pool.targets.shape[1]).index_add_(
+            0, slot, pool.targets[rows[clustered]]
+        ),
+        dim=1,
+    ).view(candidates.numel(), k, pool.targets.shape[1])
+    encoder_dirs = F.normalize(
+        pool.encoder_inputs.new_zeros(candidates.numel() * k, pool.encoder_inputs.shape[1]).index_add_(
+            0, slot, pool.encoder_inputs[rows[clustered]]
+        ),
+        dim=1,
+    ).view(candidates.numel(), k, pool.encoder_inputs.shape[1])
+    splittable = torch.nonzero((sizes > 0).sum(dim=1) >= 2).flatten()
+    # each new direction's closest live decoder other than the latent being split
+    live_similarity = _max_similarity(
+        decoder_dirs[splittable].reshape(-1, decoder_dirs.shape[-1]),
+        F.normalize(W_dec, dim=1),
+        live,
+        candidates[splittable].repeat_interleave(k),
+    ).view(-1, k)
+    offsets = torch.cat(
+        [segments.new_zeros(1), torch.bincount(segments, minlength=candidates.numel()).cumsum(0)]
+    )
+    offsets = offsets.tolist()
+    n_free = dead_latents.numel()
+    assigned = decoder_dirs.new_zeros(2 * n_free + 1, decoder_dirs.shape[-1])
+    n_assigned = 0
+    split_segments, new_slots, new_biases = [], [], []
+    for position, s in enumerate(splittable.tolist()):
+        if len(new_slots) == n_free:
             break
-        members = pool.members(latent)
-        if members.numel() > max_members:
-            keep = torch.randperm(members.numel(), generator=generator)[:max_members]
-            members = members[keep.to(members.device)]
-        if members.numel() < 4:
+        n_kept = int((sizes[s] > 0).sum())
+        chosen = [0]
+        for r in range(1, n_kept):
+            if float(live_similarity[position, r]) > merge_cosine:
+                continue  # a live latent already writes this direction
+            if n_assigned and float((assigned[:n_assigned] @ decoder_dirs[s, r]).max()) > merge_cosine:
+                continue  # another split already wrote it
+            if len(new_slots) + len(chosen) - 1 == n_free:
+                break
+            chosen.append(r)
+        if len(chosen) < 2:
             continue
-        targets = pool.targets[members]
-        clusters = _clusters(F.normalize(targets, dim=1), n_clusters, merge_cosine, min_cluster_fraction)
-        if len(clusters) < 2:
-            continue
-        split = []
-        for rank, cluster in enumerate(clusters):
-            decoder_dir = F.normalize(targets[cluster].mean(0), dim=0)
-            if rank > 0:
-                similarity = (live_decoders @ decoder_dir).masked_fill(~live, -1.0)
-                similarity[latent] = -1.0
-                if assigned:
-                    similarity = torch.cat([similarity, torch.stack(assigned) @ decoder_dir])
-                if float(similarity.max()) > merge_cosine:
-                    continue  # another latent already writes this direction
-                if len(split) > len(free):
-                    break
-            encoder_dir = F.normalize(pool.encoder_inputs[members[cluster]].mean(0), dim=0)
-            split.append((rank, cluster, encoder_dir, decoder_dir))
-        if len(split) < 2 or split[0][0] != 0:
-            continue
-        n_split += 1
-        _, _, kept_enc, kept_dec = split[0]
+        split_segments.append(s)
+        assigned[n_assigned] = decoder_dirs[s, 0]
+        n_assigned += 1
+        member_rows = rows[offsets[s] : offsets[s + 1]]
+        member_ranks = ranks[offsets[s] : offsets[s + 1]]
+        for r in chosen[1:]:
+            projection = pool.encoder_inputs[member_rows] @ (encoder_dirs[s, r] * encoder_norm)
+            s_in = projection[member_ranks == r].median()
+            outside = projection[member_ranks != r]
+            s_out = outside.median() if outside.numel() else s_in.new_zeros(())
+            new_biases.append(-(s_in + torch.clamp(s_out, max=s_in)) / 2)
+            new_slots.append(s * k + r)
+            assigned[n_assigned] = decoder_dirs[s, r]
+            n_assigned += 1
+    updates: list[ResampleUpdate] = []
+    if split_segments:
+        kept = torch.tensor(split_segments, device=device) * k
+        split_latents = candidates[kept // k]
         updates.append(
             ResampleUpdate(
-                torch.tensor([latent], device=W_dec.device),
-                (kept_enc * W_enc[:, latent].norm())[:, None],
-                b_enc[latent : latent + 1].clone(),  # its threshold was tuned on these inputs
-                (kept_dec * W_dec[latent].norm())[None],
+                split_latents,
+                (
+                    encoder_dirs.view(-1, W_enc.shape[0])[kept] * W_enc[:, split_latents].norm(dim=0)[:, None]
+                ).T,
+                b_enc[split_latents].clone(),  # their thresholds were tuned on these inputs
+                decoder_dirs.view(-1, W_dec.shape[1])[kept] * W_dec[split_latents].norm(dim=1)[:, None],
             )
         )
-        assigned.append(kept_dec)
-        for _, cluster, encoder_dir, decoder_dir in split[1:]:
-            encoder = encoder_dir * encoder_norm
-            inside = pool.encoder_inputs[members[cluster]] @ encoder
-            outside_mask = torch.ones(members.numel(), dtype=torch.bool, device=members.device)
-            outside_mask[cluster] = False
-            outside = pool.encoder_inputs[members[outside_mask]] @ encoder
-            s_in = inside.median()
-            s_out = outside.median() if outside.numel() else s_in.new_zeros(())
-            bias = -(s_in + torch.clamp(s_out, max=s_in)) / 2
-            updates.append(
-                ResampleUpdate(
-                    torch.tensor([free.pop(0)], device=W_dec.device),
-                    encoder[:, None],
-                    bias[None],
-                    (decoder_dir * decoder_norm)[None],
-                    n_dead_resampled=1,
-                )
+        new = torch.tensor(new_slots, device=device)
+        updates.append(
+            ResampleUpdate(
+                dead_latents[: new.numel()],
+                (encoder_dirs.view(-1, W_enc.shape[0])[new] * encoder_norm).T,
+                torch.stack(new_biases).to(b_enc.dtype),
+                decoder_dirs.view(-1, W_dec.shape[1])[new] * decoder_norm,
+                n_dead_resampled=new.numel(),
             )
-            assigned.append(decoder_dir)
-    if free:
-        fallback = anthropic_resample(
-            torch.tensor(free, device=W_dec.device),
-            pool,
-            encoder_norm,
-            decoder_norm,
-            encoder_scale,
-            generator,
         )
+    free = dead_latents[len(new_slots) :]
+    if free.numel():
+        fallback = anthropic_resample(free, pool, encoder_norm, decoder_norm, encoder_scale, generator)
         fallback.n_fallback = fallback.n_dead_resampled
         updates.append(fallback)
     update = ResampleUpdate.concat(updates, W_enc.shape[0], W_dec.shape[1], W_dec)
-    update.n_split = n_split
+    update.n_split = len(split_segments)
     return update

@@ -1,0 +1,99 @@
+"""Spherical k-means over many small point sets at once, for the ``theory`` strategy's step 2.
+
+Each live candidate latent brings the unit target directions of the inputs it owns (a *segment*); every
+segment is clustered independently, but all segments go through the same few tensor operations, so one
+event costs a handful of kernel launches per k-means iteration instead of a Python loop per latent.
+Points are stored flat, ``directions [N, D]``, with ``segments [N]`` naming each point's segment.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _segment_first(
+    values: torch.Tensor, segments: torch.Tensor, n_segments: int, mask: torch.Tensor
+) -> torch.Tensor:
+    """Per segment, the smallest point index where ``mask`` holds (``N`` where it never does)."""
+    n = values.shape[0]
+    index = torch.where(mask, torch.arange(n, device=values.device), n)
+    return torch.full((n_segments,), n, device=values.device).scatter_reduce(0, segments, index, "amin")
+
+
+def _similarities(directions: torch.Tensor, segments: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """``[N, k]`` cosine of each point with its segment's ``k`` centres (``centres [S, k, D]``)."""
+    return torch.stack([(directions * centres[segments, j]).sum(-1) for j in range(centres.shape[1])], dim=1)
+
+
+def segment_spherical_kmeans(
+    directions: torch.Tensor, segments: torch.Tensor, n_segments: int, k: int, iterations: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels [N], usable [S, k])``: spherical k-means with ``k`` centres in every segment, seeded by
+    farthest-point selection from the segment's first point (deterministic). A segment with fewer than
+    ``k`` points uses as many centres as it has points (``usable`` marks the centres in use)."""
+    counts = torch.bincount(segments, minlength=n_segments)
+    usable = torch.arange(k, device=directions.device)[None, :] < counts[:, None]
+    everywhere = torch.ones_like(segments, dtype=torch.bool)
+    first = _segment_first(directions, segments, n_segments, everywhere).clamp(max=directions.shape[0] - 1)
+    centres = directions[first][:, None, :].repeat(1, k, 1)  # [S, k, D]
+    best = (directions * centres[segments, 0]).sum(-1)
+    for j in range(1, k):
+        lowest = torch.full((n_segments,), 2.0, device=directions.device).scatter_reduce(
+            0, segments, best, "amin"
+        )
+        farthest = _segment_first(directions, segments, n_segments, best == lowest[segments])
+        centres[:, j] = directions[farthest.clamp(max=directions.shape[0] - 1)]
+        best = torch.maximum(best, (directions * centres[segments, j]).sum(-1))
+    for _ in range(iterations):
+        labels = _similarities(directions, segments, centres).masked_fill(~usable[segments], -2.0).argmax(1)
+        sums = torch.zeros(
+            n_segments * k, directions.shape[1], device=directions.device, dtype=directions.dtype
+        )
+        sums.index_add_(0, segments * k + labels, directions)
+        occupied = torch.bincount(segments * k + labels, minlength=n_segments * k).view(n_segments, k) > 0
+        centres = torch.where(occupied[..., None], F.normalize(sums.view(n_segments, k, -1), dim=-1), centres)
+    labels = _similarities(directions, segments, centres).masked_fill(~usable[segments], -2.0).argmax(1)
+    return labels, usable
+
+
+def segment_clusters(
+    directions: torch.Tensor,
+    segments: torch.Tensor,
+    n_segments: int,
+    k: int,
+    merge_cosine: float,
+    min_fraction: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct clusters of every segment: ``(ranks [N], sizes [S, k])``.
+
+    After k-means, a cluster whose mean direction has cosine above ``merge_cosine`` with an earlier one's
+    joins it; clusters with fewer than ``max(2, min_fraction x segment size)`` points are dropped. Clusters
+    are ranked largest first: ``ranks`` is each point's cluster rank (-1 when dropped) and ``sizes[s, r]``
+    the size of segment ``s``'s rank-``r`` cluster (0 past its last kept cluster)."""
+    labels, usable = segment_spherical_kmeans(directions, segments, n_segments, k)
+    flat = segments * k + labels
+    sums = torch.zeros(n_segments * k, directions.shape[1], device=directions.device, dtype=directions.dtype)
+    sums = sums.index_add_(0, flat, directions).view(n_segments, k, -1)
+    sizes = torch.bincount(flat, minlength=n_segments * k).view(n_segments, k)
+    owner = torch.arange(k, device=directions.device).repeat(n_segments, 1)  # the cluster each one joined
+    for c in range(1, k):
+        for i in range(c):
+            joins = (
+                (owner[:, c] == c)
+                & (owner[:, i] == i)
+                & (sizes[:, c] > 0)
+                & (sizes[:, i] > 0)
+                & ((F.normalize(sums[:, i], dim=-1) * F.normalize(sums[:, c], dim=-1)).sum(-1) > merge_cosine)
+            )
+            sums[:, i] += joins[:, None] * sums[:, c]
+            sizes[:, i] += joins * sizes[:, c]
+            sizes[:, c] = torch.where(joins, 0, sizes[:, c])
+            owner[:, c] = torch.where(joins, i, owner[:, c])
+    minimum = (min_fraction * torch.bincount(segments, minlength=n_segments)).clamp(min=2)
+    sizes = torch.where((sizes >= minimum[:, None]) & usable, sizes, 0)
+    order = torch.argsort(-sizes, dim=1, stable=True)  # rank -> cluster
+    rank_of = torch.argsort(order, dim=1)  # cluster -> rank
+    cluster = owner[segments, labels]
+    ranks = torch.where(sizes[segments, cluster] > 0, rank_of[segments, cluster], -1)
+    return ranks, torch.gather(sizes, 1, order)

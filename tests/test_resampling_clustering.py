@@ -1,0 +1,53 @@
+"""Batched spherical k-means (the theory strategy's clustering) on planted point sets."""
+
+import torch
+import torch.nn.functional as F
+
+from sdl_anchor.resampling.clustering import segment_clusters
+
+
+def noisy(direction, n, generator, noise=0.05):
+    return F.normalize(direction + noise * torch.randn(n, direction.numel(), generator=generator), dim=1)
+
+
+def test_each_segment_gets_its_own_planted_clusters():
+    generator = torch.Generator().manual_seed(0)
+    a, b, c = torch.eye(16)[:3]
+    points = [
+        noisy(a, 12, generator),  # segment 0: 12 near a, 6 near b -> two clusters, largest first
+        noisy(b, 6, generator),
+        noisy(c, 10, generator),  # segment 1: one direction -> the two k-means halves merge
+        noisy(a, 20, generator),  # segment 2: 20 near a and one stray point near b -> the stray is dropped
+        noisy(b, 1, generator),
+    ]
+    segments = torch.tensor([0] * 18 + [1] * 10 + [2] * 21)
+    ranks, sizes = segment_clusters(torch.cat(points), segments, 3, k=2, merge_cosine=0.9, min_fraction=0.1)
+    assert sizes.tolist() == [[12, 6], [10, 0], [20, 0]]
+    assert ranks.tolist() == [0] * 12 + [1] * 6 + [0] * 10 + [0] * 20 + [-1]
+
+
+def test_segments_are_independent_of_their_neighbours_and_of_order():
+    generator = torch.Generator().manual_seed(1)
+    directions = F.normalize(torch.randn(40, 8, generator=generator), dim=1)
+    segments = torch.arange(40) // 10
+    ranks, sizes = segment_clusters(directions, segments, 4, k=3, merge_cosine=0.9, min_fraction=0.05)
+    for s in range(4):
+        alone_ranks, alone_sizes = segment_clusters(
+            directions[segments == s],
+            torch.zeros(10, dtype=torch.long),
+            1,
+            k=3,
+            merge_cosine=0.9,
+            min_fraction=0.05,
+        )
+        assert torch.equal(alone_ranks, ranks[segments == s]) and torch.equal(alone_sizes[0], sizes[s])
+    assert (sizes.sum(dim=1) <= 10).all() and (sizes[:, 0] >= sizes[:, 1]).all()
+
+
+def test_a_segment_smaller_than_k_uses_one_centre_per_point():
+    directions = torch.eye(4)[:2].repeat_interleave(2, dim=0)  # two points twice
+    ranks, sizes = segment_clusters(
+        directions, torch.tensor([0, 0, 0, 1]), 2, k=3, merge_cosine=0.9, min_fraction=0
+    )
+    assert sizes.tolist() == [[2, 0, 0], [0, 0, 0]]  # segment 0: the pair at e0 (e1 alone is too small)
+    assert ranks.tolist() == [0, 0, -1, -1]
