@@ -4,6 +4,7 @@ Representation Bench for SAELens / TransformerLens (Tang et al., arXiv 2512.0553
 Importing the package registers its architectures with SAELens (idempotently).
 """
 
+from sdl_anchor.absorption import ActivationPatterns, activation_patterns, hierarchy_absorption
 from sdl_anchor.anchoring import AnchorSet, class_mean_anchors, probe_anchors
 from sdl_anchor.integrations.registry import (
     AnchoredBatchTopKTrainingSAE,
@@ -41,6 +42,7 @@ from sdl_anchor.resampling import ResamplingConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationPatterns",
     "AnchorSet",
     "AnchoredBatchTopKTrainingSAE",
     "AnchoredBatchTopKTrainingSAEConfig",
@@ -72,7 +74,9 @@ __all__ = [
     "TopKTranscoderTrainingSAE",
     "TopKTranscoderTrainingSAEConfig",
     "__version__",
+    "activation_patterns",
     "class_mean_anchors",
+    "hierarchy_absorption",
     "live_recovery",
     "probe_anchors",
     "recovery",

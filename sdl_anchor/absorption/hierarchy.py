@@ -1,0 +1,286 @@
+"""Ground-truth feature absorption on synthetic hierarchies (the paper's Example 3.6 / Theorem 3.8).
+
+A hierarchy says child ``c`` fires only when its parent ``p`` does. Absorption is the polysemanticity
+pattern of Theorem 3.8: a latent that fires for the child also writes the parent direction, and the parent's
+own latent goes quiet whenever that child is present. With the ground-truth codes known we measure it
+directly, for every (parent, child) pair:
+
+1. **The parent latent** ``L_p``: the latent whose firing best detects "``p`` active with none of its
+   children" against "``p`` inactive" (F1 of ``a_j > 0``). It is chosen on samples without children, so a
+   latent that absorbed a child cannot win, and on firing alone, so rescaling a latent changes nothing.
+2. **Full absorption**, the hierarchy-conditioned silence gap (SAELens issue #729): with
+   ``s_alone = P(a_Lp = 0 | p alone)`` and ``s_c = P(a_Lp = 0 | c active)``,
+   ``absorption = max(0, s_c - s_alone) / (1 - s_alone)``: the share of the samples on which ``L_p`` would
+   fire that the child silences (1: it never fires with the child; 0: the child does not matter).
+3. **Partial absorption**: on child samples where ``L_p`` still fires, how much weaker it is per unit of
+   parent, ``1 - E[a_Lp / c_p | c, fires] / E[a_Lp / c_p | p alone, fires]`` clipped to ``[0, 1]``.
+4. **Absorbing latents**: latents other than ``L_p`` that fire on at least half of the child samples where
+   ``L_p`` is silent or under half its usual strength (and at least twice as often there as on all
+   samples, so they belong to the child), and whose decoder carries the parent direction (cosine with the
+   parent's output-side feature at least ``parent_cosine``).
+
+Inputs are streamed in batches twice with the same seed (once to pick ``L_p``, once to measure), so memory
+does not grow with ``n_samples``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# a latent at under this fraction of its usual activation per unit of parent counts as "under-firing"
+WEAK = 0.5
+# an absorbing latent fires on at least this share of the child's absorbed samples...
+MIN_ABSORBING_RATE = 0.5
+# ...and at least this many times as often as on samples at large (it belongs to the child)
+MIN_LIFT = 2.0
+
+Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]  # -> (codes, x_in)
+
+
+@dataclass
+class _Source:
+    """Where samples come from: ``sample(batch, generator) -> (codes [B, n], encoder input [B, d_in])``."""
+
+    sample: Sampler
+    features_out: torch.Tensor  # [n_features, d_out]: the directions decoders should write
+    hierarchy: dict[int, tuple[int, ...]]
+    device: torch.device
+
+
+def hierarchy_from_sae_lens(roots: Any) -> dict[int, tuple[int, ...]]:
+    """``{parent: (children, ...)}`` from SAELens ``HierarchyNode`` trees (or a ``Hierarchy``). A node without
+    a ``feature_index`` only groups its children: they hang from its nearest indexed ancestor."""
+    roots = getattr(roots, "roots", roots)
+    if not isinstance(roots, Sequence):
+        roots = [roots]
+    children: dict[int, list[int]] = {}
+
+    def walk(node: Any, parent: int | None) -> None:
+        index = getattr(node, "feature_index", None)
+        if index is not None and parent is not None:
+            children.setdefault(parent, []).append(int(index))
+        for child in getattr(node, "children", ()):
+            walk(child, parent if index is None else int(index))
+
+    for root in roots:
+        if not hasattr(root, "children"):
+            raise ValueError(f"expected SAELens HierarchyNode trees, got {type(root).__name__}")
+        walk(root, None)
+    return {parent: tuple(kids) for parent, kids in children.items()}
+
+
+def _source(data: Any, hierarchy: Any) -> _Source:
+    if hasattr(data, "features_out") and hasattr(data, "sample_codes"):  # a LinearRepresentationBench
+        if hierarchy is None:
+            if data.hierarchy is None:
+                raise ValueError("the bench has no hierarchy; build it with hierarchy={parent: [children]}")
+            hierarchy = data.hierarchy.children
+
+        def sample_bench(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = data.sample(n, generator)
+            return batch.codes, batch.x_in
+
+        return _Source(
+            sample_bench, data.features_out, _check_hierarchy(hierarchy, data.n_features), data.device
+        )
+    if hasattr(data, "sample_with_features") and hasattr(data, "feature_dict"):  # a SAELens SyntheticModel
+        if hierarchy is None:
+            if getattr(data, "hierarchy", None) is None:
+                raise ValueError("the SyntheticModel has no hierarchy; pass hierarchy=")
+            hierarchy = data.hierarchy
+        if not isinstance(hierarchy, Mapping):
+            hierarchy = hierarchy_from_sae_lens(hierarchy)
+        n_features = data.feature_dict.feature_vectors.shape[0]
+
+        def sample_model(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            # SAELens's generator draws from the global RNG: seed a fork of it from ours, for repeatable
+            # passes that leave the caller's RNG untouched
+            devices = [torch.device(data.device)] if torch.device(data.device).type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(
+                    int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+                )
+                hidden, codes = data.sample_with_features(n)
+            return codes.to_dense() if codes.is_sparse else codes, hidden
+
+        return _Source(
+            sample_model,
+            data.feature_dict.feature_vectors.detach(),
+            _check_hierarchy(hierarchy, n_features),
+            torch.device(data.device),
+        )
+    raise ValueError(
+        "hierarchy_absorption needs a LinearRepresentationBench or a SAELens SyntheticModel, "
+        f"got {type(data).__name__}"
+    )
+
+
+def _check_hierarchy(hierarchy: Any, n_features: int) -> dict[int, tuple[int, ...]]:
+    if not isinstance(hierarchy, Mapping) or not hierarchy:
+        raise ValueError("hierarchy must be a non-empty dict {parent_feature: [child_feature, ...]}")
+    checked = {}
+    for parent, kids in hierarchy.items():
+        for feature in (parent, *kids):
+            if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < n_features:
+                raise ValueError(
+                    f"the hierarchy names feature {feature!r}, but features are 0..{n_features - 1}"
+                )
+        if kids:
+            checked[int(parent)] = tuple(int(k) for k in kids)
+    if not checked:
+        raise ValueError("the hierarchy has no parent with children")
+    return checked
+
+
+def _batches(
+    source: _Source, n_samples: int, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    generator = torch.Generator(device=source.device).manual_seed(seed)
+    for start in range(0, n_samples, batch_size):
+        yield source.sample(min(batch_size, n_samples - start), generator)
+
+
+def _masks(
+    codes: torch.Tensor, parents: list[int], hierarchy: dict[int, tuple[int, ...]]
+) -> tuple[torch.Tensor, ...]:
+    """``(parent active [B, P], parent alone [B, P])``: alone = active with none of its children."""
+    active = codes[:, parents] > 0
+    any_child = torch.stack([(codes[:, list(hierarchy[p])] > 0).any(dim=1) for p in parents], dim=1)
+    return active, active & ~any_child
+
+
+@torch.no_grad()
+def hierarchy_absorption(
+    sae: Any,
+    data: Any,
+    n_samples: int = 100_000,
+    *,
+    hierarchy: Any = None,
+    parent_cosine: float = 0.25,
+    batch_size: int = 8192,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Full and partial absorption of every (parent, child) pair, with the absorbing latents (module
+    docstring).
+
+    ``data``: a :class:`~sdl_anchor.lrb.bench.LinearRepresentationBench` built with a hierarchy, or a
+    SAELens ``SyntheticModel``; ``hierarchy`` overrides theirs (``{parent: [children]}`` or SAELens
+    ``HierarchyNode`` trees). Returns ``{"pairs": [{"parent", "child", "absorption", "partial_absorption",
+    "absorbing_latents", "parent_latent", ...}], "mean_absorption", "mean_partial_absorption"}``."""
+    source = _source(data, hierarchy)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    if not 0.0 <= parent_cosine <= 1.0:
+        raise ValueError(f"parent_cosine must be in [0, 1], got {parent_cosine}")
+    d_sae = sae.cfg.d_sae
+    tree = source.hierarchy
+    parents = sorted(tree)
+    pairs = [(p, c) for p in parents for c in tree[p]]
+    device = sae.W_dec.device
+
+    def encode(x_in: torch.Tensor) -> torch.Tensor:
+        if x_in.shape[-1] != sae.cfg.d_in:
+            raise ValueError(
+                f"the data's inputs have width {x_in.shape[-1]} but the SAE has d_in={sae.cfg.d_in}"
+            )
+        return sae.encode(x_in.to(device, sae.W_enc.dtype)).float()
+
+    # pass 1: pick each parent's latent by F1 on "alone" vs "inactive"; its activation per unit of parent
+    hits = torch.zeros(len(parents), d_sae, device=device)
+    false_alarms = torch.zeros(len(parents), d_sae, device=device)
+    ratio_sums = torch.zeros(len(parents), d_sae, device=device)
+    n_alone = torch.zeros(len(parents), device=device)
+    for codes, x_in in _batches(source, n_samples, batch_size, seed):
+        codes = codes.to(device).float()
+        acts = encode(x_in)
+        fires = (acts > 0).float()
+        active, alone = _masks(codes, parents, tree)
+        hits += alone.float().T @ fires
+        false_alarms += (~active).float().T @ fires
+        per_unit = alone.float() / codes[:, parents].clamp(min=1e-12)
+        ratio_sums += per_unit.T @ acts
+        n_alone += alone.sum(dim=0)
+    f1 = 2 * hits / (hits + n_alone[:, None] + false_alarms).clamp(min=1)
+    parent_latent = f1.argmax(dim=1)
+    rows = torch.arange(len(parents), device=device)
+    alone_hits = hits[rows, parent_latent]
+    usual_ratio = ratio_sums[rows, parent_latent] / alone_hits.clamp(min=1)
+
+    # pass 2: silence and strength of each parent latent on child samples; who fires instead
+    pair_parent = torch.tensor([parents.index(p) for p, _ in pairs], device=device)
+    pair_child = torch.tensor([c for _, c in pairs], device=device)
+    n_child = torch.zeros(len(pairs), device=device)
+    silent_child = torch.zeros(len(pairs), device=device)
+    fired_child = torch.zeros(len(pairs), device=device)
+    ratio_child = torch.zeros(len(pairs), device=device)
+    absorbed = torch.zeros(len(pairs), device=device)
+    absorber_fires = torch.zeros(len(pairs), d_sae, device=device)
+    all_fires = torch.zeros(d_sae, device=device)
+    for codes, x_in in _batches(source, n_samples, batch_size, seed):
+        codes = codes.to(device).float()
+        acts = encode(x_in)
+        child = codes[:, pair_child] > 0  # [B, pairs]
+        parent_codes = codes[:, torch.tensor(parents, device=device)[pair_parent]]
+        latent_acts = acts[:, parent_latent[pair_parent]]  # [B, pairs]
+        fires = latent_acts > 0
+        ratio = latent_acts / parent_codes.clamp(min=1e-12)
+        weak = child & (ratio < WEAK * usual_ratio[pair_parent])
+        n_child += child.sum(dim=0)
+        silent_child += (child & ~fires).sum(dim=0)
+        fired_child += (child & fires).sum(dim=0)
+        ratio_child += torch.where(child & fires, ratio, 0.0).sum(dim=0)
+        absorbed += weak.sum(dim=0)
+        absorber_fires += weak.float().T @ (acts > 0).float()
+        all_fires += (acts > 0).sum(dim=0)
+
+    silent_alone = 1 - alone_hits / n_alone.clamp(min=1)
+    silent_with_child = silent_child / n_child.clamp(min=1)
+    gap = (silent_with_child - silent_alone[pair_parent]).clamp(min=0)
+    absorption = (gap / (1 - silent_alone[pair_parent]).clamp(min=1e-12)).clamp(max=1)
+    strength = (ratio_child / fired_child.clamp(min=1)) / usual_ratio[pair_parent].clamp(min=1e-12)
+    partial = torch.where(fired_child > 0, (1 - strength).clamp(0, 1), 0.0)
+    features_out = F.normalize(source.features_out.to(device).float(), dim=1)
+    decoder_cosine = F.normalize(sae.W_dec.float(), dim=1) @ features_out.T  # [d_sae, n_features]
+    results = []
+    for i, (p, c) in enumerate(pairs):
+        latent = int(parent_latent[parents.index(p)])
+        rate = absorber_fires[i] / absorbed[i].clamp(min=1)
+        lift = rate / (all_fires / n_samples).clamp(min=1e-12)
+        candidates = (
+            (rate >= MIN_ABSORBING_RATE) & (lift >= MIN_LIFT) & (decoder_cosine[:, p] >= parent_cosine)
+        )
+        candidates[latent] = False
+        order = torch.argsort(rate[candidates], descending=True)
+        results.append(
+            {
+                "parent": p,
+                "child": c,
+                "absorption": float(absorption[i]),
+                "partial_absorption": float(partial[i]),
+                "absorbing_latents": torch.nonzero(candidates).flatten()[order].tolist(),
+                "parent_latent": latent,
+                "parent_latent_f1": float(f1[parents.index(p), latent]),
+                "silent_alone": float(silent_alone[parents.index(p)]),
+                "silent_with_child": float(silent_with_child[i]),
+                "n_child_samples": int(n_child[i]),
+                "n_parent_alone_samples": int(n_alone[parents.index(p)]),
+            }
+        )
+    measured = [r for r in results if r["n_child_samples"] > 0 and r["n_parent_alone_samples"] > 0]
+    if not measured:
+        raise ValueError(
+            f"no (parent, child) pair had both child samples and parent-alone samples in {n_samples} "
+            "samples; raise n_samples or lower the bench's sparsity"
+        )
+    return {
+        "pairs": results,
+        "mean_absorption": sum(r["absorption"] for r in measured) / len(measured),
+        "mean_partial_absorption": sum(r["partial_absorption"] for r in measured) / len(measured),
+        "n_samples": n_samples,
+        "parent_cosine": parent_cosine,
+    }
