@@ -72,6 +72,48 @@ def _build_parser() -> argparse.ArgumentParser:
     lrb.add_argument("--seed", type=int, default=0)
     lrb.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     lrb.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    audit = commands.add_parser("audit", help="audits of trained SAEs").add_subparsers(
+        dest="audit", required=True
+    )
+    absorption = audit.add_parser(
+        "absorption",
+        help="first-letter absorption audit of a pretrained or saved SAELens SAE (SAEBench's metric, fixed)",
+        description="Measure feature absorption on the first-letter task (Chanin et al. 2024; SAEBench's "
+        "absorption_first_letter thresholds) at the SAE's own hook. Writes absorption.json (SAEBench's keys, "
+        "per_letter), report.png and report.html.",
+    )
+    source = absorption.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--sae-path", type=Path, help="a folder saved by SAELens (sae.save_model), with cfg.json"
+    )
+    source.add_argument(
+        "--release", help="a SAELens pretrained release, e.g. gpt2-small-res-jb (needs the hub)"
+    )
+    absorption.add_argument("--sae-id", help="the SAE's id within --release, e.g. blocks.8.hook_resid_pre")
+    absorption.add_argument("--model", required=True, help="the TransformerLens model name, e.g. gpt2")
+    absorption.add_argument(
+        "--model-path",
+        type=Path,
+        default=None,
+        help="a local Hugging Face checkpoint (with its tokenizer) to load",
+    )
+    absorption.add_argument("--out", type=Path, required=True, help="output folder")
+    absorption.add_argument("--device", default="cpu")
+    absorption.add_argument("--seed", type=int, default=0)
+    absorption.add_argument(
+        "--max-words", type=int, default=None, help="score a random subset of the vocabulary"
+    )
+    absorption.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where word activations are cached (default: $SDL_ANCHOR_CACHE or ~/.cache/sdl_anchor)",
+    )
+    absorption.add_argument(
+        "--no-cache", action="store_true", help="do not read or write the activation cache"
+    )
+    absorption.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    absorption.add_argument("--no-progress", action="store_true", help="hide progress bars")
     commands.add_parser(
         "train",
         add_help=False,
@@ -137,6 +179,56 @@ def _bench_lrb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_absorption(args: argparse.Namespace) -> int:
+    from sdl_anchor.absorption.audit import (
+        audit_absorption,
+        default_cache_dir,
+        load_model,
+        load_sae,
+        write_report,
+    )
+
+    if (args.out / "absorption.json").exists() and not args.overwrite:
+        raise ValueError(
+            f"{args.out / 'absorption.json'} already exists; pass --overwrite or choose another --out"
+        )
+    if args.release is not None and args.sae_id is None:
+        raise ValueError("--release needs --sae-id")
+    if args.sae_path is not None and args.sae_id is not None:
+        raise ValueError("--sae-id goes with --release, not with --sae-path")
+    if args.max_words is not None and args.max_words < 1:
+        raise ValueError(f"--max-words must be positive, got {args.max_words}")
+    sae = load_sae(args.sae_path, args.release, args.sae_id, args.device)
+    model = load_model(args.model, args.model_path, args.device)
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    report = audit_absorption(
+        model,
+        sae,
+        model_label=args.model,
+        sae_label=str(args.sae_path) if args.sae_path is not None else f"{args.release}/{args.sae_id}",
+        seed=args.seed,
+        max_words=args.max_words,
+        cache_dir=cache_dir,
+        progress=not args.no_progress,
+    )
+    print(
+        f"mean absorption fraction {report['mean_absorption_fraction_score']:.4f}, mean full absorption "
+        f"{report['mean_full_absorption_score']:.4f}, mean split features {report['mean_num_split_features']:.2f} "
+        f"({len(report['eval_result_details'])} letters scored, {report['wall_seconds']:.1f} s)"
+    )
+    for letter, entry in report["per_letter"].items():
+        if "skipped" in entry:
+            print(f"  {letter}: skipped ({entry['skipped']})")
+        else:
+            print(
+                f"  {letter}: absorption {entry['absorption_fraction']:.3f}  full {entry['full_absorption']:.3f}  "
+                f"split {entry['num_split_features']}  probe F1 {entry['probe_f1']:.3f}"
+            )
+    for path in write_report(report, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sdl-anchor`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -144,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["train"]:  # SAELens's own parser takes every flag after "train"
             return _train(argv[1:])
         args = _build_parser().parse_args(argv)
-        handlers = {("bench", "lrb"): _bench_lrb}
-        return handlers[(args.command, getattr(args, "bench", None))](args)
+        handlers = {("bench", "lrb"): _bench_lrb, ("audit", "absorption"): _audit_absorption}
+        return handlers[(args.command, getattr(args, "bench", None) or getattr(args, "audit", None))](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"sdl-anchor: error: {err}", file=sys.stderr)
         return EXIT_USAGE

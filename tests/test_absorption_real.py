@@ -1,0 +1,240 @@
+"""The real-model absorption metric on a tiny local model whose embeddings carry each word's first letter
+along a known direction, with hand-built SAEs of known absorption (0, partial, full)."""
+
+import json
+import string
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from sdl_anchor.absorption import ConceptSet, concept_absorption, first_letter_concepts
+from sdl_anchor.integrations.toy_lm import toy_language_model
+
+LETTERS = "abcdef"
+WORDS_PER_LETTER = 40
+HOOK = "blocks.0.hook_resid_pre"
+
+
+def made_up_words():
+    generator = torch.Generator().manual_seed(0)
+    words = []
+    for letter in LETTERS:
+        while sum(w[0] == letter for w in words) < WORDS_PER_LETTER:
+            tail = "".join(
+                string.ascii_lowercase[int(i)] for i in torch.randint(26, (5,), generator=generator)
+            )
+            if letter + tail not in words:
+                words.append(letter + tail)
+    return words
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A 1-layer model whose embedding of each word is 3 x (its letter's direction) + its own direction,
+    all orthonormal, read at blocks.0.hook_resid_pre (no position embedding)."""
+    words = made_up_words()
+    model = toy_language_model(
+        [" ".join(words) + " has the first letter:"], d_model=256, n_layers=1, n_ctx=80
+    )
+    basis = torch.linalg.qr(torch.randn(256, 256, generator=torch.Generator().manual_seed(1)))[0].T
+    letter_dirs = {letter: basis[i] for i, letter in enumerate(LETTERS)}
+    word_dirs = {word: basis[len(LETTERS) + i] for i, word in enumerate(words)}
+    with torch.no_grad():
+        model.W_pos.zero_()
+        for word in words:
+            token = model.tokenizer.convert_tokens_to_ids(word)
+            model.W_E[token] = 3 * letter_dirs[word[0]] + word_dirs[word]
+    return model, words, letter_dirs, word_dirs
+
+
+def letter_sae(letter_dirs, word_dirs, absorbed=()):
+    """One latent per letter reading and writing its direction; each word in ``absorbed`` gets its own
+    latent that writes its letter's direction, and silences its letter's latent."""
+    d_sae = len(LETTERS) + len(absorbed)
+    cfg = StandardSAEConfig(d_in=256, d_sae=d_sae, metadata=SAEMetadata(hook_name=HOOK))
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.b_enc.fill_(-1.5)
+        for i, letter in enumerate(LETTERS):
+            sae.W_enc[:, i] = letter_dirs[letter]
+            sae.W_dec[i] = letter_dirs[letter]
+        for j, word in enumerate(absorbed):
+            latent = len(LETTERS) + j
+            sae.W_enc[:, LETTERS.index(word[0])] -= 10 * word_dirs[word]
+            sae.W_enc[:, latent] = 4 * word_dirs[word]
+            sae.b_enc[latent] = -1.0
+            sae.W_dec[latent] = torch.nn.functional.normalize(
+                3 * letter_dirs[word[0]] + word_dirs[word], dim=0
+            )
+    return sae
+
+
+def run(planted, sae, tmp_path=None, **kwargs):
+    model, _words, _, _ = planted
+    concepts = first_letter_concepts(model.tokenizer)
+    return concept_absorption(model, sae, concepts, progress=False, cache_dir=tmp_path, **kwargs)
+
+
+def test_first_letter_task_comes_from_the_tokenizer(planted):
+    model, words, _, _ = planted
+    concepts = first_letter_concepts(model.tokenizer)
+    assert set(words) <= set(concepts.words)  # plus the template's own words ("has", "the", "first")
+    head, full = concepts.prompts(seed=0)[0]
+    assert full.startswith("\n") and full.endswith(" has the first letter:")
+    assert full.count("has the first letter:") == 11  # 10 in-context examples and the word itself
+    assert head.endswith(concepts.words[0])
+
+
+def test_a_clean_sae_absorbs_nothing(planted, tmp_path):
+    _model, _words, letter_dirs, word_dirs = planted
+    result = run(planted, letter_sae(letter_dirs, word_dirs), tmp_path)
+    scored = {k: v for k, v in result["per_class"].items() if "skipped" not in v}
+    assert set(scored) == set(LETTERS)
+    for i, letter in enumerate(LETTERS):
+        assert scored[letter]["probe_f1"] == 1.0
+        assert scored[letter]["main_latents"] == [i] and scored[letter]["num_split_features"] == 1
+        assert scored[letter]["absorption_fraction"] == 0.0 and scored[letter]["full_absorption"] == 0.0
+    assert result["mean_absorption_fraction_score"] == 0.0 and result["mean_num_split_features"] == 1.0
+    assert "the first letter" not in result["per_class"]  # letters with too few words are skipped
+    assert "skipped" in result["per_class"]["h"]  # "has": one word only
+
+
+def test_planted_partial_and_full_absorption_are_measured_exactly(planted, tmp_path):
+    _model, words, letter_dirs, word_dirs = planted
+    a_words = [w for w in words if w[0] == "a"]
+    b_words = [w for w in words if w[0] == "b"]
+    absorbed = a_words[::2] + b_words  # half of "a" absorbed, all of "b"
+    result = run(planted, letter_sae(letter_dirs, word_dirs, absorbed), tmp_path)
+    a, b = result["per_class"]["a"], result["per_class"]["b"]
+    scored_a = set(a["scored_words"])
+    assert a["main_latents"] == [0]
+    truth = len(scored_a & set(absorbed)) / len(scored_a)
+    assert a["absorption_fraction"] == pytest.approx(truth) and a["full_absorption"] == pytest.approx(truth)
+    assert 0.2 < truth < 0.8
+    assert {w["word"] for w in a["absorbed_words"]} == scored_a & set(absorbed)
+    for entry in a["absorbed_words"]:
+        latent = len(LETTERS) + absorbed.index(entry["word"])
+        assert entry["absorbing_latents"] == [latent] and entry["full_absorption"]
+    # "b" has no latent of its own: whichever child latent is taken as main, every other word is absorbed
+    assert b["absorption_fraction"] >= 1 - 1 / len(b["scored_words"]) - 1e-6
+    for letter in "cdef":
+        assert result["per_class"][letter]["absorption_fraction"] == 0.0
+
+
+def test_rescaling_latents_changes_nothing(planted):
+    _model, words, letter_dirs, word_dirs = planted
+    absorbed = [w for w in words if w[0] == "a"][::2]
+    sae = letter_sae(letter_dirs, word_dirs, absorbed)
+    before = run(planted, sae)
+    with torch.no_grad():
+        scale = torch.linspace(0.2, 5.0, sae.cfg.d_sae)
+        sae.W_enc *= scale
+        sae.b_enc *= scale
+        sae.W_dec /= scale[:, None]
+    after = run(planted, sae)
+    for key in ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features"):
+        assert after[key] == pytest.approx(before[key], abs=1e-6)
+    assert after["per_class"]["a"]["main_latents"] == before["per_class"]["a"]["main_latents"]
+
+
+def test_any_concept_hierarchy(planted):
+    model, words, letter_dirs, word_dirs = planted
+    hierarchy = {
+        "vowel-start": {"a": [w for w in words if w[0] == "a"], "e": [w for w in words if w[0] == "e"]},
+        "b-start": {"b": [w for w in words if w[0] == "b"]},
+        "c-start": {"c": [w for w in words if w[0] == "c"]},
+    }
+    concepts = ConceptSet.from_hierarchy(hierarchy, template="{word} has the first letter:")
+    result = concept_absorption(model, letter_sae(letter_dirs, word_dirs), concepts, progress=False)
+    assert result["eval_type_id"] == "absorption_concepts"
+    assert set(result["per_child"]) == {"vowel-start/a", "vowel-start/e", "b-start/b", "c-start/c"}
+    # the vowel class needs two latents, one per letter: a split feature
+    assert sorted(result["per_class"]["vowel-start"]["main_latents"]) == [0, 4]
+
+
+def test_the_cache_is_keyed_and_reused(planted, tmp_path):
+    _model, _words, letter_dirs, word_dirs = planted
+    sae = letter_sae(letter_dirs, word_dirs)
+    first = run(planted, sae, tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2  # activations and their index
+    assert run(planted, sae, tmp_path) == first
+    run(planted, sae, tmp_path, seed=1)
+    assert len(list(tmp_path.iterdir())) == 4  # another seed, another entry
+
+
+def test_bad_input_is_explained(planted):
+    _model, _words, letter_dirs, word_dirs = planted
+    narrow = StandardSAE(StandardSAEConfig(d_in=128, d_sae=8, metadata=SAEMetadata(hook_name=HOOK)))
+    with pytest.raises(ValueError, match="width 256 but the coder expects 128"):
+        run(planted, narrow)
+    with pytest.raises(ValueError, match="no_such_hook"):
+        run(planted, letter_sae(letter_dirs, word_dirs), hook_name="blocks.0.no_such_hook")
+    small = toy_language_model(["apple avocado bear has the first letter:"], d_model=256, n_layers=1)
+    with pytest.raises(ValueError, match="needs at least 10 words in a class"):
+        concept_absorption(small, letter_sae(letter_dirs, word_dirs), first_letter_concepts(small.tokenizer))
+    with pytest.raises(ValueError, match="must contain"):
+        ConceptSet(["a"], ["p"], ["c"], template="no placeholder")
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory, planted):
+    """The planted model as a local Hugging Face GPT-2 checkpoint with its tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model, _, _, _ = planted
+    folder = tmp_path_factory.mktemp("hf")
+    config = GPT2Config(vocab_size=model.cfg.d_vocab, n_positions=80, n_embd=256, n_layer=1, n_head=4)
+    hf = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        hf.transformer.wte.weight.copy_(model.W_E)
+        hf.transformer.wpe.weight.zero_()
+    hf.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_audit_command_on_a_saved_sae_and_a_local_checkpoint(planted, hf_checkpoint, tmp_path, capsys):
+    from sdl_anchor.eval.cli import main
+
+    _, words, letter_dirs, word_dirs = planted
+    sae_dir = tmp_path / "sae"
+    letter_sae(letter_dirs, word_dirs, [w for w in words if w[0] == "a"][::2]).save_model(str(sae_dir))
+    out = tmp_path / "audit"
+    argv = ["audit", "absorption", "--sae-path", str(sae_dir), "--model", "toy-gpt2", "--model-path"]
+    argv += [str(hf_checkpoint), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((out / "absorption.json").read_text())
+    for key in ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features"):
+        assert key in report and key in report["eval_result_metrics"]["mean"]
+    assert set(LETTERS) <= set(report["per_letter"])
+    assert 0.2 < report["per_letter"]["a"]["absorption_fraction"] < 0.8
+    assert report["per_letter"]["c"] == {**report["per_letter"]["c"], "absorption_fraction": 0.0}
+    assert "skipped" in report["per_letter"]["h"]
+    assert report["config"]["hook_name"] == HOOK
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG" and "<table>" in (
+        out / "report.html"
+    ).read_text()
+    assert "mean absorption fraction" in capsys.readouterr().out
+    # a second run refuses to overwrite, and bad folders are explained
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    bad = [
+        "audit",
+        "absorption",
+        "--sae-path",
+        str(tmp_path / "empty"),
+        "--model",
+        "m",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(bad) == 2
+    assert "has no cfg.json" in capsys.readouterr().err
+    assert main(["audit", "absorption", "--release", "r", "--model", "m", "--out", str(tmp_path / "o")]) == 2
+    assert "--release needs --sae-id" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
