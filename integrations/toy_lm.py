@@ -21,16 +21,23 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 
 
-def word_level_tokenizer(corpus: Sequence[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer whose vocabulary is the special tokens plus every word in ``corpus``.
+def word_level_tokenizer(corpus: Sequence[str], split_punctuation: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is the special tokens plus every word in ``corpus``
+    (lower-cased; with ``split_punctuation``, punctuation marks are tokens of their own, as in BPE
+    vocabularies: "letter:" is "letter", ":").
 
     It is saved to a temporary folder and loaded back with ``AutoTokenizer``, as TransformerLens
     re-loads tokenizers by their ``name_or_path`` (a local folder works offline)."""
-    words = sorted({word for text in corpus for word in text.lower().split()})
+    splitter = (
+        pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+        if split_punctuation
+        else pre_tokenizers.WhitespaceSplit()
+    )
+    words = sorted({word for text in corpus for word, _ in splitter.pre_tokenize_str(text.lower())})
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tokenizer.normalizer = None
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.pre_tokenizer = splitter
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
     )
@@ -47,10 +54,11 @@ def toy_language_model(
     seed: int = 0,
     device: str = "cpu",
     train_steps: int = 0,
+    split_punctuation: bool = False,
 ) -> HookedTransformer:
     """A ``HookedTransformer`` with the usual hook names and a word-level tokenizer of ``corpus``, trained
     for ``train_steps`` Adam steps of next-token prediction on the corpus (0: left at random init)."""
-    tokenizer = word_level_tokenizer(corpus)
+    tokenizer = word_level_tokenizer(corpus, split_punctuation)
     config = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=d_model,

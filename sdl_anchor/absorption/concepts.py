@@ -158,6 +158,16 @@ class WordActivations:
     dropped: list[str]  # words that were not one token in their prompt
 
 
+def _stop_after(model: Any, hook_name: str) -> dict[str, int]:
+    """``stop_at_layer`` for a HookedTransformer reading a block's hook: later blocks are not run."""
+    from transformer_lens import HookedTransformer
+
+    parts = hook_name.split(".")
+    if isinstance(model, HookedTransformer) and parts[0] == "blocks" and parts[1].isdigit():
+        return {"stop_at_layer": int(parts[1]) + 1}
+    return {}
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SDL_ANCHOR_CACHE", Path.home() / ".cache" / "sdl_anchor")) / "absorption"
 
@@ -207,7 +217,7 @@ def word_activations(
     ]
     for rows in tqdm(batches, desc="word activations", disable=not progress):
         tokens = torch.tensor([fulls[kept[r]] for r in rows], device=device)
-        _, cache = model.run_with_cache(tokens, names_filter=[hook_name])
+        _, cache = model.run_with_cache(tokens, names_filter=[hook_name], **_stop_after(model, hook_name))
         acts = cache[hook_name]
         for j, r in enumerate(rows):
             x[r] = acts[j, positions[r]].float().cpu()

@@ -1,0 +1,109 @@
+"""Our first-letter absorption audit against SAEBench 0.6.0's, on the same tiny model and SAEs (issue 6).
+
+Builds the planted first-letter model (:mod:`sdl_anchor.absorption.planted`: 26 letters, attention and MLP
+outputs zeroed so ``blocks.0.hook_resid_post``, the hook SAEBench always reads, carries the planted
+directions) and two SAEs: a clean one (true absorption 0) and one where half the words of the first 13
+letters are absorbed (true mean absorption 0.25). Times ``concept_absorption`` (no activation cache) here,
+and SAEBench's ``run_eval`` in the virtual environment given by ``--saebench-python`` (SAEBench pins
+numpy<2), one fresh process; prints both, the truth, and the speed-up.
+
+``python -m sdl_anchor.eval.absorption_vs_saebench --saebench-python VENV/bin/python [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdl_anchor.absorption import concept_absorption, first_letter_concepts
+from sdl_anchor.absorption.planted import planted_letter_model, planted_letter_sae
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+HOOK = "blocks.0.hook_resid_post"
+KEYS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
+CONFIG_FIELDS = (
+    "n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn", "normalization_type",
+    "tokenizer_prepends_bos", "default_prepend_bos",
+)  # fmt: skip
+
+
+def build(folder: Path, words_per_letter: int) -> tuple[Any, dict[str, Any], dict[str, float]]:
+    """Save the model (config, weights, tokenizer) and the SAEs; return the model, SAEs and true scores."""
+    planted = planted_letter_model(LETTERS, words_per_letter, pass_through=True)
+    model = planted.model
+    (folder / "model").mkdir(parents=True)
+    config = {name: getattr(model.cfg, name) for name in CONFIG_FIELDS}
+    torch.save({"config": config, "state": model.state_dict()}, folder / "model" / "model.pt")
+    model.tokenizer.save_pretrained(str(folder / "model" / "tokenizer"))
+    absorbed = [w for w in planted.words if w[0] in LETTERS[:13]][::2]
+    saes = {
+        "clean": planted_letter_sae(planted, (), HOOK),
+        "half_of_13_letters": planted_letter_sae(planted, absorbed, HOOK),
+    }
+    for name, sae in saes.items():
+        sae.save_model(str(folder / name))
+    truth = {"clean": 0.0, "half_of_13_letters": 13 * 0.5 / 26}
+    return model, saes, truth
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--saebench-python", required=True, help="python of a venv with sae-bench==0.6.0")
+    parser.add_argument("--words-per-letter", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model, saes, truth = build(folder, args.words_per_letter)
+        rows: dict[str, dict[str, Any]] = {}
+        for name, sae in saes.items():
+            started = time.perf_counter()
+            result = concept_absorption(
+                model, sae, first_letter_concepts(model.tokenizer), hook_name=HOOK, progress=False
+            )
+            rows[name] = {"ours": {"seconds": time.perf_counter() - started, **{k: result[k] for k in KEYS}}}
+        runner = Path(__file__).with_name("saebench_absorption_runner.py")
+        command = [
+            args.saebench_python,
+            str(runner),
+            str(folder / "model"),
+            str(folder / "saebench"),
+            *(str(folder / n) for n in saes),
+        ]
+        completed = subprocess.run(command, capture_output=True, text=True, cwd=folder, check=False)
+        if completed.returncode != 0:
+            raise SystemExit(f"SAEBench failed:\n{completed.stderr[-4000:]}")
+        for line in completed.stdout.splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                rows[entry.pop("sae")]["saebench"] = entry
+    print(f"first-letter absorption, planted 1-layer model (26 letters x {args.words_per_letter} words), CPU")
+    print(
+        f"{'SAE':<20} {'truth':>6} | {'ours AF / full / split':>24} {'s':>6} | {'SAEBench AF / full / split':>27} {'s':>6} | speed-up"
+    )
+    for name, row in rows.items():
+        ours, theirs = row["ours"], row.get("saebench", {})
+        cells = [f"{r.get(k, float('nan')):.3f}" for r in (ours, theirs) for k in KEYS]
+        print(
+            f"{name:<20} {truth[name]:>6.3f} | {' / '.join(cells[:3]):>24} {ours['seconds']:>6.1f} | "
+            f"{' / '.join(cells[3:]):>27} {theirs.get('seconds', float('nan')):>6.1f} | "
+            f"{theirs.get('seconds', float('nan')) / ours['seconds']:.1f}x"
+        )
+        row["truth_mean_absorption"] = truth[name]
+    if args.out is not None:
+        from sdl_anchor.io import write_json
+
+        write_json(args.out, rows)
+
+
+if __name__ == "__main__":
+    main()

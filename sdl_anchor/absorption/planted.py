@@ -1,0 +1,112 @@
+"""A tiny language model where each word's first letter is a known direction, and SAEs of known absorption.
+
+For tests, examples and the SAEBench comparison, offline. The model's embedding of a word is
+``3 x (its letter's direction) + (its own direction)``, all directions orthonormal; position embeddings are
+zero and, with ``pass_through=True``, attention and MLP outputs too, so ``blocks.0.hook_resid_pre`` and
+``blocks.0.hook_resid_post`` both read exactly that. ``planted_letter_sae`` builds the SAE with one latent
+per letter, and makes chosen words *absorbed*: each gets its own latent, which writes the letter's direction,
+and silences the letter's latent on that word. The true absorption of a letter is then the fraction of its
+words that are absorbed.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from sdl_anchor.integrations.toy_lm import toy_language_model
+
+
+@dataclass
+class PlantedLetters:
+    model: Any  # HookedTransformer
+    words: list[str]
+    letter_directions: dict[str, torch.Tensor]
+    word_directions: dict[str, torch.Tensor]
+
+
+def made_up_words(letters: str, per_letter: int, seed: int = 0) -> list[str]:
+    """``per_letter`` distinct six-letter words starting with each of ``letters``."""
+    generator = torch.Generator().manual_seed(seed)
+    words: list[str] = []
+    for letter in letters:
+        mine: set[str] = set()
+        while len(mine) < per_letter:
+            tail = "".join(
+                string.ascii_lowercase[int(i)] for i in torch.randint(26, (5,), generator=generator)
+            )
+            mine.add(letter + tail)
+        words.extend(sorted(mine))
+    return words
+
+
+@torch.no_grad()
+def planted_letter_model(
+    letters: str = "abcdef",
+    words_per_letter: int = 40,
+    d_model: int | None = None,
+    pass_through: bool = False,
+    seed: int = 0,
+) -> PlantedLetters:
+    """The 1-layer model of the module docstring, with a word-level tokenizer (punctuation split off)."""
+    words = made_up_words(letters, words_per_letter, seed)
+    needed = len(letters) + len(words)
+    d_model = d_model or 4 * -(-needed // 4)
+    if d_model < needed:
+        raise ValueError(f"d_model must be at least {needed} (one direction per letter and per word)")
+    corpus = [" ".join(words) + " has the first letter:"]
+    model = toy_language_model(
+        corpus, d_model=d_model, n_layers=1, n_ctx=80, seed=seed, split_punctuation=True
+    )
+    basis = torch.linalg.qr(torch.randn(d_model, d_model, generator=torch.Generator().manual_seed(seed + 1)))[
+        0
+    ].T
+    letter_directions = {letter: basis[i] for i, letter in enumerate(letters)}
+    word_directions = {word: basis[len(letters) + i] for i, word in enumerate(words)}
+    model.W_pos.zero_()
+    for word in words:
+        model.W_E[model.tokenizer.convert_tokens_to_ids(word)] = (
+            3 * letter_directions[word[0]] + word_directions[word]
+        )
+    if pass_through:
+        for block in model.blocks:
+            block.attn.W_O.zero_()
+            block.attn.b_O.zero_()
+            block.mlp.W_out.zero_()
+            block.mlp.b_out.zero_()
+    return PlantedLetters(model, words, letter_directions, word_directions)
+
+
+@torch.no_grad()
+def planted_letter_sae(
+    planted: PlantedLetters,
+    absorbed: list[str] | tuple[str, ...] = (),
+    hook_name: str = "blocks.0.hook_resid_pre",
+) -> StandardSAE:
+    """One latent per letter (latent i for the i-th letter), plus one per absorbed word (module docstring)."""
+    letters = list(planted.letter_directions)
+    d_model = planted.model.cfg.d_model
+    cfg = StandardSAEConfig(
+        d_in=d_model, d_sae=len(letters) + len(absorbed), metadata=SAEMetadata(hook_name=hook_name)
+    )
+    sae = StandardSAE(cfg)
+    sae.b_dec.zero_()
+    sae.b_enc.fill_(-1.5)
+    for i, letter in enumerate(letters):
+        sae.W_enc[:, i] = planted.letter_directions[letter]
+        sae.W_dec[i] = planted.letter_directions[letter]
+    for j, word in enumerate(absorbed):
+        latent = len(letters) + j
+        sae.W_enc[:, letters.index(word[0])] -= 10 * planted.word_directions[word]
+        sae.W_enc[:, latent] = 4 * planted.word_directions[word]
+        sae.b_enc[latent] = -1.0
+        sae.W_dec[latent] = F.normalize(
+            3 * planted.letter_directions[word[0]] + planted.word_directions[word], dim=0
+        )
+    return sae
