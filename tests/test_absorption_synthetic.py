@@ -125,7 +125,7 @@ def test_bad_input_is_explained(bench):
     plain = sa.LinearRepresentationBench(n_features=8, d_in=16, seed=0)
     with pytest.raises(ValueError, match="has no hierarchy"):
         sa.hierarchy_absorption(sae, plain, n_samples=100)
-    with pytest.raises(ValueError, match="names feature 9, but features are 0..7"):
+    with pytest.raises(ValueError, match="names unknown child feature 9; features are 0..7"):
         sa.hierarchy_absorption(sae, bench, n_samples=100, hierarchy={0: [9]})
     with pytest.raises(ValueError, match="has d_in=16"):
         wide = sa.LinearRepresentationBench(n_features=8, d_in=20, hierarchy={0: [1]}, seed=0)

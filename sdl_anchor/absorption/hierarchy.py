@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sdl_anchor.lrb.hierarchy import FeatureHierarchy
+
 # a latent at under this fraction of its usual activation per unit of parent counts as "under-firing"
 WEAK = 0.5
 # an absorbing latent fires on at least this share of the child's absorbed samples...
@@ -121,20 +123,11 @@ def _source(data: Any, hierarchy: Any) -> _Source:
 
 
 def _check_hierarchy(hierarchy: Any, n_features: int) -> dict[int, tuple[int, ...]]:
-    if not isinstance(hierarchy, Mapping) or not hierarchy:
-        raise ValueError("hierarchy must be a non-empty dict {parent_feature: [child_feature, ...]}")
-    checked = {}
-    for parent, kids in hierarchy.items():
-        for feature in (parent, *kids):
-            if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < n_features:
-                raise ValueError(
-                    f"the hierarchy names feature {feature!r}, but features are 0..{n_features - 1}"
-                )
-        if kids:
-            checked[int(parent)] = tuple(int(k) for k in kids)
-    if not checked:
+    """Validated ``{parent: children}`` (the LRB's own validation: known features, one parent, no cycles)."""
+    children = FeatureHierarchy.from_mapping(hierarchy, n_features).children
+    if not children:
         raise ValueError("the hierarchy has no parent with children")
-    return checked
+    return children
 
 
 def _batches(
@@ -180,6 +173,7 @@ def hierarchy_absorption(
     d_sae = sae.cfg.d_sae
     tree = source.hierarchy
     parents = sorted(tree)
+    row_of = {p: i for i, p in enumerate(parents)}
     pairs = [(p, c) for p in parents for c in tree[p]]
     device = sae.W_dec.device
 
@@ -212,7 +206,7 @@ def hierarchy_absorption(
     usual_ratio = ratio_sums[rows, parent_latent] / alone_hits.clamp(min=1)
 
     # pass 2: silence and strength of each parent latent on child samples; who fires instead
-    pair_parent = torch.tensor([parents.index(p) for p, _ in pairs], device=device)
+    pair_parent = torch.tensor([row_of[p] for p, _ in pairs], device=device)
     pair_child = torch.tensor([c for _, c in pairs], device=device)
     n_child = torch.zeros(len(pairs), device=device)
     silent_child = torch.zeros(len(pairs), device=device)
@@ -248,7 +242,7 @@ def hierarchy_absorption(
     decoder_cosine = F.normalize(sae.W_dec.float(), dim=1) @ features_out.T  # [d_sae, n_features]
     results = []
     for i, (p, c) in enumerate(pairs):
-        latent = int(parent_latent[parents.index(p)])
+        latent = int(parent_latent[row_of[p]])
         rate = absorber_fires[i] / absorbed[i].clamp(min=1)
         lift = rate / (all_fires / n_samples).clamp(min=1e-12)
         candidates = (
@@ -264,11 +258,11 @@ def hierarchy_absorption(
                 "partial_absorption": float(partial[i]),
                 "absorbing_latents": torch.nonzero(candidates).flatten()[order].tolist(),
                 "parent_latent": latent,
-                "parent_latent_f1": float(f1[parents.index(p), latent]),
-                "silent_alone": float(silent_alone[parents.index(p)]),
+                "parent_latent_f1": float(f1[row_of[p], latent]),
+                "silent_alone": float(silent_alone[row_of[p]]),
                 "silent_with_child": float(silent_with_child[i]),
                 "n_child_samples": int(n_child[i]),
-                "n_parent_alone_samples": int(n_alone[parents.index(p)]),
+                "n_parent_alone_samples": int(n_alone[row_of[p]]),
             }
         )
     measured = [r for r in results if r["n_child_samples"] > 0 and r["n_parent_alone_samples"] > 0]

@@ -45,12 +45,15 @@ TRAIN_FRACTION = 0.8
 
 
 def sae_hook_name(sae: Any) -> str:
-    hook = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
-    if not hook:
+    """The one hook the SAE reads, from its metadata."""
+    from sdl_anchor.integrations.splice import coder_hook_names
+
+    hooks = coder_hook_names(sae, None)
+    if len(hooks) != 1:
         raise ValueError(
-            "the SAE's cfg.metadata has no hook_name; pass hook_name= (the hook it was trained on)"
+            f"the absorption metric reads one hook, but the SAE's metadata names {hooks}; pass hook_name="
         )
-    return str(hook)
+    return hooks[0]
 
 
 def check_hook(model: Any, sae: Any, hook_name: str) -> None:
