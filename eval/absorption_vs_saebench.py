@@ -2,12 +2,17 @@
 
 Builds the planted first-letter model (:mod:`sdl_anchor.absorption.planted`: 26 letters, attention and MLP
 outputs zeroed so ``blocks.0.hook_resid_post``, the hook SAEBench always reads, carries the planted
-directions) and two SAEs: a clean one (true absorption 0) and one where half the words of the first 13
-letters are absorbed (true mean absorption 0.25). Times ``concept_absorption`` (no activation cache) here,
-and SAEBench's ``run_eval`` in the virtual environment given by ``--saebench-python`` (SAEBench pins
-numpy<2), one fresh process; prints both, the truth, and the speed-up.
+directions) and SAEs of known absorption, then times ``concept_absorption`` (no activation cache) here and
+SAEBench's ``run_eval`` in the virtual environment given by ``--saebench-python`` (SAEBench pins numpy<2),
+one fresh process; prints both, the truth, and the speed-up. Two presets:
 
-``python -m sdl_anchor.eval.absorption_vs_saebench --saebench-python VENV/bin/python [--out DIR]``
+- ``toy``: 1 layer, 30 words per letter, orthonormal directions (d_model 832); a clean SAE (true absorption
+  0) and one where half the words of the first 13 letters are absorbed (true mean absorption 0.25).
+- ``realistic``: the shape of a real audit of an early-layer SAE: 4 layers (the SAE reads layer 0), 200
+  words per letter (a 5,200-token vocabulary), d_model 256, and a clean SAE with a latent per letter and per
+  word (d_sae 5,226).
+
+``python -m sdl_anchor.eval.absorption_vs_saebench --saebench-python VENV/bin/python [--preset P] [--out F]``
 """
 
 from __future__ import annotations
@@ -34,21 +39,29 @@ CONFIG_FIELDS = (
 )  # fmt: skip
 
 
-def build(folder: Path, words_per_letter: int) -> tuple[Any, dict[str, Any], dict[str, float]]:
-    """Save the model (config, weights, tokenizer) and the SAEs; return the model, SAEs and true scores."""
-    planted = planted_letter_model(LETTERS, words_per_letter, pass_through=True)
+PRESETS: dict[str, dict[str, Any]] = {
+    "toy": {"words_per_letter": 30, "n_layers": 1, "d_model": None, "realistic": False},
+    "realistic": {"words_per_letter": 200, "n_layers": 4, "d_model": 256, "realistic": True},
+}
+
+
+def build(folder: Path, preset: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, float]]:
+    """Save the model (config, weights, tokenizer); return it, the SAEs and their true scores."""
+    planted = planted_letter_model(
+        LETTERS, preset["words_per_letter"], preset["d_model"], pass_through=True, n_layers=preset["n_layers"]
+    )
     model = planted.model
     (folder / "model").mkdir(parents=True)
     config = {name: getattr(model.cfg, name) for name in CONFIG_FIELDS}
     torch.save({"config": config, "state": model.state_dict()}, folder / "model" / "model.pt")
     model.tokenizer.save_pretrained(str(folder / "model" / "tokenizer"))
+    if preset["realistic"]:
+        return model, {"clean": planted_letter_sae(planted, (), HOOK, word_latents=True)}, {"clean": 0.0}
     absorbed = [w for w in planted.words if w[0] in LETTERS[:13]][::2]
     saes = {
         "clean": planted_letter_sae(planted, (), HOOK),
         "half_of_13_letters": planted_letter_sae(planted, absorbed, HOOK),
     }
-    for name, sae in saes.items():
-        sae.save_model(str(folder / name))
     truth = {"clean": 0.0, "half_of_13_letters": 13 * 0.5 / 26}
     return model, saes, truth
 
@@ -58,12 +71,15 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--saebench-python", required=True, help="python of a venv with sae-bench==0.6.0")
-    parser.add_argument("--words-per-letter", type=int, default=30)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="toy")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model, saes, truth = build(folder, args.words_per_letter)
+        preset = PRESETS[args.preset]
+        model, saes, truth = build(folder, preset)
+        for name, sae in saes.items():
+            sae.save_model(str(folder / name))
         rows: dict[str, dict[str, Any]] = {}
         for name, sae in saes.items():
             started = time.perf_counter()
@@ -86,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
             if line.startswith("{"):
                 entry = json.loads(line)
                 rows[entry.pop("sae")]["saebench"] = entry
-    print(f"first-letter absorption, planted 1-layer model (26 letters x {args.words_per_letter} words), CPU")
+    print(
+        f"first-letter absorption, planted {preset['n_layers']}-layer model (26 letters x "
+        f"{preset['words_per_letter']} words, d_model {model.cfg.d_model}), CPU"
+    )
     print(
         f"{'SAE':<20} {'truth':>6} | {'ours AF / full / split':>24} {'s':>6} | {'SAEBench AF / full / split':>27} {'s':>6} | speed-up"
     )

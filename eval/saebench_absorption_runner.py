@@ -2,8 +2,10 @@
 
 Executed by the Python of a separate virtual environment that has ``sae-bench==0.6.0`` (it pins numpy<2),
 never imported by sdl-anchor. SAEBench loads models with ``HookedTransformer.from_pretrained_no_processing``
-(the hub); here that call returns the saved local model. Prints one JSON line per SAE: its wall time and
-SAEBench's headline metrics.
+(the hub); here that call returns the saved local model. SAEBench caches its probe and the model's
+activations inside its own install, keyed only by "custom" and the layer, so a stale cache from another
+model would be reused; the runner deletes that cache before each SAE, so SAEBench runs cold, as ours does.
+Prints one JSON line per SAE: its wall time and SAEBench's headline metrics.
 
 ``python saebench_absorption_runner.py MODEL_DIR RESULTS_DIR SAE_DIR [SAE_DIR ...]``
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,6 +23,7 @@ from pathlib import Path
 def main() -> None:
     import torch
     from sae_bench.evals.absorption import main as absorption
+    from sae_bench.evals.absorption.common import PROBES_DIR
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_lens import SAE
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -34,6 +38,7 @@ def main() -> None:
     absorption.HookedTransformer.from_pretrained_no_processing = staticmethod(lambda *args, **kwargs: model)
     config = AbsorptionEvalConfig(model_name="toy", llm_batch_size=64, llm_dtype="float32")
     for sae_dir in sae_dirs:
+        shutil.rmtree(PROBES_DIR, ignore_errors=True)
         random.seed(0)
         torch.manual_seed(0)
         sae = SAE.load_from_disk(str(sae_dir))

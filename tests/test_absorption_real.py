@@ -197,3 +197,19 @@ def test_audit_command_on_a_saved_sae_and_a_local_checkpoint(planted, hf_checkpo
     assert main(["audit", "absorption", "--release", "r", "--model", "m", "--out", str(tmp_path / "o")]) == 2
     assert "--release needs --sae-id" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_compact_deeper_planted_model_with_word_latents_absorbs_nothing():
+    """The SAEBench comparison's realistic preset, small: more words than dimensions (word directions only
+    nearly orthogonal), 2 layers read at layer 0's resid_post, and a latent per word next to the letters'."""
+    p = planted_letter_model("abc", words_per_letter=40, d_model=64, pass_through=True, n_layers=2)
+    assert p.model.cfg.n_layers == 2 and len(p.words) > 64
+    for direction in p.letter_directions.values():
+        for word in p.words:
+            assert abs(float(direction @ p.word_directions[word])) < 1e-5
+    sae = planted_letter_sae(p, (), "blocks.0.hook_resid_post", word_latents=True)
+    assert sae.cfg.d_sae == 3 + len(p.words)
+    result = concept_absorption(p.model, sae, first_letter_concepts(p.model.tokenizer), progress=False)
+    for i, letter in enumerate("abc"):
+        assert result["per_class"][letter]["main_latents"] == [i]
+    assert result["mean_absorption_fraction_score"] == 0.0 and result["mean_full_absorption_score"] == 0.0

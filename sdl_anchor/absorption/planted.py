@@ -2,8 +2,11 @@
 
 For tests, examples and the SAEBench comparison, offline. The model's embedding of a word is
 ``3 x (its letter's direction) + (its own direction)``, all directions orthonormal; position embeddings are
-zero and, with ``pass_through=True``, attention and MLP outputs too, so ``blocks.0.hook_resid_pre`` and
-``blocks.0.hook_resid_post`` both read exactly that. ``planted_letter_sae`` builds the SAE with one latent
+zero and, with ``pass_through=True``, attention and MLP outputs too, so every ``hook_resid_pre`` and
+``hook_resid_post`` reads exactly that. A ``d_model`` below one dimension per letter and word gives word
+directions that are random unit vectors orthogonal to the letters but only nearly orthogonal to each other
+(|cos| ~ 1/sqrt(d_model)): letter readings stay exact, so a clean SAE still has true absorption 0, while
+absorbed words are silenced only approximately. ``planted_letter_sae`` builds the SAE with one latent
 per letter, and makes chosen words *absorbed*: each gets its own latent, which writes the letter's direction,
 and silences the letter's latent on that word. The true absorption of a letter is then the fraction of its
 words that are absorbed.
@@ -53,22 +56,29 @@ def planted_letter_model(
     d_model: int | None = None,
     pass_through: bool = False,
     seed: int = 0,
+    n_layers: int = 1,
 ) -> PlantedLetters:
-    """The 1-layer model of the module docstring, with a word-level tokenizer (punctuation split off)."""
+    """The model of the module docstring, with a word-level tokenizer (punctuation split off)."""
     words = made_up_words(letters, words_per_letter, seed)
     needed = len(letters) + len(words)
     d_model = d_model or 4 * -(-needed // 4)
-    if d_model < needed:
-        raise ValueError(f"d_model must be at least {needed} (one direction per letter and per word)")
+    if d_model <= len(letters):
+        raise ValueError(f"d_model must exceed the number of letters ({len(letters)})")
     corpus = [" ".join(words) + " has the first letter:"]
     model = toy_language_model(
-        corpus, d_model=d_model, n_layers=1, n_ctx=80, seed=seed, split_punctuation=True
+        corpus, d_model=d_model, n_layers=n_layers, n_ctx=80, seed=seed, split_punctuation=True
     )
-    basis = torch.linalg.qr(torch.randn(d_model, d_model, generator=torch.Generator().manual_seed(seed + 1)))[
-        0
-    ].T
+    generator = torch.Generator().manual_seed(seed + 1)
+    basis = torch.linalg.qr(torch.randn(d_model, d_model, generator=generator))[0].T
     letter_directions = {letter: basis[i] for i, letter in enumerate(letters)}
-    word_directions = {word: basis[len(letters) + i] for i, word in enumerate(words)}
+    if d_model >= needed:
+        word_basis = basis[len(letters) : needed]
+    else:  # random directions in the letters' orthogonal complement
+        complement = basis[len(letters) :]
+        word_basis = F.normalize(
+            torch.randn(len(words), len(complement), generator=generator) @ complement, dim=1
+        )
+    word_directions = {word: word_basis[i] for i, word in enumerate(words)}
     model.W_pos.zero_()
     for word in words:
         model.W_E[model.tokenizer.convert_tokens_to_ids(word)] = (
@@ -88,12 +98,21 @@ def planted_letter_sae(
     planted: PlantedLetters,
     absorbed: list[str] | tuple[str, ...] = (),
     hook_name: str = "blocks.0.hook_resid_pre",
+    word_latents: bool = False,
 ) -> StandardSAE:
-    """One latent per letter (latent i for the i-th letter), plus one per absorbed word (module docstring)."""
+    """One latent per letter (latent i for the i-th letter), plus one per absorbed word (module docstring).
+
+    ``word_latents=True`` also gives every other word a latent of its own (encoder ``3 w``, bias -1.5,
+    decoder ``w``), the token-identity latents a real SAE has; they read nothing of any letter, so the
+    true absorption is unchanged.
+    """
     letters = list(planted.letter_directions)
     d_model = planted.model.cfg.d_model
+    plain = [w for w in planted.word_directions if w not in set(absorbed)] if word_latents else []
     cfg = StandardSAEConfig(
-        d_in=d_model, d_sae=len(letters) + len(absorbed), metadata=SAEMetadata(hook_name=hook_name)
+        d_in=d_model,
+        d_sae=len(letters) + len(absorbed) + len(plain),
+        metadata=SAEMetadata(hook_name=hook_name),
     )
     sae = StandardSAE(cfg)
     sae.b_dec.zero_()
@@ -109,4 +128,9 @@ def planted_letter_sae(
         sae.W_dec[latent] = F.normalize(
             3 * planted.letter_directions[word[0]] + planted.word_directions[word], dim=0
         )
+    for j, word in enumerate(plain):
+        latent = len(letters) + len(absorbed) + j
+        sae.W_enc[:, latent] = 3 * planted.word_directions[word]
+        sae.b_enc[latent] = -1.5
+        sae.W_dec[latent] = planted.word_directions[word]
     return sae
