@@ -7,7 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from sdl_anchor.eval import anchors_command, train_command
+
 EXIT_USAGE = 2
+SAEBENCH_KEYS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
+WANDB_HELP = "also log the results to this W&B project, as tables and images (offline without credentials)"
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -72,6 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     lrb.add_argument("--seed", type=int, default=0)
     lrb.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     lrb.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    lrb.add_argument("--wandb-project", help=WANDB_HELP)
     audit = commands.add_parser("audit", help="audits of trained SAEs").add_subparsers(
         dest="audit", required=True
     )
@@ -114,39 +119,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     absorption.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     absorption.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    absorption.add_argument("--wandb-project", help=WANDB_HELP)
     commands.add_parser(
         "train",
         add_help=False,
-        help="train with SAELens's LanguageModelSAETrainingRunner; takes its flags, with sdl-anchor's "
-        "architectures (e.g. --architecture anchored_topk --anchor_path anchors.safetensors)",
-        description="All arguments go to SAELens's runner parser with sdl-anchor's architectures registered. "
-        "The trained SAE is written in SAELens's format to --output_path.",
+        help="train an SAE, transcoder or crosscoder with SAELens's runner flags plus sdl-anchor's "
+        "architectures, anchors, hooks and resampling (sdl-anchor train --help)",
     )
+    anchors_command.add_parser(commands)
     return parser
-
-
-def _train(runner_args: list[str]) -> int:
-    """Parse SAELens's runner flags (our architectures registered) and run SAELens's runner."""
-    from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner, _parse_cfg_args
-    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
-
-    import sdl_anchor  # noqa: F401  (registers the architectures)
-
-    if "--architecture" in runner_args:
-        position = runner_args.index("--architecture") + 1
-        name = runner_args[position] if position < len(runner_args) else ""
-        if name not in SAE_TRAINING_CLASS_REGISTRY:
-            known = ", ".join(sorted(SAE_TRAINING_CLASS_REGISTRY))
-            raise ValueError(f"unknown architecture {name!r}; known architectures: {known}")
-    try:
-        config = _parse_cfg_args(runner_args or ["--help"])
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    except Exception as err:  # simple_parsing reports bad flags as argparse errors
-        raise ValueError(f"could not parse the training flags: {err}") from None
-    LanguageModelSAETrainingRunner(cfg=config).run()
-    print(f"wrote the trained SAE to {config.output_path}")
-    return 0
 
 
 def _bench_lrb(args: argparse.Namespace) -> int:
@@ -174,8 +155,22 @@ def _bench_lrb(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(format_table(results))
-    for path in write_results(results, out):
+    paths = write_results(results, out)
+    for path in paths:
         print(f"wrote {path}")
+    if args.wandb_project is not None:
+        from sdl_anchor.eval.wandb_logging import log_results
+
+        run = log_results(
+            args.wandb_project,
+            "bench-lrb",
+            out,
+            config={"preset": args.preset, **results.get("config", {})},
+            tables={"lrb/results": results["rows"]},
+            images={"lrb/recovery": out / "recovery.png"},
+            summary={},
+        )
+        print(f"logged to W&B project {args.wandb_project} ({run})")
     return 0
 
 
@@ -226,6 +221,20 @@ def _audit_absorption(args: argparse.Namespace) -> int:
             )
     for path in write_report(report, args.out):
         print(f"wrote {path}")
+    if args.wandb_project is not None:
+        from sdl_anchor.eval.wandb_logging import log_results
+
+        letters = [{"letter": letter, **entry} for letter, entry in report["per_letter"].items()]
+        run = log_results(
+            args.wandb_project,
+            "audit-absorption",
+            args.out,
+            config={"model": args.model, "sae": report.get("sae", ""), "seed": args.seed},
+            tables={"absorption/per_letter": letters},
+            images={"absorption/report": args.out / "report.png"},
+            summary={f"absorption/{key}": report[key] for key in SAEBENCH_KEYS},
+        )
+        print(f"logged to W&B project {args.wandb_project} ({run})")
     return 0
 
 
@@ -233,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sdl-anchor`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv[:1] == ["train"]:  # SAELens's own parser takes every flag after "train"
-            return _train(argv[1:])
+        if argv[:1] == ["train"]:  # SAELens's own parser takes the flags after "train" that are not ours
+            return train_command.train(argv[1:], usage=(train_command.__doc__ or "").replace("``", ""))
         args = _build_parser().parse_args(argv)
+        if args.command == "anchors":
+            return anchors_command.run(args)
         handlers = {("bench", "lrb"): _bench_lrb, ("audit", "absorption"): _audit_absorption}
         return handlers[(args.command, getattr(args, "bench", None) or getattr(args, "audit", None))](args)
     except (ValueError, FileNotFoundError) as err:

@@ -201,6 +201,11 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
         self._compile_sae_if_needed()
         sae = self.run_trainer_with_interruption_handling(trainer)
+        if isinstance(trainer, ResamplingSAETrainer):
+            sae.cfg.metadata.resampling = {
+                "strategy": trainer.resampling.strategy,
+                "events": trainer.resample_log,
+            }
         if self.cfg.output_path is not None:
             self.save_final_sae(sae, self.cfg.output_path, log_feature_sparsity=trainer.log_feature_sparsity)
         if self.cfg.logger.log_to_wandb:

@@ -15,7 +15,8 @@ schedule:
    ``resample/seconds`` to W&B through SAELens's logger settings, and keeps them in ``self.resample_log``.
 
 Works for SAEs, transcoders and crosscoders of every registered architecture: it only touches the
-latent-indexed parameters (``W_enc`` columns, ``b_enc``, ``W_dec`` rows, ``threshold``).
+latent-indexed parameters (``W_enc`` columns, ``b_enc``, ``W_dec`` rows, ``threshold``). An anchored
+coder's anchored latents are never resampled or split: their directions belong to the anchors.
 """
 
 from __future__ import annotations
@@ -161,12 +162,18 @@ class ResamplingSAETrainer(PairedSAETrainer):
         self._rewarm(completed)
         return output
 
+    @property
+    def anchored_latents(self) -> int:
+        """How many leading latents are anchored (DESIGN.md section 5); resampling never touches them."""
+        return int(getattr(self.sae, "anchor_k", 0))
+
     def dead_latents(self) -> torch.Tensor:
-        """Indices of the latents that count as dead now (steps, or tokens with ``dead_tokens``)."""
+        """Indices of the unanchored latents that count as dead now (steps, or tokens with ``dead_tokens``)."""
         if self.schedule.dead_tokens is not None:
             dead = self.tokens_since_fired >= self.schedule.dead_tokens
         else:
             dead = self.n_forward_passes_since_fired >= self.schedule.dead_steps
+        dead[: self.anchored_latents] = False
         return torch.nonzero(dead).flatten()
 
     @torch.no_grad()
@@ -213,6 +220,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
                 min_cluster_fraction=config.min_cluster_fraction,
                 encoder_scale=config.encoder_scale,
                 generator=self._generator,
+                frozen=self.anchored_latents,
             )
         live = torch.ones(W_dec.shape[0], dtype=torch.bool, device=W_dec.device)
         live[dead] = False

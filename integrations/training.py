@@ -4,17 +4,21 @@
 The bench's stream (or a finite dataset's loader) is the trainer's ``DataProvider``: ``x`` batches for
 an SAE or crosscoder bench (a crosscoder's sources side by side), ``(x_in, x_out)`` pairs for a
 transcoder bench. The trainer keeps SAELens's schedulers,
-coefficient warm-ups, dead-latent bookkeeping and W&B logging.
+coefficient warm-ups, dead-latent bookkeeping and W&B logging; its evaluator adds the paper's recovery
+scores (section 5: ``lrb/M_GT``, ``lrb/M_IP`` and their decoder-side ``lrb/M_GT_dec``, ``lrb/M_IP_dec``)
+at SAELens's eval steps, so recovery over training shows up in W&B next to the losses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any
 from unittest.mock import patch
 
 import sae_lens.training.sae_trainer as sae_trainer_module
 import torch
+import wandb
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAE
 from tqdm.auto import tqdm
@@ -24,7 +28,20 @@ from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.lrb.data import LRBDataset
+from sdl_anchor.metrics import recovery
 from sdl_anchor.resampling import ResamplingConfig
+
+
+@dataclasses.dataclass
+class LRBRecoveryEvaluator:
+    """SAELens trainer evaluator: recovery of the bench's ground-truth features (``lrb/*`` keys)."""
+
+    bench: LinearRepresentationBench
+    tau: float = 0.95
+
+    def __call__(self, sae: Any, data_provider: Any, activation_scaler: Any) -> dict[str, float]:
+        scores = recovery(sae, self.bench, tau=self.tau, mcc=False)
+        return {f"lrb/{name}": value for name, value in scores.items()}
 
 
 def check_coder_kind(sae: TrainingSAE[Any], bench: LinearRepresentationBench) -> None:
@@ -107,17 +124,33 @@ def train_on_bench(
         n_batches_for_norm_estimate=10,
     )
     sae.to(device)
+    evaluator = LRBRecoveryEvaluator(bench)
     if resampling is None:
-        trainer: PairedSAETrainer = PairedSAETrainer(cfg=trainer_config, sae=sae, data_provider=provider)
+        trainer: PairedSAETrainer = PairedSAETrainer(
+            cfg=trainer_config, sae=sae, data_provider=provider, evaluator=evaluator
+        )
     else:
         trainer = ResamplingSAETrainer(
-            cfg=trainer_config, sae=sae, data_provider=provider, resampling=resampling
+            cfg=trainer_config, sae=sae, data_provider=provider, evaluator=evaluator, resampling=resampling
         )
-    if show_progress:
-        trained = trainer.fit()
-    else:
-        with patch.object(sae_trainer_module, "tqdm", partial(tqdm, disable=True)):
+    own_run = trainer_config.logger.log_to_wandb and wandb.run is None
+    if own_run:
+        wandb.init(
+            project=trainer_config.logger.wandb_project,
+            entity=trainer_config.logger.wandb_entity,
+            name=trainer_config.logger.run_name,
+            id=trainer_config.logger.wandb_id,
+            config={"sae": sae.cfg.to_dict(), "bench": bench.config.to_json(), "n_steps": n_steps},
+        )
+    try:
+        if show_progress:
             trained = trainer.fit()
+        else:
+            with patch.object(sae_trainer_module, "tqdm", partial(tqdm, disable=True)):
+                trained = trainer.fit()
+    finally:
+        if own_run:
+            wandb.finish()
     if isinstance(trainer, ResamplingSAETrainer):
         trained.cfg.metadata.resampling = {
             "strategy": trainer.resampling.strategy,

@@ -254,4 +254,8 @@ def test_runner_resamples_dead_latents_of_a_transcoder(model, dataset, tmp_path)
         runner.sae.b_enc[64:] = -100.0  # half the latents start dead
     coder = runner.run()
     assert (coder.b_enc[64:] > -100).all()  # rewritten by the first event
-    assert SAE.load_from_disk(str(tmp_path / "tc")).cfg.architecture() == "topk_transcoder"
+    events = coder.cfg.metadata.resampling["events"]
+    assert events[0]["resample/dead_before"] >= 64 and events[0]["resample/latents"] >= 1
+    reloaded = SAE.load_from_disk(str(tmp_path / "tc"))
+    assert reloaded.cfg.architecture() == "topk_transcoder"
+    assert reloaded.cfg.metadata.resampling["strategy"] == "theory"

@@ -230,3 +230,25 @@ def test_learning_rate_rewarms_after_an_event(bench):
     assert len(trainer.resample_log) == 1
     assert lrs[:9] == pytest.approx([1e-3] * 9)
     assert lrs[9:14] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])  # ramps back over 4 steps
+
+
+def test_anchored_latents_are_never_resampled_or_split():
+    bench = sa.LinearRepresentationBench(n_features=48, d_in=32, sparsity=0.95, max_interference=0.4, seed=0)
+    anchors = bench.anchors(k=8)
+    torch.manual_seed(0)
+    sae = sa.AnchoredTopKTrainingSAE(sa.AnchoredTopKTrainingSAEConfig(d_in=32, d_sae=96, k=4))
+    sae.set_anchors(anchors)
+    with torch.no_grad():
+        sae.b_enc[:4] = -100.0  # dead anchored latents stay as they are
+        sae.b_enc[48:] = -100.0
+    config = ResamplingConfig(strategy="theory", every_n_steps=20, max_events=1, pool_size=2048)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sa.train_on_bench(
+            sae, bench, n_steps=40, batch_size=128, lr=3e-3, resampling=config, show_progress=False
+        )
+    event = sae.cfg.metadata.resampling["events"][0]
+    assert event["resample/latents"] >= 40
+    assert (sae.b_enc[:4] < -99).all()  # not rewritten (Adam moved them a little at most)
+    cos = torch.nn.functional.cosine_similarity(sae.W_dec[:8].detach(), anchors.directions_out, dim=1)
+    assert cos.min() > 0.9

@@ -285,9 +285,11 @@ def theory_resample(
     encoder_scale: float = 0.2,
     max_members: int = 4096,
     generator: torch.Generator | None = None,
+    frozen: int = 0,
 ) -> ResampleUpdate:
     """Split polysemantic live latents into ``dead_latents`` (module docstring); the update also re-points
-    each split latent at the cluster it keeps. Leftover dead latents get ``anthropic_resample``.
+    each split latent at the cluster it keeps. Leftover dead latents get ``anthropic_resample``. The first
+    ``frozen`` latents (an anchored SAE's anchored latents) are never split.
 
     Steps 1-2 run for every candidate at once (:mod:`~sdl_anchor.resampling.clustering`); only the
     assignment of dead latents (step 4, which depends on earlier assignments) walks the split candidates."""
@@ -299,6 +301,7 @@ def theory_resample(
     encoder_norm, decoder_norm = mean_live_norms(W_enc, W_dec, live)
     energy = pool.energy()
     energy[~live] = -1.0
+    energy[:frozen] = -1.0
     ranked = torch.argsort(energy, descending=True)[: min(int(live.sum()), 2 * dead_latents.numel())]
     candidates = ranked[energy[ranked] > 0]
     rows, segments = _candidate_pairs(pool, candidates, max_members, generator)

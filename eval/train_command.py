@@ -1,0 +1,192 @@
+"""``sdl-anchor train``: SAELens's runner flags, plus sdl-anchor's architectures, hooks, resampling and output.
+
+Every flag SAELens's ``LanguageModelSAETrainingRunner`` takes works as in SAELens (``--architecture``,
+``--d_sae``, ``--k``, ``--model_name``, ``--hook_name``, ``--dataset_path``, ``--training_tokens``,
+``--log_to_wandb`` ...), with sdl-anchor's architectures registered (``anchored_topk``,
+``topk_transcoder``, ``topk_crosscoder`` ...) and their fields (``--anchor_path``, ``--d_out``,
+``--n_sources``). sdl-anchor adds:
+
+  --out DIR              where the trained coder (DIR/sae, SAELens's format) and DIR/train.json go
+  --hook-names A,B       a transcoder's input and output hooks, or a crosscoder's sources
+  --resampling S         dead-latent resampling: none (default), anthropic or theory
+  --resample-every N     steps between resampling events (default: a schedule of the run's length)
+  --model-path DIR       a local Hugging Face checkpoint (with its tokenizer) instead of the hub
+  --wandb-project P      log to W&B project P (offline, with a warning, when there are no credentials)
+  --overwrite            replace DIR/train.json and DIR/sae
+
+Training runs through :class:`~sdl_anchor.integrations.coder_runner.CoderTrainingRunner` (SAELens's
+runner for SAEs, transcoders and crosscoders). The coder is written to a temporary folder inside DIR and
+renamed to DIR/sae only when training finished, so a failed run leaves no half-written coder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+RESAMPLING = ("none", "anthropic", "theory")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdl-anchor train", add_help=False)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--hook-names", type=lambda v: [h for h in v.split(",") if h])
+    parser.add_argument("--resampling", default="none")
+    parser.add_argument("--resample-every", type=int)
+    parser.add_argument("--model-path", type=Path)
+    parser.add_argument("--wandb-project")
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag:
+            return argv[i + 1] if i + 1 < len(argv) else ""
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _check_architecture(runner_args: list[str]) -> None:
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    name = _flag_value(runner_args, "--architecture")
+    if name is not None and name not in SAE_TRAINING_CLASS_REGISTRY:
+        known = ", ".join(sorted(SAE_TRAINING_CLASS_REGISTRY))
+        raise ValueError(f"unknown architecture {name!r}; known architectures: {known}")
+
+
+def _check_flags(ours: argparse.Namespace, runner_args: list[str]) -> None:
+    """Contradictory or missing flags, before anything is loaded."""
+    if ours.out is None:
+        raise ValueError("give --out DIR (the trained coder goes to DIR/sae, its summary to DIR/train.json)")
+    if _flag_value(runner_args, "--output_path") is not None:
+        raise ValueError("give either --out (sdl-anchor) or --output_path (SAELens), not both")
+    if ours.hook_names is not None and _flag_value(runner_args, "--hook_name") is not None:
+        raise ValueError("give either --hook-names or --hook_name, not both")
+    if ours.resampling not in RESAMPLING:
+        raise ValueError(f"unknown --resampling {ours.resampling!r}; use one of {', '.join(RESAMPLING)}")
+    if ours.resample_every is not None and ours.resampling == "none":
+        raise ValueError("--resample-every needs --resampling anthropic or theory")
+    log_flag = _flag_value(runner_args, "--log_to_wandb")
+    if ours.wandb_project is not None and log_flag is not None and log_flag.lower() in ("false", "0", "no"):
+        raise ValueError("--wandb-project asks for W&B logging but --log_to_wandb turns it off")
+    if ours.wandb_project is not None and _flag_value(runner_args, "--wandb_project") is not None:
+        raise ValueError("give either --wandb-project or --wandb_project, not both")
+    for name in ("train.json", "sae"):
+        if (ours.out / name).exists() and not ours.overwrite:
+            raise ValueError(f"{ours.out / name} already exists; pass --overwrite or choose another --out")
+
+
+def _coder_config(config: Any, hook_names: list[str] | None, output_path: Path, wandb_project: str | None):
+    """SAELens's parsed runner config as a CoderRunnerConfig with our hooks, output and W&B settings."""
+    from sae_lens import LanguageModelSAERunnerConfig
+
+    from sdl_anchor.integrations.coder_runner import CoderRunnerConfig
+
+    values = {
+        f.name: getattr(config, f.name) for f in dataclasses.fields(LanguageModelSAERunnerConfig) if f.init
+    }
+    values["output_path"] = str(output_path)
+    if wandb_project is not None:
+        values["logger"] = dataclasses.replace(config.logger, log_to_wandb=True, wandb_project=wandb_project)
+    return CoderRunnerConfig(**values, hook_names=hook_names or [config.hook_name])
+
+
+def _summary(runner: Any, sae: Any, seconds: float, sae_path: Path) -> dict[str, Any]:
+    from sdl_anchor.anchoring.loss import mean_anchor_cosine
+    from sdl_anchor.integrations.coder_hooks import coder_kind
+
+    cfg = runner.cfg
+    summary: dict[str, Any] = {
+        "architecture": sae.cfg.architecture(),
+        "kind": coder_kind(sae),
+        "model": cfg.model_name,
+        "hook_names": list(cfg.hook_names),
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "training_tokens": cfg.training_tokens,
+        "n_steps": cfg.training_tokens // cfg.train_batch_size_tokens,
+        "wall_seconds": seconds,
+        "sae_path": str(sae_path),
+    }
+    sae.eval()
+    metrics = runner.evaluator(
+        sae, None, None
+    )  # SAELens's eval groups: {"model_performance_preservation": {...}}
+    summary["eval"] = {
+        f"{group}/{name}": float(v) for group, values in metrics.items() for name, v in values.items()
+    }
+    if getattr(sae, "anchor_k", 0):
+        cosine = mean_anchor_cosine(sae.W_enc, sae.W_dec, sae.anchor_directions_in, sae.anchor_directions_out)
+        summary["anchor_cosine"] = float(cosine)
+    resampling = getattr(sae.cfg.metadata, "resampling", None)
+    if resampling:
+        summary["resampling"] = resampling
+    return summary
+
+
+def train(argv: list[str], usage: str) -> int:
+    """Run ``sdl-anchor train`` (module docstring); return the exit code."""
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    import sdl_anchor  # noqa: F401  (registers the architectures)
+    from sdl_anchor.absorption.audit import load_model
+    from sdl_anchor.eval.wandb_logging import ensure_wandb_mode
+    from sdl_anchor.integrations.coder_runner import CoderTrainingRunner
+    from sdl_anchor.io import write_json
+    from sdl_anchor.resampling import ResamplingConfig
+
+    ours, runner_args = _parser().parse_known_args(argv)
+    if not argv or "--help" in runner_args or "-h" in runner_args:
+        print(usage)
+        if argv:
+            print("\nSAELens's runner flags:\n")
+            try:
+                _parse_cfg_args(["--help"])
+            except SystemExit:
+                pass
+        return 0
+    _check_architecture(runner_args)
+    _check_flags(ours, runner_args)
+    try:
+        config = _parse_cfg_args(runner_args)
+    except SystemExit:  # argparse has printed what was wrong
+        raise ValueError("could not parse the training flags (see the message above)") from None
+    except Exception as err:  # simple_parsing reports bad flags as argparse errors
+        raise ValueError(f"could not parse the training flags: {err}") from None
+    ours.out.mkdir(parents=True, exist_ok=True)
+    partial = ours.out / ".sae.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    coder_config = _coder_config(config, ours.hook_names, partial, ours.wandb_project)
+    if coder_config.logger.log_to_wandb:
+        os.environ.setdefault("WANDB_DIR", str(ours.out))
+        ensure_wandb_mode()
+    resampling = None
+    if ours.resampling != "none":
+        resampling = ResamplingConfig(strategy=ours.resampling, every_n_steps=ours.resample_every)
+    model = None if ours.model_path is None else load_model(config.model_name, ours.model_path, config.device)
+    started = time.perf_counter()
+    try:
+        runner = CoderTrainingRunner(coder_config, override_model=model, resampling=resampling)
+        sae = runner.run()
+        summary = _summary(runner, sae, time.perf_counter() - started, ours.out / "sae")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(ours.out / "sae", ignore_errors=True)
+    partial.rename(ours.out / "sae")
+    path = write_json(ours.out / "train.json", summary)
+    print(
+        f"trained a {summary['kind']} ({summary['architecture']}, d_sae {summary['d_sae']}) in {summary['wall_seconds']:.1f} s"
+    )
+    for key, value in summary["eval"].items():
+        print(f"  {key}: {value:.4f}")
+    print(f"wrote {ours.out / 'sae'}\nwrote {path}")
+    return 0

@@ -1,0 +1,216 @@
+"""The researcher's workflow through the CLI, offline: anchors from each source, training every coder kind
+with anchors and resampling on a local Hugging Face checkpoint, W&B runs read back from their files, and
+bad input (exit 2, a message, nothing written)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from wandb_records import logged_history, offline_runs
+
+import sdl_anchor as sa
+from sdl_anchor.eval.cli import main
+from sdl_anchor.integrations.toy_lm import word_level_tokenizer
+
+CORPUS = [
+    f"the {a} saw a {b} and the {c} ran"
+    for a in ("cat", "dog", "cow")
+    for b in ("red", "blue")
+    for c in ("one", "two")
+] * 20
+HOOK = "blocks.0.hook_resid_post"
+SMALL_RUN = [
+    "--model_name", "toy", "--dataset_path", "DATA", "--context_size", "16", "--training_tokens", "8192",
+    "--train_batch_size_tokens", "256", "--store_batch_size_prompts", "16", "--n_batches_in_buffer", "32",
+    "--device", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A 2-layer GPT-2 checkpoint with a word-level tokenizer, a text dataset and labelled prompts."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("workflow")
+    tokenizer = word_level_tokenizer(CORPUS)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    GPT2LMHeadModel(config).save_pretrained(folder / "ckpt")
+    tokenizer.save_pretrained(str(folder / "ckpt"))
+    (folder / "data").mkdir()
+    (folder / "data" / "train.txt").write_text("\n".join(CORPUS))
+    prompts = {"animal": ["the cat", "a dog", "the cow"], "colour": ["a red", "the blue"]}
+    (folder / "prompts.json").write_text(json.dumps(prompts))
+    return folder
+
+
+def train_argv(workspace, out, *extra):
+    run = [str(workspace / "data") if a == "DATA" else a for a in SMALL_RUN]
+    return ["train", "--out", str(out), "--model-path", str(workspace / "ckpt"), *run, *extra]
+
+
+def test_class_mean_anchors_then_anchored_resampled_training_logged_to_wandb(
+    workspace, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # the runs go into --out
+    anchors_out = tmp_path / "anchors"
+    argv = [
+        "anchors",
+        "class-means",
+        "--model",
+        "toy",
+        "--model-path",
+        str(workspace / "ckpt"),
+        "--hook",
+        HOOK,
+    ]
+    assert main([*argv, "--prompts", str(workspace / "prompts.json"), "--out", str(anchors_out)]) == 0
+    described = json.loads((anchors_out / "anchors.json").read_text())
+    assert (described["source"], described["k"], described["names"]) == (
+        "class-means",
+        2,
+        ["animal", "colour"],
+    )
+    out = tmp_path / "run"
+    argv = train_argv(workspace, out, "--hook_name", HOOK, "--architecture", "anchored_topk", "--anchor_path")
+    argv += [str(anchors_out / "anchors.safetensors"), "--d_in", "32", "--d_sae", "64", "--k", "4"]
+    argv += ["--resampling", "theory", "--resample-every", "8", "--wandb-project", "sdl-anchor-test"]
+    argv += ["--wandb_log_frequency", "4"]
+    assert main(argv) == 0
+    summary = json.loads((out / "train.json").read_text())
+    assert (summary["architecture"], summary["kind"], summary["n_steps"]) == ("anchored_topk", "sae", 32)
+    assert summary["anchor_cosine"] > 0.9
+    assert [e["resample/step"] for e in summary["resampling"]["events"]] == [8.0, 16.0]
+    assert 0 <= summary["eval"]["sparsity/l0"] <= 4
+    saved = json.loads((out / "sae" / "cfg.json").read_text())
+    assert saved["architecture"] == "topk" and "anchor_path" not in saved  # anchors are stripped
+    assert not (out / ".sae.partial").exists()
+    (run,) = offline_runs(out)
+    history = logged_history(run)
+    for key in ("losses/anchor_loss", "losses/mse_loss", "metrics/anchor_cosine", "resample/events"):
+        assert key in history, f"{key} was not logged; logged: {sorted(history)}"
+
+
+@pytest.mark.parametrize(
+    "architecture, hooks, widths, kind",
+    [
+        (
+            "topk_transcoder",
+            f"{HOOK},blocks.1.hook_resid_post",
+            ["--d_in", "32", "--d_out", "32"],
+            "transcoder",
+        ),
+        (
+            "topk_crosscoder",
+            f"{HOOK},blocks.1.hook_resid_post",
+            ["--d_in", "64", "--n_sources", "2"],
+            "crosscoder",
+        ),
+    ],
+)
+def test_transcoders_and_crosscoders_train_on_hook_pairs(
+    workspace, tmp_path, architecture, hooks, widths, kind
+):
+    out = tmp_path / "run"
+    argv = train_argv(workspace, out, "--hook-names", hooks, "--architecture", architecture, *widths)
+    assert main([*argv, "--d_sae", "64", "--k", "4", "--log_to_wandb", "False"]) == 0
+    summary = json.loads((out / "train.json").read_text())
+    assert (summary["kind"], summary["hook_names"]) == (kind, hooks.split(","))
+    assert summary["eval"]["reconstruction_quality/mse"] >= 0
+    assert json.loads((out / "sae" / "cfg.json").read_text())["metadata"]["hook_names"] == hooks.split(",")
+
+
+def test_anchors_from_a_bench_and_from_probe_weights(tmp_path):
+    bench = sa.LinearRepresentationBench(n_features=40, d_in=24, sparsity=0.9, max_interference=0.5, seed=1)
+    bench_path = bench.save(tmp_path / "bench")
+    assert (
+        main(["anchors", "from-bench", "--bench", str(bench_path), "--k", "5", "--out", str(tmp_path / "a")])
+        == 0
+    )
+    anchors = sa.AnchorSet.load(tmp_path / "a" / "anchors.safetensors")
+    expected = bench.anchors(k=5)
+    assert torch.equal(anchors.indices, expected.indices)
+    assert torch.allclose(anchors.directions_in, expected.directions_in)
+    weights = torch.randn(3, 24)
+    save_file({"weight": weights, "bias": torch.zeros(3)}, str(tmp_path / "probe.safetensors"))
+    argv = [
+        "anchors",
+        "probe",
+        "--weights",
+        str(tmp_path / "probe.safetensors"),
+        "--out",
+        str(tmp_path / "p"),
+    ]
+    assert main([*argv, "--key", "weight", "--names", "x,y,z"]) == 0
+    probe = sa.AnchorSet.load(tmp_path / "p" / "anchors.safetensors")
+    assert probe.names == ["x", "y", "z"]
+    assert torch.allclose(probe.directions_in, torch.nn.functional.normalize(weights, dim=1))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--architecture", "anchored_relu"], "known architectures:"),
+        (["--output_path", "x"], "either --out (sdl-anchor) or --output_path"),
+        (["--hook-names", HOOK, "--hook_name", HOOK], "either --hook-names or --hook_name"),
+        (["--resample-every", "5"], "--resample-every needs --resampling"),
+        (["--resampling", "sometimes"], "unknown --resampling 'sometimes'"),
+        (["--wandb-project", "p", "--log_to_wandb", "False"], "--log_to_wandb turns it off"),
+        (["--architecture", "topk", "--d_sae", "lots"], "could not parse the training flags"),
+    ],
+)
+def test_bad_training_flags_exit_2_and_write_nothing(workspace, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main(train_argv(workspace, out, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_existing_output_is_refused_and_other_bad_anchor_input(workspace, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.json").write_text("{}")
+    assert main(train_argv(workspace, tmp_path / "run", "--architecture", "topk")) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["train", "--architecture", "topk"]) == 2
+    assert "give --out DIR" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"animal": "the cat"}')
+    argv = [
+        "anchors",
+        "class-means",
+        "--model",
+        "toy",
+        "--model-path",
+        str(workspace / "ckpt"),
+        "--hook",
+        HOOK,
+    ]
+    assert main([*argv, "--prompts", str(tmp_path / "bad.json"), "--out", str(tmp_path / "a")]) == 2
+    assert '{"class": ["prompt", ...], ...}' in capsys.readouterr().err
+    save_file({"w": torch.ones(2, 4), "b": torch.ones(2)}, str(tmp_path / "two.safetensors"))
+    assert (
+        main(
+            ["anchors", "probe", "--weights", str(tmp_path / "two.safetensors"), "--out", str(tmp_path / "p")]
+        )
+        == 2
+    )
+    assert "choose one with --key" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "p").exists()
+
+
+def test_no_credentials_falls_back_to_offline_with_a_warning(tmp_path, monkeypatch, capsys):
+    from sdl_anchor.eval.wandb_logging import ensure_wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert ensure_wandb_mode() == "offline"
+    assert "no W&B credentials" in capsys.readouterr().err
+    import os
+
+    assert os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE")
+    assert ensure_wandb_mode() == "online"
