@@ -12,6 +12,7 @@ at SAELens's eval steps, so recovery over training shows up in W&B next to the l
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 from unittest.mock import patch
@@ -28,7 +29,7 @@ from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.lrb.data import LRBDataset
-from sdl_anchor.metrics import recovery
+from sdl_anchor.metrics import live_recovery, recovery
 from sdl_anchor.resampling import ResamplingConfig
 
 
@@ -42,6 +43,22 @@ class LRBRecoveryEvaluator:
     def __call__(self, sae: Any, data_provider: Any, activation_scaler: Any) -> dict[str, float]:
         scores = recovery(sae, self.bench, tau=self.tau, mcc=False)
         return {f"lrb/{name}": value for name, value in scores.items()}
+
+
+def _recording_recovery(
+    batches: Iterator[Any],
+    sae: Any,
+    bench: LinearRepresentationBench,
+    every: int,
+    curve: list[dict[str, float]],
+) -> Iterator[Any]:
+    """Yield ``batches`` unchanged; before every ``every``-th batch, append the recovery scores to ``curve``."""
+    for step, batch in enumerate(batches):
+        if step % every == 0:
+            curve.append(
+                {"step": float(step), **recovery(sae, bench, mcc=False), **live_recovery(sae, bench)}
+            )
+        yield batch
 
 
 def check_coder_kind(sae: TrainingSAE[Any], bench: LinearRepresentationBench) -> None:
@@ -77,6 +94,7 @@ def train_on_bench(
     autocast: bool = False,
     show_progress: bool = True,
     resampling: ResamplingConfig | None = None,
+    recovery_every: int | None = None,
 ) -> TrainingSAE[Any]:
     """Train ``sae`` for ``n_steps`` batches of LRB data and return it.
 
@@ -84,7 +102,11 @@ def train_on_bench(
     None, from a fresh stream seeded with ``seed``. ``lr_decay_steps`` defaults to the last 20% of
     training (SAELens's linear decay to ``lr / 10``). With ``resampling`` the trainer is
     :class:`~sdl_anchor.integrations.resampling_trainer.ResamplingSAETrainer`; its schedule scales with
-    ``n_steps``, and the events are recorded in ``sae.cfg.metadata.resampling``.
+    ``n_steps``, and the events are recorded in ``sae.cfg.metadata.resampling``. With ``recovery_every``
+    the bench's recovery scores (:func:`~sdl_anchor.metrics.recovery` without MCC, and
+    :func:`~sdl_anchor.metrics.live_recovery`) are measured before every that-many steps and at the end,
+    and kept in ``sae.cfg.metadata.recovery_curve`` as ``[{"step": ..., "M_GT": ..., "M_GT_live": ...,
+    "n_live": ..., ...}, ...]``.
     """
     if not hasattr(sae, "cfg") or not hasattr(sae, "training_forward_pass"):
         raise ValueError("sae must be a SAELens TrainingSAE (e.g. TopKTrainingSAE(cfg))")
@@ -96,6 +118,10 @@ def train_on_bench(
         raise ValueError(
             f"the transcoder has d_out={sae.cfg.d_out} but the bench's targets have width {bench.d_out}"
         )
+    if recovery_every is not None and (
+        isinstance(recovery_every, bool) or not isinstance(recovery_every, int) or recovery_every < 1
+    ):
+        raise ValueError(f"recovery_every must be a positive integer or None, got {recovery_every!r}")
     for name, value in (("n_steps", n_steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -109,6 +135,9 @@ def train_on_bench(
         if dataset is None
         else dataset.loader(batch_size, shuffle=True, seed=seed, with_targets=paired)
     )
+    curve: list[dict[str, float]] = []
+    if recovery_every is not None:
+        provider = _recording_recovery(provider, sae, bench, recovery_every, curve)
     trainer_config = SAETrainerConfig(
         total_training_samples=n_steps * batch_size,
         train_batch_size_samples=batch_size,
@@ -151,6 +180,11 @@ def train_on_bench(
     finally:
         if own_run:
             wandb.finish()
+    if recovery_every is not None:
+        curve.append(
+            {"step": float(n_steps), **recovery(trained, bench, mcc=False), **live_recovery(trained, bench)}
+        )
+        trained.cfg.metadata.recovery_curve = curve
     if isinstance(trainer, ResamplingSAETrainer):
         trained.cfg.metadata.resampling = {
             "strategy": trainer.resampling.strategy,

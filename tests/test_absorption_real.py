@@ -156,8 +156,14 @@ def hf_checkpoint(tmp_path_factory, planted):
     return folder
 
 
-def test_audit_command_on_a_saved_sae_and_a_local_checkpoint(planted, hf_checkpoint, tmp_path, capsys):
+def test_audit_command_on_a_saved_sae_and_a_local_checkpoint(
+    planted, hf_checkpoint, tmp_path, capsys, monkeypatch
+):
+    from wandb_records import logged_history, offline_runs
+
     from sdl_anchor.eval.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
 
     _, words, letter_dirs, word_dirs = planted
     sae_dir = tmp_path / "sae"
@@ -165,7 +171,7 @@ def test_audit_command_on_a_saved_sae_and_a_local_checkpoint(planted, hf_checkpo
     out = tmp_path / "audit"
     argv = ["audit", "absorption", "--sae-path", str(sae_dir), "--model", "toy-gpt2", "--model-path"]
     argv += [str(hf_checkpoint), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    assert main(argv) == 0
+    assert main([*argv, "--wandb-project", "sdl-anchor-test"]) == 0
     report = json.loads((out / "absorption.json").read_text())
     for key in ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features"):
         assert key in report and key in report["eval_result_metrics"]["mean"]
@@ -178,6 +184,10 @@ def test_audit_command_on_a_saved_sae_and_a_local_checkpoint(planted, hf_checkpo
         out / "report.html"
     ).read_text()
     assert "mean absorption fraction" in capsys.readouterr().out
+    (run,) = offline_runs(out)
+    history = logged_history(run)
+    assert json.loads(history["absorption/per_letter/_type"][0]) == "table-file"
+    assert json.loads(history["absorption/report/_type"][0]) == "image-file"
     # a second run refuses to overwrite, and bad folders are explained
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err

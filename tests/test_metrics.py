@@ -99,3 +99,20 @@ def test_live_recovery_ignores_dead_latents_sitting_on_features(bench):
         "M_IP_dec_live": 0.0,
         "n_live": 0,
     }
+
+
+def test_recovery_curve_over_training():
+    import copy
+
+    bench = sa.LinearRepresentationBench(n_features=32, d_in=32, sparsity=0.9, max_interference=0.5, seed=0)
+    torch.manual_seed(0)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=32, d_sae=64, k=4))
+    at_start = sa.recovery(copy.deepcopy(sae), bench, mcc=False)
+    sa.train_on_bench(sae, bench, n_steps=30, batch_size=256, lr=3e-3, recovery_every=10, show_progress=False)
+    curve = sae.cfg.metadata.recovery_curve
+    assert [point["step"] for point in curve] == [0.0, 10.0, 20.0, 30.0]
+    assert curve[0]["M_IP"] == pytest.approx(at_start["M_IP"])  # measured before the first step
+    assert curve[-1] == {"step": 30.0, **sa.recovery(sae, bench, mcc=False), **sa.live_recovery(sae, bench)}
+    assert curve[-1]["M_IP"] > curve[0]["M_IP"]
+    with pytest.raises(ValueError, match="recovery_every must be a positive integer"):
+        sa.train_on_bench(sae, bench, n_steps=5, recovery_every=0, show_progress=False)

@@ -48,3 +48,22 @@ def test_training_on_the_lrb_logs_anchor_resampling_and_recovery_keys(wandb_dir)
     assert json.loads(history["resample/latents"][0]) >= 40  # the planted-dead latents were rewritten
     for key in ("resample/dead_before", "resample/split", "resample/loss_before", "resample/loss_after"):
         assert key in history
+
+
+def test_bench_lrb_logs_its_table_and_plot(wandb_dir):
+    from sdl_anchor.eval.cli import main
+
+    out = wandb_dir / "bench"
+    argv = ["bench", "lrb", "--steps", "10", "--methods", "topk", "--variants", "plain", "--interference"]
+    argv += ["bounded", "--out", str(out), "--no-progress", "--wandb-project", "sdl-anchor-test"]
+    assert main(argv) == 0
+    (run,) = offline_runs(out)
+    history = logged_history(run)
+    assert json.loads(history["lrb/results/_type"][0]) == "table-file"
+    assert json.loads(history["lrb/results/nrows"][0]) == 1
+    assert json.loads(history["lrb/recovery/_type"][0]) == "image-file"
+    (table,) = run.glob("files/media/table/lrb/results_*.table.json")
+    logged = json.loads(table.read_text())
+    row = dict(zip(logged["columns"], logged["data"][0], strict=True))
+    saved = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["method"] == "topk" and row["M_GT"] == saved["M_GT"]
