@@ -184,7 +184,7 @@ def train(argv: list[str], usage: str) -> int:
     partial.rename(ours.out / "sae")
     path = write_json(ours.out / "train.json", summary)
     print(
-        f"trained a {summary['kind']} ({summary['architecture']}, d_sae {summary['d_sae']}) in {summary['wall_seconds']:.1f} s"
+        f"trained the {summary['kind']} ({summary['architecture']}, d_sae {summary['d_sae']}) in {summary['wall_seconds']:.1f} s"
     )
     for key, value in summary["eval"].items():
         print(f"  {key}: {value:.4f}")
