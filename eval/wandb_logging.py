@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from sdl_anchor.integrations.wandb_env import wandb_env_settings
+
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
 
 
@@ -74,8 +76,9 @@ def log_results(
 
     ensure_wandb_mode()
     out.mkdir(parents=True, exist_ok=True)
+    settings = {**wandb_env_settings(), "dir": str(out)}
     run = wandb.init(
-        project=project, job_type=job_type, config=dict(config), dir=str(out), reinit="finish_previous"
+        project=project, job_type=job_type, config=dict(config), reinit="finish_previous", **settings
     )
     try:
         logged: dict[str, Any] = {name: _table(rows) for name, rows in tables.items() if rows}

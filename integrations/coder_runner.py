@@ -37,6 +37,7 @@ from sdl_anchor.integrations.coder_hooks import check_coder_hooks, coder_kind
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.splice import evaluate_spliced
+from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.resampling import ResamplingConfig
 
 HfDataset = Dataset | DatasetDict | IterableDataset | IterableDatasetDict
@@ -183,6 +184,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
                 config=self.cfg.to_dict(),
                 name=self.cfg.logger.run_name,
                 id=self.cfg.logger.wandb_id,
+                **wandb_env_settings(),
             )
         trainer_kwargs = {
             "sae": self.sae,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.lrb.data import LRBDataset
 from sdl_anchor.metrics import live_recovery, recovery
@@ -170,6 +171,7 @@ def train_on_bench(
             name=trainer_config.logger.run_name,
             id=trainer_config.logger.wandb_id,
             config={"sae": sae.cfg.to_dict(), "bench": bench.config.to_json(), "n_steps": n_steps},
+            **wandb_env_settings(),
         )
     try:
         if show_progress:
