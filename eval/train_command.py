@@ -7,6 +7,7 @@ Every flag SAELens's ``LanguageModelSAETrainingRunner`` takes works as in SAELen
 ``--n_sources``). sdl-anchor adds:
 
   --out DIR              where the trained coder (DIR/sae, SAELens's format) and DIR/train.json go
+                         (or SAELens's --output_path DIR: the coder in DIR, with DIR/train.json)
   --hook-names A,B       a transcoder's input and output hooks, or a crosscoder's sources
   --resampling S         dead-latent resampling: none (default), anthropic or theory
   --resample-every N     steps between resampling events (default: a schedule of the run's length)
@@ -62,12 +63,23 @@ def _check_architecture(runner_args: list[str]) -> None:
         raise ValueError(f"unknown architecture {name!r}; known architectures: {known}")
 
 
-def _check_flags(ours: argparse.Namespace, runner_args: list[str]) -> None:
-    """Contradictory or missing flags, before anything is loaded."""
-    if ours.out is None:
-        raise ValueError("give --out DIR (the trained coder goes to DIR/sae, its summary to DIR/train.json)")
-    if _flag_value(runner_args, "--output_path") is not None:
+def _destinations(ours: argparse.Namespace, runner_args: list[str]) -> tuple[Path, Path]:
+    """Where the coder and train.json go: DIR/sae and DIR/train.json for ``--out DIR``, or SAELens's
+    ``--output_path DIR`` and DIR/train.json."""
+    output_path = _flag_value(runner_args, "--output_path")
+    if ours.out is not None and output_path is not None:
         raise ValueError("give either --out (sdl-anchor) or --output_path (SAELens), not both")
+    if ours.out is not None:
+        return ours.out / "sae", ours.out / "train.json"
+    if not output_path:
+        raise ValueError("give --out DIR (the trained coder goes to DIR/sae, its summary to DIR/train.json)")
+    return Path(output_path), Path(output_path) / "train.json"
+
+
+def _check_flags(
+    ours: argparse.Namespace, runner_args: list[str], coder_path: Path, summary_path: Path
+) -> None:
+    """Contradictory flags and existing results, before anything is loaded."""
     if ours.hook_names is not None and _flag_value(runner_args, "--hook_name") is not None:
         raise ValueError("give either --hook-names or --hook_name, not both")
     if ours.resampling not in RESAMPLING:
@@ -79,9 +91,9 @@ def _check_flags(ours: argparse.Namespace, runner_args: list[str]) -> None:
         raise ValueError("--wandb-project asks for W&B logging but --log_to_wandb turns it off")
     if ours.wandb_project is not None and _flag_value(runner_args, "--wandb_project") is not None:
         raise ValueError("give either --wandb-project or --wandb_project, not both")
-    for name in ("train.json", "sae"):
-        if (ours.out / name).exists() and not ours.overwrite:
-            raise ValueError(f"{ours.out / name} already exists; pass --overwrite or choose another --out")
+    for path in (summary_path, coder_path):
+        if path.exists() and not ours.overwrite:
+            raise ValueError(f"{path} already exists; pass --overwrite or choose another --out")
 
 
 def _coder_config(config: Any, hook_names: list[str] | None, output_path: Path, wandb_project: str | None):
@@ -154,19 +166,20 @@ def train(argv: list[str], usage: str) -> int:
                 pass
         return 0
     _check_architecture(runner_args)
-    _check_flags(ours, runner_args)
+    coder_path, summary_path = _destinations(ours, runner_args)
+    _check_flags(ours, runner_args, coder_path, summary_path)
     try:
         config = _parse_cfg_args(runner_args)
     except SystemExit:  # argparse has printed what was wrong
         raise ValueError("could not parse the training flags (see the message above)") from None
     except Exception as err:  # simple_parsing reports bad flags as argparse errors
         raise ValueError(f"could not parse the training flags: {err}") from None
-    ours.out.mkdir(parents=True, exist_ok=True)
-    partial = ours.out / ".sae.partial"
+    coder_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = coder_path.with_name(f".{coder_path.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     coder_config = _coder_config(config, ours.hook_names, partial, ours.wandb_project)
     if coder_config.logger.log_to_wandb:
-        os.environ.setdefault("WANDB_DIR", str(ours.out))
+        os.environ.setdefault("WANDB_DIR", str(summary_path.parent))
         ensure_wandb_mode()
     resampling = None
     if ours.resampling != "none":
@@ -176,17 +189,17 @@ def train(argv: list[str], usage: str) -> int:
     try:
         runner = CoderTrainingRunner(coder_config, override_model=model, resampling=resampling)
         sae = runner.run()
-        summary = _summary(runner, sae, time.perf_counter() - started, ours.out / "sae")
+        summary = _summary(runner, sae, time.perf_counter() - started, coder_path)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    shutil.rmtree(ours.out / "sae", ignore_errors=True)
-    partial.rename(ours.out / "sae")
-    path = write_json(ours.out / "train.json", summary)
+    shutil.rmtree(coder_path, ignore_errors=True)
+    partial.rename(coder_path)
+    path = write_json(summary_path, summary)
     print(
         f"trained the {summary['kind']} ({summary['architecture']}, d_sae {summary['d_sae']}) in {summary['wall_seconds']:.1f} s"
     )
     for key, value in summary["eval"].items():
         print(f"  {key}: {value:.4f}")
-    print(f"wrote {ours.out / 'sae'}\nwrote {path}")
+    print(f"wrote {coder_path}\nwrote {path}")
     return 0

@@ -214,3 +214,15 @@ def test_no_credentials_falls_back_to_offline_with_a_warning(tmp_path, monkeypat
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE")
     assert ensure_wandb_mode() == "online"
+
+
+def test_saelens_output_path_works_in_place_of_out(workspace, tmp_path):
+    argv = train_argv(workspace, tmp_path / "unused", "--hook_name", HOOK, "--architecture", "topk")
+    argv = argv[:1] + argv[3:]  # drop --out
+    assert (
+        main([*argv, "--output_path", str(tmp_path / "sae"), "--d_in", "32", "--d_sae", "64", "--k", "4"])
+        == 0
+    )
+    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["architecture"] == "topk"
+    assert json.loads((tmp_path / "sae" / "train.json").read_text())["sae_path"] == str(tmp_path / "sae")
+    assert not (tmp_path / "unused").exists() and not (tmp_path / ".sae.partial").exists()
