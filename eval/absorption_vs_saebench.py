@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from sdl_anchor.absorption import concept_absorption, first_letter_concepts
+from sdl_anchor.absorption.audit import HEADLINE_KEYS
 from sdl_anchor.absorption.planted import planted_letter_model, planted_letter_sae
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 HOOK = "blocks.0.hook_resid_post"
-KEYS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
 CONFIG_FIELDS = (
     "n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn", "normalization_type",
     "tokenizer_prepends_bos", "default_prepend_bos",
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
             result = concept_absorption(
                 model, sae, first_letter_concepts(model.tokenizer), hook_name=HOOK, progress=False
             )
-            rows[name] = {"ours": {"seconds": time.perf_counter() - started, **{k: result[k] for k in KEYS}}}
+            rows[name] = {
+                "ours": {"seconds": time.perf_counter() - started, **{k: result[k] for k in HEADLINE_KEYS}}
+            }
         runner = Path(__file__).with_name("saebench_absorption_runner.py")
         command = [
             args.saebench_python,
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name, row in rows.items():
         ours, theirs = row["ours"], row.get("saebench", {})
-        cells = [f"{r.get(k, float('nan')):.3f}" for r in (ours, theirs) for k in KEYS]
+        cells = [f"{r.get(k, float('nan')):.3f}" for r in (ours, theirs) for k in HEADLINE_KEYS]
         print(
             f"{name:<20} {truth[name]:>6.3f} | {' / '.join(cells[:3]):>24} {ours['seconds']:>6.1f} | "
             f"{' / '.join(cells[3:]):>27} {theirs.get('seconds', float('nan')):>6.1f} | "

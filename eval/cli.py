@@ -10,7 +10,6 @@ from pathlib import Path
 from sdl_anchor.eval import anchors_command, train_command
 
 EXIT_USAGE = 2
-SAEBENCH_KEYS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
 WANDB_HELP = "also log the results to this W&B project, as tables and images (offline without credentials)"
 
 
@@ -155,8 +154,7 @@ def _bench_lrb(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(format_table(results))
-    paths = write_results(results, out)
-    for path in paths:
+    for path in write_results(results, out):
         print(f"wrote {path}")
     if args.wandb_project is not None:
         from sdl_anchor.eval.wandb_logging import log_results
@@ -176,6 +174,7 @@ def _bench_lrb(args: argparse.Namespace) -> int:
 
 def _audit_absorption(args: argparse.Namespace) -> int:
     from sdl_anchor.absorption.audit import (
+        HEADLINE_KEYS,
         audit_absorption,
         default_cache_dir,
         load_model,
@@ -232,7 +231,7 @@ def _audit_absorption(args: argparse.Namespace) -> int:
             config={"model": args.model, "sae": report.get("sae", ""), "seed": args.seed},
             tables={"absorption/per_letter": letters},
             images={"absorption/report": args.out / "report.png"},
-            summary={f"absorption/{key}": report[key] for key in SAEBENCH_KEYS},
+            summary={f"absorption/{key}": report[key] for key in HEADLINE_KEYS},
         )
         print(f"logged to W&B project {args.wandb_project} ({run})")
     return 0

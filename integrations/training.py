@@ -46,6 +46,11 @@ class LRBRecoveryEvaluator:
         return {f"lrb/{name}": value for name, value in scores.items()}
 
 
+def _recovery_point(sae: Any, bench: LinearRepresentationBench, step: int) -> dict[str, float]:
+    """One point of a recovery curve: the step, the recovery scores (no MCC) and the live-latent ones."""
+    return {"step": float(step), **recovery(sae, bench, mcc=False), **live_recovery(sae, bench)}
+
+
 def _recording_recovery(
     batches: Iterator[Any],
     sae: Any,
@@ -56,9 +61,7 @@ def _recording_recovery(
     """Yield ``batches`` unchanged; before every ``every``-th batch, append the recovery scores to ``curve``."""
     for step, batch in enumerate(batches):
         if step % every == 0:
-            curve.append(
-                {"step": float(step), **recovery(sae, bench, mcc=False), **live_recovery(sae, bench)}
-            )
+            curve.append(_recovery_point(sae, bench, step))
         yield batch
 
 
@@ -183,9 +186,7 @@ def train_on_bench(
         if own_run:
             wandb.finish()
     if recovery_every is not None:
-        curve.append(
-            {"step": float(n_steps), **recovery(trained, bench, mcc=False), **live_recovery(trained, bench)}
-        )
+        curve.append(_recovery_point(trained, bench, n_steps))
         trained.cfg.metadata.recovery_curve = curve
     if isinstance(trainer, ResamplingSAETrainer):
         trained.cfg.metadata.resampling = {

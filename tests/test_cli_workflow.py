@@ -50,13 +50,8 @@ def train_argv(workspace, out, *extra):
     return ["train", "--out", str(out), "--model-path", str(workspace / "ckpt"), *run, *extra]
 
 
-def test_class_mean_anchors_then_anchored_resampled_training_logged_to_wandb(
-    workspace, tmp_path, monkeypatch
-):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_DIR", raising=False)  # the runs go into --out
-    anchors_out = tmp_path / "anchors"
-    argv = [
+def class_means_argv(workspace):
+    return [
         "anchors",
         "class-means",
         "--model",
@@ -66,6 +61,15 @@ def test_class_mean_anchors_then_anchored_resampled_training_logged_to_wandb(
         "--hook",
         HOOK,
     ]
+
+
+def test_class_mean_anchors_then_anchored_resampled_training_logged_to_wandb(
+    workspace, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # the runs go into --out
+    anchors_out = tmp_path / "anchors"
+    argv = class_means_argv(workspace)
     assert main([*argv, "--prompts", str(workspace / "prompts.json"), "--out", str(anchors_out)]) == 0
     described = json.loads((anchors_out / "anchors.json").read_text())
     assert (described["source"], described["k"], described["names"]) == (
@@ -176,16 +180,7 @@ def test_existing_output_is_refused_and_other_bad_anchor_input(workspace, tmp_pa
     assert main(["train", "--architecture", "topk"]) == 2
     assert "give --out DIR" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text('{"animal": "the cat"}')
-    argv = [
-        "anchors",
-        "class-means",
-        "--model",
-        "toy",
-        "--model-path",
-        str(workspace / "ckpt"),
-        "--hook",
-        HOOK,
-    ]
+    argv = class_means_argv(workspace)
     assert main([*argv, "--prompts", str(tmp_path / "bad.json"), "--out", str(tmp_path / "a")]) == 2
     assert '{"class": ["prompt", ...], ...}' in capsys.readouterr().err
     save_file({"w": torch.ones(2, 4), "b": torch.ones(2)}, str(tmp_path / "two.safetensors"))

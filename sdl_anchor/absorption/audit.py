@@ -20,6 +20,7 @@ from sdl_anchor.absorption.concepts import default_cache_dir, first_letter_conce
 from sdl_anchor.absorption.real import concept_absorption
 from sdl_anchor.io import atomic_write, write_json
 
+HEADLINE_KEYS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
 PER_LETTER_KEYS = (
     "absorption_fraction",
     "full_absorption",
@@ -100,9 +101,7 @@ def audit_absorption(
     metrics = {
         key: result[key]
         for key in (
-            "mean_absorption_fraction_score",
-            "mean_full_absorption_score",
-            "mean_num_split_features",
+            *HEADLINE_KEYS,
             "std_dev_absorption_fraction_score",
             "std_dev_full_absorption_score",
             "std_dev_num_split_features",
