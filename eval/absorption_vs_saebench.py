@@ -66,17 +66,12 @@ def build(folder: Path, preset: dict[str, Any]) -> tuple[Any, dict[str, Any], di
     return model, saes, truth
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--saebench-python", required=True, help="python of a venv with sae-bench==0.6.0")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="toy")
-    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
-    args = parser.parse_args(argv)
+def compare(preset_name: str, saebench_python: str) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """Audit every SAE of the preset here and with SAEBench (a fresh process); return the model and
+    ``{sae: {"ours": {...}, "saebench": {...}, "truth_mean_absorption": float}}`` (seconds and headline keys)."""
+    preset = PRESETS[preset_name]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        preset = PRESETS[args.preset]
         model, saes, truth = build(folder, preset)
         for name, sae in saes.items():
             sae.save_model(str(folder / name))
@@ -87,11 +82,12 @@ def main(argv: list[str] | None = None) -> None:
                 model, sae, first_letter_concepts(model.tokenizer), hook_name=HOOK, progress=False
             )
             rows[name] = {
-                "ours": {"seconds": time.perf_counter() - started, **{k: result[k] for k in HEADLINE_KEYS}}
+                "ours": {"seconds": time.perf_counter() - started, **{k: result[k] for k in HEADLINE_KEYS}},
+                "truth_mean_absorption": truth[name],
             }
         runner = Path(__file__).with_name("saebench_absorption_runner.py")
         command = [
-            args.saebench_python,
+            saebench_python,
             str(runner),
             str(folder / "model"),
             str(folder / "saebench"),
@@ -99,11 +95,27 @@ def main(argv: list[str] | None = None) -> None:
         ]
         completed = subprocess.run(command, capture_output=True, text=True, cwd=folder, check=False)
         if completed.returncode != 0:
-            raise SystemExit(f"SAEBench failed:\n{completed.stderr[-4000:]}")
+            raise RuntimeError(f"SAEBench failed:\n{completed.stderr[-4000:]}")
         for line in completed.stdout.splitlines():
             if line.startswith("{"):
                 entry = json.loads(line)
                 rows[entry.pop("sae")]["saebench"] = entry
+    return model, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--saebench-python", required=True, help="python of a venv with sae-bench==0.6.0")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="toy")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    try:
+        model, rows = compare(args.preset, args.saebench_python)
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from err
     print(
         f"first-letter absorption, planted {preset['n_layers']}-layer model (26 letters x "
         f"{preset['words_per_letter']} words, d_model {model.cfg.d_model}), CPU"
@@ -115,11 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         ours, theirs = row["ours"], row.get("saebench", {})
         cells = [f"{r.get(k, float('nan')):.3f}" for r in (ours, theirs) for k in HEADLINE_KEYS]
         print(
-            f"{name:<20} {truth[name]:>6.3f} | {' / '.join(cells[:3]):>24} {ours['seconds']:>6.1f} | "
+            f"{name:<20} {row['truth_mean_absorption']:>6.3f} | {' / '.join(cells[:3]):>24} {ours['seconds']:>6.1f} | "
             f"{' / '.join(cells[3:]):>27} {theirs.get('seconds', float('nan')):>6.1f} | "
             f"{theirs.get('seconds', float('nan')) / ours['seconds']:.1f}x"
         )
-        row["truth_mean_absorption"] = truth[name]
     if args.out is not None:
         from sdl_anchor.io import write_json
 

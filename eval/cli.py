@@ -76,6 +76,34 @@ def _build_parser() -> argparse.ArgumentParser:
     lrb.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     lrb.add_argument("--no-progress", action="store_true", help="hide progress bars")
     lrb.add_argument("--wandb-project", help=WANDB_HELP)
+    perf = bench.add_parser(
+        "perf",
+        help="the performance suite: our steps, sampling, resampling and audit against their baselines",
+        description="Time every component against a baseline in the same process (anchored vs stock SAELens "
+        "steps, transcoders and crosscoders vs a stock SAE, LRB vs SAELens's synthetic data, resampling vs a "
+        "step, the absorption audit vs SAEBench, achieved FLOP rate vs the device's matmul rate) and write "
+        "perf.json.",
+    )
+    perf.add_argument(
+        "--preset",
+        default="cpu",
+        choices=["cpu", "gpu"],
+        help="cpu: a few minutes on 2 cores; gpu: d_in 768, d_sae 16,384, batch 4096 on a CUDA device",
+    )
+    perf.add_argument("--out", type=Path, default=None, help="output folder (default: runs/perf-PRESET)")
+    perf.add_argument("--device", default=None, help="torch device (default: cpu, or cuda for --preset gpu)")
+    perf.add_argument(
+        "--sections",
+        type=_csv,
+        default=None,
+        help="comma-separated subset of anchor,coder,sampling,feed,resampling,absorption,hardware,autocast,compile",
+    )
+    perf.add_argument(
+        "--saebench-python",
+        default=None,
+        help="python of a virtual environment with sae-bench==0.6.0, for the absorption row",
+    )
+    perf.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     audit = commands.add_parser("audit", help="audits of trained SAEs").add_subparsers(
         dest="audit", required=True
     )
@@ -172,6 +200,41 @@ def _bench_lrb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_perf(args: argparse.Namespace) -> int:
+    import torch
+
+    from sdl_anchor.eval.perf import PRESETS, SECTIONS, format_table, run_perf
+    from sdl_anchor.io import write_json
+
+    out = args.out if args.out is not None else Path("runs") / f"perf-{args.preset}"
+    if (out / "perf.json").exists() and not args.overwrite:
+        raise ValueError(f"{out / 'perf.json'} already exists; pass --overwrite or choose another --out")
+    device = args.device or ("cuda" if args.preset == "gpu" else "cpu")
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a torch device: {err}") from err
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} needs CUDA, which this machine lacks; use --preset cpu")
+    for section in args.sections or ():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown section {section!r}; choose from {','.join(SECTIONS)}")
+        if section not in PRESETS[args.preset]:
+            raise ValueError(f"section {section!r} runs only with --preset gpu")
+    if args.saebench_python is not None and not Path(args.saebench_python).exists():
+        raise FileNotFoundError(f"--saebench-python {args.saebench_python} does not exist")
+    results = run_perf(
+        args.preset,
+        device=device,
+        saebench_python=args.saebench_python,
+        sections=args.sections,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(format_table(results))
+    print(f"wrote {write_json(out / 'perf.json', results)}")
+    return 0
+
+
 def _audit_absorption(args: argparse.Namespace) -> int:
     from sdl_anchor.absorption.audit import (
         HEADLINE_KEYS,
@@ -246,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         args = _build_parser().parse_args(argv)
         if args.command == "anchors":
             return anchors_command.run(args)
-        handlers = {("bench", "lrb"): _bench_lrb, ("audit", "absorption"): _audit_absorption}
+        handlers = {
+            ("bench", "lrb"): _bench_lrb,
+            ("bench", "perf"): _bench_perf,
+            ("audit", "absorption"): _audit_absorption,
+        }
         return handlers[(args.command, getattr(args, "bench", None) or getattr(args, "audit", None))](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"sdl-anchor: error: {err}", file=sys.stderr)

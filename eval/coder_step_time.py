@@ -8,7 +8,8 @@ For each activation (standard, topk, batchtopk, jumprelu):
 * ``<activation>_crosscoder`` over ``n_sources`` hooks of width ``d``, against the same stock SAE on one
   of them: its matmuls are ``n_sources`` times larger, reported as ``flop_ratio`` beside the time ratio.
 
-Steps alternate over identical batches in one process (``eval/step_timing.py``); the ratio is of medians.
+Steps alternate over identical batches in one process (``eval/step_timing.py``); the ratio is the median
+over rounds of the two steps' ratio.
 ``python -m sdl_anchor.eval.coder_step_time --preset cpu`` (d=256, d_sae=4096, batch 1024) or
 ``--preset gpu --device cuda`` (d=768, d_sae=16,384, batch 4096).
 """
@@ -16,12 +17,13 @@ Steps alternate over identical batches in one process (``eval/step_timing.py``);
 from __future__ import annotations
 
 import argparse
+import statistics
 from typing import Any
 
 import torch
 from sae_lens.registry import get_sae_training_class
 
-from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
+from sdl_anchor.eval.step_timing import paired_ratio, step_seconds, trainer_for_timing
 
 ACTIVATIONS = ("standard", "topk", "batchtopk", "jumprelu")
 PRESETS = {
@@ -60,7 +62,7 @@ def measure_coder(activation: str, kind: str, preset: dict[str, int], device: st
         flop_ratio = float(n_sources)
     else:
         raise ValueError(f"kind must be 'transcoder' or 'crosscoder', got {kind!r}")
-    seconds = median_step_seconds(
+    times = step_seconds(
         {
             "stock": (trainer_for_timing(stock, batch_size, device), stock_batches),
             "coder": (trainer_for_timing(coder, batch_size, device), coder_batches),
@@ -68,14 +70,14 @@ def measure_coder(activation: str, kind: str, preset: dict[str, int], device: st
         preset["steps"],
         device,
     )
-    ratio = seconds["coder"] / seconds["stock"]
+    ratio = paired_ratio(times, "coder", "stock")
     return {
         "name": f"{activation}_{kind} / {activation} step",
-        "stock_seconds": seconds["stock"],
-        "coder_seconds": seconds["coder"],
+        "stock_seconds": statistics.median(times["stock"]),
+        "coder_seconds": statistics.median(times["coder"]),
         "ratio": ratio,
         "flop_ratio": flop_ratio,
-        "lower_is_better": True,
+        "better": "lower",
     }
 
 

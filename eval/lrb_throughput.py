@@ -4,6 +4,8 @@
 * samples/s of ``LinearRepresentationBench.stream`` against SAELens's ``ActivationGenerator`` +
   ``FeatureDictionary`` at the same n, d and S (median of repeats after a warm-up), and the ratio;
 * wall time of building a feature matrix to M = 0.1 at the sizes asked for.
+
+:func:`measure_feed` compares drawing one LRB batch with the TopK SAE training step that batch feeds.
 """
 
 from __future__ import annotations
@@ -64,9 +66,50 @@ def measure_sampling(
         "sparsity": sparsity,
         "batch_size": batch_size,
         "device": str(dev),
+        "lrb_seconds": ours,
+        "sae_lens_seconds": theirs,
         "lrb_samples_per_s": batch_size / ours,
         "sae_lens_samples_per_s": batch_size / theirs,
         "ratio": theirs / ours,
+    }
+
+
+def measure_feed(
+    n_features: int,
+    d: int,
+    d_sae: int,
+    batch_size: int,
+    sparsity: float = 0.99,
+    steps: int = 5,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Seconds to draw one LRB batch (``stream``) against one step of a TopK SAE (k = 32) training on it."""
+    from sae_lens.registry import get_sae_training_class
+
+    from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
+    from sdl_anchor.lrb.bench import LinearRepresentationBench, LRBConfig
+
+    dev = torch.device(device)
+    config = LRBConfig(n_features=n_features, d_in=d, sparsity=sparsity, max_interference=0.99)
+    directions = torch.nn.functional.normalize(torch.randn(n_features, d, device=dev), dim=1)
+    stream = LinearRepresentationBench.from_features(config, directions, device=dev).stream(batch_size)
+    with torch.no_grad():
+        generation = _median_seconds(lambda: next(stream), steps, dev)
+    sae_class, config_class = get_sae_training_class("topk")
+    torch.manual_seed(0)
+    sae = sae_class(config_class(d_in=d, d_sae=d_sae, k=32, device=device))
+    batches = [next(stream) for _ in range(2)]
+    step = median_step_seconds(
+        {"step": (trainer_for_timing(sae, batch_size, device), batches)}, steps, device, warm_up=1
+    )["step"]
+    return {
+        "n_features": n_features,
+        "d": d,
+        "d_sae": d_sae,
+        "batch_size": batch_size,
+        "generation_seconds": generation,
+        "step_seconds": step,
+        "ratio": generation / step,
     }
 
 

@@ -166,10 +166,15 @@ def format_lrb_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def cost_experiment(
-    d_in: int = 768, d_sae: int = 16_384, batch_size: int = 4096, device: str = "cpu", steps: int = 3
+    d_in: int = 768,
+    d_sae: int = 16_384,
+    batch_size: int = 4096,
+    device: str = "cpu",
+    steps: int = 3,
+    total_steps: int = 8000,
 ) -> dict[str, Any]:
-    """Seconds of one training step and of one event per strategy, a TopK SAE with half its latents dead;
-    the amortised overhead assumes the default schedule (4 events) over ``8 x 1000`` steps."""
+    """Seconds of one training step and of one event per strategy, a TopK SAE with half its latents dead
+    and a full pool; the amortised overhead is the default schedule's events over ``total_steps`` steps."""
     from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
     from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 
@@ -181,7 +186,15 @@ def cost_experiment(
     step_seconds = median_step_seconds(
         {"step": (trainer_for_timing(sae, batch_size, device), batches)}, steps, device, 1
     )["step"]
-    row: dict[str, Any] = {"d_sae": d_sae, "batch_size": batch_size, "step_seconds": step_seconds}
+    n_events = len(ResamplingConfig().schedule(total_steps).event_steps)
+    row: dict[str, Any] = {
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "batch_size": batch_size,
+        "step_seconds": step_seconds,
+        "total_steps": total_steps,
+        "events": n_events,
+    }
     for strategy in ("anthropic", "theory"):
         trainer = ResamplingSAETrainer(
             cfg=trainer_for_timing(sae, batch_size, device).cfg,
@@ -190,15 +203,14 @@ def cost_experiment(
             resampling=ResamplingConfig(strategy=strategy),
         )
         with torch.no_grad():
-            for _ in range(8):  # a full pool of 32,768 inputs
+            for _ in range(-(-trainer.pool.capacity // batch_size)):  # a full pool
                 trainer.pool.add(torch.randn(batch_size, d_in, generator=generator, device=device), None)
             trainer.n_forward_passes_since_fired[d_sae // 2 :] = 10**6  # half the latents dead
         record = trainer.resample(step=1)
-        total_steps = 8000
         row[strategy] = {
             "event_seconds": record["resample/seconds"],
             "event_over_step": record["resample/seconds"] / step_seconds,
-            "amortised_overhead": 4 * record["resample/seconds"] / (total_steps * step_seconds),
+            "amortised_overhead": n_events * record["resample/seconds"] / (total_steps * step_seconds),
             "latents": record["resample/latents"],
         }
     return row
@@ -236,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
             r = row[strategy]
             print(
                 f"{strategy:<10} event {r['event_seconds']:.2f} s = {r['event_over_step']:.1f} steps; "
-                f"{r['latents']:.0f} latents; 4 events over 8000 steps: {100 * r['amortised_overhead']:.2f}%"
+                f"{r['latents']:.0f} latents; {row['events']} events over {row['total_steps']} steps: {100 * r['amortised_overhead']:.2f}%"
             )
         return
     steps = args.steps or 800

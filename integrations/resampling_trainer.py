@@ -75,6 +75,9 @@ class InputPool:
         return inputs, inputs if self.targets is None else self.targets[: self.size]
 
 
+# pool rows on which an event's loss before and after is reported
+LOSS_SAMPLE = 4096
+
 # a latent "owns" an input when its activation is at least this fraction of the input's largest
 DOMINANCE = 0.5
 
@@ -187,11 +190,13 @@ class ResamplingSAETrainer(PairedSAETrainer):
         }
         x_in, target = self.pool.tensors()
         pool = pool_statistics(self.sae, x_in, target)
-        record["resample/loss_before"] = float(pool.loss.mean())
+        # before / after on the same leading rows of the pool: a diagnostic, so a sample is enough
+        n_scored = min(LOSS_SAMPLE, x_in.shape[0])
+        record["resample/loss_before"] = float(pool.loss[:n_scored].mean())
         update = self._strategy_update(dead, pool) if dead.numel() else None
         if update is not None and update.latents.numel():
             self._apply(update)
-            record["resample/loss_after"] = pool_loss(self.sae, x_in, target)
+            record["resample/loss_after"] = pool_loss(self.sae, x_in[:n_scored], target[:n_scored])
         else:
             record["resample/loss_after"] = record["resample/loss_before"]
         record["resample/latents"] = float(0 if update is None else update.n_dead_resampled)

@@ -207,10 +207,23 @@ def test_config_naming_a_vanished_anchor_file(bench, tmp_path):
         sa.AnchoredTopKTrainingSAE(sa.AnchoredTopKTrainingSAEConfig.from_dict(config))
 
 
-def test_step_time_benchmark_times_both_on_the_same_batches():
-    from sdl_anchor.eval.anchor_step_time import measure_activation
+def test_step_time_benchmark_times_both_on_the_same_batches(monkeypatch):
+    from sdl_anchor.eval import anchor_step_time
 
-    row = measure_activation("topk", {"d_in": 16, "d_sae": 64, "batch_size": 32, "k": 4, "steps": 3})
-    assert row["stock_seconds"] > 0 and row["anchored_seconds"] > 0
-    assert row["ratio"] == pytest.approx(row["anchored_seconds"] / row["stock_seconds"])
+    preset = {"d_in": 16, "d_sae": 64, "batch_size": 32, "k": 4, "steps": 3}
+    row = anchor_step_time.measure_activation("topk", preset)
+    assert row["stock_seconds"] > 0 and row["anchored_seconds"] > 0 and row["ratio"] > 0
     assert row["target"] == 1.03 and row["ok"] is (row["ratio"] <= 1.03)
+    seen = {}
+
+    def fake_step_seconds(trainers, steps, device):
+        seen.update({name: (trainer.sae, batches) for name, (trainer, batches) in trainers.items()})
+        return {"stock": [1.0, 2.0, 4.0], "anchored": [1.5, 2.0, 4.4]}
+
+    monkeypatch.setattr(anchor_step_time, "step_seconds", fake_step_seconds)
+    row = anchor_step_time.measure_activation("topk", preset)
+    assert row["ratio"] == pytest.approx(1.1)  # the median of the rounds' ratios 1.5, 1.0 and 1.1
+    assert row["stock_seconds"] == 2.0 and row["anchored_seconds"] == 2.0 and row["ok"] is False
+    assert seen["stock"][1] is seen["anchored"][1]  # the same batches
+    for name, parameter in seen["stock"][0].named_parameters():  # from the same weights
+        assert torch.equal(parameter, dict(seen["anchored"][0].named_parameters())[name])

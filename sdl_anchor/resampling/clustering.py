@@ -32,34 +32,39 @@ def segment_spherical_kmeans(
     """``(labels [N], usable [S, k])``: spherical k-means with ``k`` centres in every segment, seeded by
     farthest-point selection, starting from the point farthest from the one closest to the segment's mean
     direction (deterministic, and independent of the order of the points). A segment with fewer than
-    ``k`` points uses as many centres as it has points (``usable`` marks the centres in use)."""
+    ``k`` points uses as many centres as it has points (``usable`` marks the centres in use). Stops early
+    once an iteration leaves every label unchanged (one host sync per iteration)."""
     counts = torch.bincount(segments, minlength=n_segments)
     usable = torch.arange(k, device=directions.device)[None, :] < counts[:, None]
     # the first centre: the point closest to its segment's mean direction (the bulk of the segment)
     means = torch.zeros(n_segments, directions.shape[1], device=directions.device, dtype=directions.dtype)
     means = F.normalize(means.index_add_(0, segments, directions), dim=1)
     typical = (directions * means[segments]).sum(-1)
-    highest = torch.full((n_segments,), -2.0, device=directions.device).scatter_reduce(
-        0, segments, typical, "amax"
-    )
+    highest = torch.full(
+        (n_segments,), -2.0, device=directions.device, dtype=directions.dtype
+    ).scatter_reduce(0, segments, typical, "amax")
     start = _segment_first(directions, segments, n_segments, typical == highest[segments])
     # ...whose farthest point starts the farthest-point seeding (the mean may sit between clusters)
     away = (directions * directions[start.clamp(max=directions.shape[0] - 1)][segments]).sum(-1)
-    lowest = torch.full((n_segments,), 2.0, device=directions.device).scatter_reduce(
+    lowest = torch.full((n_segments,), 2.0, device=directions.device, dtype=directions.dtype).scatter_reduce(
         0, segments, away, "amin"
     )
     first = _segment_first(directions, segments, n_segments, away == lowest[segments])
     centres = directions[first.clamp(max=directions.shape[0] - 1)][:, None, :].repeat(1, k, 1)  # [S, k, D]
     best = (directions * centres[segments, 0]).sum(-1)
     for j in range(1, k):
-        lowest = torch.full((n_segments,), 2.0, device=directions.device).scatter_reduce(
-            0, segments, best, "amin"
-        )
+        lowest = torch.full(
+            (n_segments,), 2.0, device=directions.device, dtype=directions.dtype
+        ).scatter_reduce(0, segments, best, "amin")
         farthest = _segment_first(directions, segments, n_segments, best == lowest[segments])
         centres[:, j] = directions[farthest.clamp(max=directions.shape[0] - 1)]
         best = torch.maximum(best, (directions * centres[segments, j]).sum(-1))
+    previous = None
     for _ in range(iterations):
         labels = _similarities(directions, segments, centres).masked_fill(~usable[segments], -2.0).argmax(1)
+        if previous is not None and torch.equal(labels, previous):
+            return labels, usable  # converged: the centres these labels give are the current ones
+        previous = labels
         sums = torch.zeros(
             n_segments * k, directions.shape[1], device=directions.device, dtype=directions.dtype
         )

@@ -1,0 +1,409 @@
+"""The performance suite behind ``sdl-anchor bench perf`` (issue 8).
+
+Every figure is a ratio against a baseline measured in the same process on the same data, after a
+warm-up, as a median of repeats (CUDA-synchronised on a GPU), because these machines are noisy:
+
+1. ``anchor``: an ``anchored_<activation>`` training step against SAELens's stock ``<activation>`` step,
+   after a noise-floor row timing a stock SAE against an identical copy (this machine's error bar).
+2. ``coder``: transcoder and crosscoder steps against a stock SAELens SAE with the same latent count.
+3. ``sampling`` / ``feed``: LRB sampling against SAELens's ``ActivationGenerator`` + ``FeatureDictionary``
+   (higher is better), and drawing one LRB batch against the SAE training step it feeds.
+4. ``resampling``: one resampling event against one training step at ``d_sae = 16,384``, and the default
+   schedule's events amortised over a run.
+5. ``absorption``: our first-letter audit against SAEBench's on the same model and SAE (needs a Python with
+   ``sae-bench==0.6.0``: ``--saebench-python``; otherwise the row is listed under ``skipped``).
+6. ``hardware``: the achieved FLOP rate of a TopK SAE training step against the device's measured matmul
+   rate at the encoder's shape, per dtype (bf16 through SAELens's autocast); plus, on the GPU preset, the
+   bf16-autocast step against the fp32 step and a ``torch.compile``-d anchored step against the eager one.
+
+``ratio`` is ours / baseline where ``better == "lower"`` and baseline / ours (or achieved / peak) where
+``better == "higher"``; ``ok`` compares it with ``target``. Results go to ``perf.json`` (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from sae_lens.registry import get_sae_training_class
+
+from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
+
+SECTIONS = (
+    "anchor",
+    "coder",
+    "sampling",
+    "feed",
+    "resampling",
+    "absorption",
+    "hardware",
+    "autocast",
+    "compile",
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "anchor": {"d_in": 256, "d_sae": 4096, "batch_size": 1024, "k": 100, "steps": 30},
+        "coder": {"d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 10, "n_sources": 2},
+        "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 5},
+        "feed": {"n_features": 4096, "d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 5},
+        "resampling": {"d_in": 256, "d_sae": 16_384, "batch_size": 4096, "steps": 3, "total_steps": 10_000},
+        "absorption": {"preset": "realistic"},
+        "hardware": {"d_in": 256, "d_sae": 4096, "batch_size": 1024, "steps": 10, "dtypes": ["float32"]},
+    },
+    "gpu": {
+        "anchor": {"d_in": 768, "d_sae": 16_384, "batch_size": 4096, "k": 100, "steps": 50},
+        "coder": {"d": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 50, "n_sources": 2},
+        "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 20},
+        "feed": {"n_features": 16_384, "d": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 20},
+        "resampling": {"d_in": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 20, "total_steps": 10_000},
+        "absorption": {"preset": "realistic"},
+        "hardware": {
+            "d_in": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 50, "dtypes": ["bfloat16", "float32"],
+        },
+        "autocast": {"d_in": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 50},
+        "compile": {"d_in": 768, "d_sae": 16_384, "batch_size": 4096, "k": 100, "steps": 50, "backend": "inductor"},
+    },
+}  # fmt: skip
+
+TARGETS = {
+    "anchor": 1.03,  # the anchor loss must cost nothing noticeable
+    "transcoder": 1.05,  # same matmul FLOPs as the stock SAE: only the paired data path may cost
+    "crosscoder_per_flop": 1.05,  # n_sources times the FLOPs: at most that many times the time
+    "sampling": 5.0,
+    "feed": 0.10,
+    "resampling_amortised": 0.01,
+    "absorption": 5.0,
+    "hardware": 0.5,
+    "autocast": 1.0,
+    "compile": 1.0,
+}
+
+
+def _row(name: str, section: str, ratio: float, target: float, better: str, **details: Any) -> dict[str, Any]:
+    ok = ratio <= target if better == "lower" else ratio >= target
+    return {
+        "name": name,
+        "section": section,
+        "ratio": ratio,
+        "target": target,
+        "ok": bool(ok),
+        "better": better,
+        **details,
+    }
+
+
+def device_name(device: str) -> str:
+    """A human-readable name of the device the suite ran on."""
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"cpu {cpu}, {torch.get_num_threads()} threads of {os.cpu_count()} cores (torch {torch.__version__})"
+    )
+
+
+def anchor_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    from sdl_anchor.eval.anchor_step_time import measure_activation, measure_noise_floor
+    from sdl_anchor.integrations.registry import ANCHORED_ACTIVATIONS
+
+    null = measure_noise_floor(preset, device)
+    rows = [_row(null["name"], "anchor", null["ratio"], TARGETS["anchor"], "lower")]
+    for activation in ANCHORED_ACTIVATIONS:
+        row = measure_activation(activation, preset, device)
+        details = {k: v for k, v in row.items() if k not in ("name", "ratio", "target", "ok", "better")}
+        rows.append(_row(row["name"], "anchor", row["ratio"], TARGETS["anchor"], "lower", **details))
+    return rows
+
+
+def coder_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    from sdl_anchor.eval.coder_step_time import ACTIVATIONS, measure_coder
+
+    rows = []
+    for kind in ("transcoder", "crosscoder"):
+        for activation in ACTIVATIONS:
+            row = measure_coder(activation, kind, preset, device)
+            details = {k: v for k, v in row.items() if k not in ("name", "ratio", "better")}
+            if kind == "transcoder":
+                rows.append(
+                    _row(row["name"], "coder", row["ratio"], TARGETS["transcoder"], "lower", **details)
+                )
+            else:  # normalised by the FLOP ratio: time per unit of matmul work against the stock SAE's
+                rows.append(
+                    _row(
+                        f"{row['name']} per FLOP",
+                        "coder",
+                        row["ratio"] / row["flop_ratio"],
+                        TARGETS["crosscoder_per_flop"],
+                        "lower",
+                        time_ratio=row["ratio"],
+                        **details,
+                    )
+                )
+    return rows
+
+
+def sampling_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    from sdl_anchor.eval.lrb_throughput import measure_sampling
+
+    row = measure_sampling(**preset, device=device)
+    name = f"LRB sampling vs SAELens generator (n={row['n_features']}, d={row['d']}, S={row['sparsity']})"
+    details = {k: v for k, v in row.items() if k != "ratio"}
+    return [_row(name, "sampling", row["ratio"], TARGETS["sampling"], "higher", **details)]
+
+
+def feed_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    from sdl_anchor.eval.lrb_throughput import measure_feed
+
+    row = measure_feed(**preset, device=device)
+    name = f"LRB batch / the TopK step it feeds (n={row['n_features']}, d_sae={row['d_sae']})"
+    details = {k: v for k, v in row.items() if k != "ratio"}
+    return [_row(name, "feed", row["ratio"], TARGETS["feed"], "lower", **details)]
+
+
+def resampling_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    from sdl_anchor.eval.resampling_experiments import cost_experiment
+
+    cost = cost_experiment(device=device, **preset)
+    rows = []
+    for strategy in ("anthropic", "theory"):
+        r = cost[strategy]
+        rows.append(
+            _row(
+                f"{strategy} resampling, {cost['events']} events / {cost['total_steps']} steps (d_sae={cost['d_sae']})",
+                "resampling",
+                r["amortised_overhead"],
+                TARGETS["resampling_amortised"],
+                "lower",
+                event_seconds=r["event_seconds"],
+                event_over_step=r["event_over_step"],
+                step_seconds=cost["step_seconds"],
+                latents=r["latents"],
+                d_in=cost["d_in"],
+                d_sae=cost["d_sae"],
+                batch_size=cost["batch_size"],
+            )
+        )
+    return rows
+
+
+def absorption_rows(preset: dict[str, Any], saebench_python: str) -> list[dict[str, Any]]:
+    from sdl_anchor.eval.absorption_vs_saebench import compare
+
+    _, results = compare(preset["preset"], saebench_python)
+    rows = []
+    for sae, result in results.items():
+        ours, theirs = result["ours"], result["saebench"]
+        rows.append(
+            _row(
+                f"absorption audit: SAEBench / ours ({preset['preset']} model, {sae} SAE)",
+                "absorption",
+                theirs["seconds"] / ours["seconds"],
+                TARGETS["absorption"],
+                "higher",
+                ours=ours,
+                saebench=theirs,
+                truth_mean_absorption=result["truth_mean_absorption"],
+            )
+        )
+    return rows
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int, device: str) -> float:
+    cuda = torch.device(device).type == "cuda"
+    fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def matmul_flops_per_second(
+    m: int, k: int, n: int, dtype: torch.dtype, device: str, repeats: int = 10
+) -> float:
+    """The device's measured rate for ``[m, k] @ [k, n]`` in ``dtype`` (2 m k n FLOPs per product)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(m, k, generator=generator, device=device).to(dtype)
+    b = torch.randn(k, n, generator=generator, device=device).to(dtype)
+    return 2 * m * k * n / _median_seconds(lambda: a @ b, repeats, device)
+
+
+def _topk_sae(d_in: int, d_sae: int, device: str) -> Any:
+    sae_class, config_class = get_sae_training_class("topk")
+    torch.manual_seed(0)
+    return sae_class(config_class(d_in=d_in, d_sae=d_sae, k=32, device=device))
+
+
+def _batches(preset: dict[str, Any], device: str, n: int = 4) -> list[torch.Tensor]:
+    generator = torch.Generator(device=device).manual_seed(0)
+    return [
+        torch.randn(preset["batch_size"], preset["d_in"], generator=generator, device=device)
+        for _ in range(n)
+    ]
+
+
+def hardware_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """A TopK step does 5 matmuls of ``2 B d_in d_sae`` FLOPs (encode, decode; the decoder's two gradients
+    and the encoder's weight gradient): its achieved rate, against a lone matmul of the encoder's shape."""
+    b, d_in, d_sae = preset["batch_size"], preset["d_in"], preset["d_sae"]
+    step_flops = 5 * 2 * b * d_in * d_sae
+    rows = []
+    for dtype_name in preset["dtypes"]:
+        dtype = getattr(torch, dtype_name)
+        autocast = dtype != torch.float32
+        trainer = trainer_for_timing(_topk_sae(d_in, d_sae, device), b, device, autocast=autocast)
+        step = median_step_seconds({"step": (trainer, _batches(preset, device))}, preset["steps"], device)[
+            "step"
+        ]
+        peak = matmul_flops_per_second(b, d_in, d_sae, dtype, device)
+        achieved = step_flops / step
+        rows.append(
+            _row(
+                f"TopK step {dtype_name} TFLOP/s / {dtype_name} matmul (d_in={d_in}, d_sae={d_sae}, B={b})",
+                "hardware",
+                achieved / peak,
+                TARGETS["hardware"],
+                "higher",
+                step_seconds=step,
+                achieved_tflops=achieved / 1e12,
+                matmul_tflops=peak / 1e12,
+            )
+        )
+    return rows
+
+
+def autocast_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """SAELens's bf16 autocast against fp32, same TopK SAE and batches."""
+    b, d_in, d_sae = preset["batch_size"], preset["d_in"], preset["d_sae"]
+    sae = _topk_sae(d_in, d_sae, device)
+    batches = _batches(preset, device)
+    seconds = median_step_seconds(
+        {
+            "fp32": (trainer_for_timing(sae, b, device), batches),
+            "bf16": (trainer_for_timing(copy.deepcopy(sae), b, device, autocast=True), batches),
+        },
+        preset["steps"],
+        device,
+    )
+    return [
+        _row(
+            "TopK step, bf16 autocast / fp32",
+            "autocast",
+            seconds["bf16"] / seconds["fp32"],
+            TARGETS["autocast"],
+            "lower",
+            fp32_seconds=seconds["fp32"],
+            bf16_seconds=seconds["bf16"],
+        )
+    ]
+
+
+def compile_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """``torch.compile`` of an anchored TopK SAE's ``training_forward_pass``, as SAELens's ``compile_sae``
+    does, against the eager step."""
+    from sdl_anchor.anchoring.anchor_set import AnchorSet
+
+    b, d_in, d_sae = preset["batch_size"], preset["d_in"], preset["d_sae"]
+    sae_class, config_class = get_sae_training_class("anchored_topk")
+    torch.manual_seed(0)
+    eager = sae_class(config_class(d_in=d_in, d_sae=d_sae, k=32, device=device))
+    eager.set_anchors(AnchorSet(torch.randn(preset["k"], d_in)))
+    compiled = copy.deepcopy(eager)
+    compiled.training_forward_pass = torch.compile(compiled.training_forward_pass, backend=preset["backend"])
+    seconds = median_step_seconds(
+        {
+            "eager": (trainer_for_timing(eager, b, device), _batches(preset, device)),
+            "compiled": (trainer_for_timing(compiled, b, device), _batches(preset, device)),
+        },
+        preset["steps"],
+        device,
+    )
+    return [
+        _row(
+            f"anchored_topk step, torch.compile ({preset['backend']}) / eager",
+            "compile",
+            seconds["compiled"] / seconds["eager"],
+            TARGETS["compile"],
+            "lower",
+            eager_seconds=seconds["eager"],
+            compiled_seconds=seconds["compiled"],
+        )
+    ]
+
+
+def run_perf(
+    preset: str | dict[str, Any],
+    device: str = "cpu",
+    saebench_python: str | None = None,
+    sections: tuple[str, ...] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the suite; ``preset`` is ``"cpu"``, ``"gpu"`` or a dict of per-section sizes like them.
+
+    Returns ``{"rows": [...], "device": str, "preset": ..., "skipped": [{"section", "reason"}]}``.
+    """
+    sizes = PRESETS[preset] if isinstance(preset, str) else preset
+    wanted = [s for s in SECTIONS if s in sizes and (sections is None or s in sections)]
+    measure = {
+        "anchor": anchor_rows,
+        "coder": coder_rows,
+        "sampling": sampling_rows,
+        "feed": feed_rows,
+        "resampling": resampling_rows,
+        "hardware": hardware_rows,
+        "autocast": autocast_rows,
+        "compile": compile_rows,
+    }
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for section in wanted:
+        started = time.perf_counter()
+        if section == "absorption":
+            if saebench_python is None:
+                skipped.append(
+                    {
+                        "section": section,
+                        "reason": "needs a Python with sae-bench==0.6.0: pass --saebench-python",
+                    }
+                )
+                continue
+            new = absorption_rows(sizes[section], saebench_python)
+        else:
+            new = measure[section](sizes[section], device)
+        rows.extend(new)
+        if progress is not None:
+            progress(f"{section}: {len(new)} rows in {time.perf_counter() - started:.1f} s")
+    return {
+        "rows": rows,
+        "device": device_name(device),
+        "preset": preset if isinstance(preset, str) else "custom",
+        "sizes": sizes,
+        "skipped": skipped,
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The rows as an aligned text table."""
+    lines = [f"performance suite ({results['preset']} preset) on {results['device']}"]
+    width = max([len(r["name"]) for r in results["rows"]] + [4])
+    lines.append(f"{'name':<{width}}  {'ratio':>8}  {'target':>9}  ok")
+    for r in results["rows"]:
+        sign = "<=" if r["better"] == "lower" else ">="
+        lines.append(
+            f"{r['name']:<{width}}  {r['ratio']:>8.3f}  {sign} {r['target']:>6.3g}  {'yes' if r['ok'] else 'NO'}"
+        )
+    for s in results["skipped"]:
+        lines.append(f"skipped {s['section']}: {s['reason']}")
+    return "\n".join(lines)

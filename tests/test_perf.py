@@ -1,0 +1,132 @@
+"""The performance suite (``sdl-anchor bench perf``): every section's rows at toy sizes, the perf.json
+contract, and bad input. The real figures come from ``--preset cpu`` / ``--preset gpu`` (README)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sdl_anchor.eval.cli import main
+from sdl_anchor.eval.perf import SECTIONS, format_table, matmul_flops_per_second, run_perf
+from sdl_anchor.eval.step_timing import paired_ratio
+
+TINY = {
+    "anchor": {"d_in": 16, "d_sae": 64, "batch_size": 32, "k": 4, "steps": 2},
+    "coder": {"d": 16, "d_sae": 64, "batch_size": 32, "steps": 2, "n_sources": 2},
+    "sampling": {"n_features": 256, "d": 32, "sparsity": 0.99, "batch_size": 64, "repeats": 2},
+    "feed": {"n_features": 256, "d": 32, "d_sae": 64, "batch_size": 64, "steps": 2},
+    "resampling": {"d_in": 16, "d_sae": 256, "batch_size": 64, "steps": 2, "total_steps": 1000},
+    "absorption": {"preset": "toy"},
+    "hardware": {"d_in": 16, "d_sae": 64, "batch_size": 32, "steps": 2, "dtypes": ["float32", "bfloat16"]},
+    "autocast": {"d_in": 16, "d_sae": 64, "batch_size": 32, "steps": 2},
+    "compile": {"d_in": 16, "d_sae": 64, "batch_size": 32, "k": 4, "steps": 2, "backend": "aot_eager"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_results():
+    return run_perf(TINY)
+
+
+def test_every_section_reports_rows_that_keep_the_contract(tiny_results):
+    rows = tiny_results["rows"]
+    assert {row["section"] for row in rows} == set(SECTIONS) - {"absorption"}
+    for row in rows:
+        assert isinstance(row["name"], str) and row["name"]
+        assert isinstance(row["ratio"], float) and math.isfinite(row["ratio"]) and row["ratio"] > 0
+        assert isinstance(row["ok"], bool) and row["better"] in ("lower", "higher")
+        assert row["ok"] == (
+            row["ratio"] <= row["target"] if row["better"] == "lower" else row["ratio"] >= row["target"]
+        )
+    counts = {section: sum(row["section"] == section for row in rows) for section in SECTIONS}
+    # a noise-floor row and 5 activations; 4 transcoders and 4 crosscoders; 2 strategies; 2 dtypes
+    assert counts == {
+        "anchor": 6,
+        "coder": 8,
+        "sampling": 1,
+        "feed": 1,
+        "resampling": 2,
+        "absorption": 0,
+        "hardware": 2,
+        "autocast": 1,
+        "compile": 1,
+    }
+    assert tiny_results["skipped"] == [
+        {"section": "absorption", "reason": "needs a Python with sae-bench==0.6.0: pass --saebench-python"}
+    ]
+    assert tiny_results["device"].startswith("cpu")
+
+
+def test_ratios_are_the_ratios_of_their_own_timings(tiny_results):
+    by_section = {}
+    for row in tiny_results["rows"]:
+        by_section.setdefault(row["section"], []).append(row)
+    sampling = by_section["sampling"][0]
+    assert sampling["ratio"] == pytest.approx(sampling["sae_lens_seconds"] / sampling["lrb_seconds"])
+    feed = by_section["feed"][0]
+    assert feed["ratio"] == pytest.approx(feed["generation_seconds"] / feed["step_seconds"])
+    for row in by_section["resampling"]:  # 4 default events over the 1000-step run
+        assert row["ratio"] == pytest.approx(4 * row["event_seconds"] / (1000 * row["step_seconds"]))
+    crosscoder = [row for row in by_section["coder"] if "crosscoder" in row["name"]]
+    for row in crosscoder:
+        assert row["flop_ratio"] == 2.0 and row["ratio"] == pytest.approx(row["time_ratio"] / 2.0)
+    for row in by_section["hardware"]:
+        flops = 5 * 2 * 32 * 16 * 64
+        assert row["ratio"] == pytest.approx(flops / row["step_seconds"] / (1e12 * row["matmul_tflops"]))
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    times = {"ours": [2.0, 3.0, 10.0], "base": [1.0, 2.0, 2.0]}
+    assert paired_ratio(times, "ours", "base") == 2.0  # of 2.0, 1.5 and 5.0
+
+
+def test_matmul_rate_is_flops_over_time():
+    rate = matmul_flops_per_second(64, 64, 64, torch.float32, "cpu", repeats=3)
+    assert 1e6 < rate < 1e14
+
+
+def test_the_table_lists_every_row_and_the_skipped_sections(tiny_results):
+    table = format_table(tiny_results)
+    for row in tiny_results["rows"]:
+        assert row["name"] in table
+    assert "skipped absorption" in table
+
+
+def test_bench_perf_writes_perf_json(tmp_path, capsys):
+    out = tmp_path / "perf"
+    assert main(["bench", "perf", "--preset", "cpu", "--sections", "feed", "--out", str(out)]) == 0
+    results = json.loads((out / "perf.json").read_text())
+    assert set(results) >= {"rows", "device"}
+    (row,) = results["rows"]
+    assert row["section"] == "feed" and row["better"] == "lower" and row["target"] == 0.1
+    assert row["n_features"] == 4096 and row["d_sae"] == 4096 and row["batch_size"] == 1024
+    assert row["name"] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--preset", "gpu", "--device", "cuda"], "needs CUDA"),
+        (["--sections", "anchor,speed"], "unknown section 'speed'"),
+        (["--sections", "compile"], "runs only with --preset gpu"),
+        (["--device", "tpu9"], "is not a torch device"),
+        (["--saebench-python", "/no/such/python"], "does not exist"),
+    ],
+)
+def test_bench_perf_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, message):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "perf"
+    assert main(["bench", "perf", "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bench_perf_keeps_earlier_results_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "perf"
+    out.mkdir()
+    (out / "perf.json").write_text("{}")
+    assert main(["bench", "perf", "--sections", "feed", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "perf.json").read_text() == "{}"
