@@ -18,6 +18,11 @@ Every flag SAELens's ``LanguageModelSAETrainingRunner`` takes works as in SAELen
 Training runs through :class:`~sdl_anchor.integrations.coder_runner.CoderTrainingRunner` (SAELens's
 runner for SAEs, transcoders and crosscoders). The coder is written to a temporary folder inside DIR and
 renamed to DIR/sae only when training finished, so a failed run leaves no half-written coder.
+
+``torchrun --nproc_per_node N -m sdl_anchor.eval.cli train ...`` (or ``torchrun ... $(which sdl-anchor)
+train ...``) trains data-parallel: ``--train_batch_size_tokens`` is the global batch, split over the
+ranks, each reading its own shard of the dataset; rank 0 alone logs and writes (train.json records
+``world_size``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 RESAMPLING = ("none", "anthropic", "theory")
 
@@ -174,9 +181,11 @@ def train(argv: list[str], usage: str) -> int:
         raise ValueError("could not parse the training flags (see the message above)") from None
     except Exception as err:  # simple_parsing reports bad flags as argparse errors
         raise ValueError(f"could not parse the training flags: {err}") from None
-    coder_path.parent.mkdir(parents=True, exist_ok=True)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes
     partial = coder_path.with_name(f".{coder_path.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if main_rank:
+        coder_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
     coder_config = _coder_config(config, ours.hook_names, partial, ours.wandb_project)
     if coder_config.logger.log_to_wandb:
         os.environ.setdefault("WANDB_DIR", str(summary_path.parent))
@@ -189,9 +198,15 @@ def train(argv: list[str], usage: str) -> int:
     try:
         runner = CoderTrainingRunner(coder_config, override_model=model, resampling=resampling)
         sae = runner.run()
+        if runner.context is not None:
+            torch.distributed.destroy_process_group()
+        if not main_rank:
+            return 0
         summary = _summary(runner, sae, time.perf_counter() - started, coder_path)
+        summary["world_size"] = 1 if runner.context is None else runner.context.world_size
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if main_rank:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     shutil.rmtree(coder_path, ignore_errors=True)
     partial.rename(coder_path)

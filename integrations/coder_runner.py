@@ -2,14 +2,17 @@
 
 ``CoderRunnerConfig`` is SAELens's ``LanguageModelSAERunnerConfig`` plus ``hook_names``: the input and
 output hooks of a transcoder, or a crosscoder's source hooks (an SAE may keep using ``hook_name``).
-``CoderTrainingRunner`` is SAELens's ``LanguageModelSAETrainingRunner`` with three changes:
+``CoderTrainingRunner`` is SAELens's ``LanguageModelSAETrainingRunner`` with these changes:
 
 * activations come from SAELens's multi-hook ``ActivationsStore`` (one model pass fills every hook, one
   shared shuffle keeps tokens aligned) as ``(x_in, x_out)`` pairs or concatenated sources;
 * the trainer is :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer`;
 * its evaluator splices the coder into the model (:func:`~sdl_anchor.integrations.splice.evaluate_spliced`);
 * ``resampling=ResamplingConfig(...)`` swaps in
-  :class:`~sdl_anchor.integrations.resampling_trainer.ResamplingSAETrainer` (dead-latent resampling).
+  :class:`~sdl_anchor.integrations.resampling_trainer.ResamplingSAETrainer` (dead-latent resampling);
+* under ``torchrun`` it trains data-parallel (:mod:`~sdl_anchor.integrations.distributed`): every rank
+  checks it got the same config, reads its own shard of the dataset and ``train_batch_size_tokens /
+  world_size`` rows per step; rank 0 alone logs and writes.
 
 Like SAELens's runner it takes ``override_model`` / ``override_dataset`` / ``override_sae``, checkpoints,
 saves the final coder (``save_inference_model``) with its hooks in ``cfg.metadata.hook_names``, and logs to
@@ -24,8 +27,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import wandb
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
+from datasets.distributed import split_dataset_by_node
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
 from sae_lens.load_model import load_model
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
@@ -34,6 +39,14 @@ from sae_lens.util import get_special_token_ids
 from transformer_lens.hook_points import HookedRootModule
 
 from sdl_anchor.integrations.coder_hooks import check_coder_hooks, coder_kind
+from sdl_anchor.integrations.distributed import (
+    DistributedPairedSAETrainer,
+    DistributedResamplingSAETrainer,
+    DistributedTrainerMixin,
+    check_same_config,
+    init_distributed,
+    local_batch_size,
+)
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.splice import evaluate_spliced
@@ -134,12 +147,34 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             self.model = override_model
         hook_d_ins = check_coder_hooks(self.model, cfg.hook_names, self.sae.cfg, self.kind)
         self._compile_llm_if_needed()
+        # under torchrun: the same config everywhere, this rank's rows of each batch, this rank's shard
+        self.context = init_distributed(cfg.device)
+        store_batch_size = cfg.train_batch_size_tokens
+        dataset: Any = override_dataset if override_dataset is not None else cfg.dataset_path
+        if self.context is not None:
+            # SAELens draws a random checkpoint folder per process: rank 0's is the run's
+            shared = [cfg.checkpoint_path]
+            dist.broadcast_object_list(shared, src=0)
+            cfg.checkpoint_path = shared[0]
+            check_same_config(
+                {"runner": cfg.to_dict(), "resampling": resampling, "world_size": self.context.world_size},
+                self.context,
+            )
+            store_batch_size = local_batch_size(cfg.train_batch_size_tokens, self.context.world_size)
+            if isinstance(dataset, str):
+                dataset = load_dataset(
+                    dataset,
+                    split="train",
+                    streaming=cfg.streaming,
+                    trust_remote_code=cfg.dataset_trust_remote_code,
+                )
+            dataset = split_dataset_by_node(dataset, self.context.rank, self.context.world_size)
         exclude = cfg.exclude_special_tokens
         if exclude is True:
             exclude = get_special_token_ids(self.model.tokenizer)  # type: ignore[arg-type]
         self.activations_store = ActivationsStore.from_config_multi_hook(
             self.model,
-            dataset=override_dataset if override_dataset is not None else cfg.dataset_path,
+            dataset=dataset,
             hook_names=cfg.hook_names,
             hook_d_ins=hook_d_ins,
             streaming=cfg.streaming,
@@ -147,7 +182,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             n_batches_in_buffer=cfg.n_batches_in_buffer,
             total_training_tokens=cfg.training_tokens,
             store_batch_size_prompts=cfg.store_batch_size_prompts,
-            train_batch_size_tokens=cfg.train_batch_size_tokens,
+            train_batch_size_tokens=store_batch_size,
             prepend_bos=cfg.prepend_bos,
             device=cfg.act_store_device,
             dtype=cfg.dtype,
@@ -177,7 +212,8 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
     def run(self) -> TrainingSAE[Any]:
         """Train the coder (and save it to ``cfg.output_path`` when set); return it."""
         self._set_sae_metadata()
-        if self.cfg.logger.log_to_wandb:
+        main = self.context is None or self.context.is_main
+        if self.cfg.logger.log_to_wandb and main:
             wandb.init(
                 project=self.cfg.logger.wandb_project,
                 entity=self.cfg.logger.wandb_entity,
@@ -193,8 +229,16 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             "save_checkpoint_fn": self.save_checkpoint,
             "cfg": self.cfg.to_sae_trainer_config(),
         }
-        if self.resampling is None:
-            trainer: PairedSAETrainer = PairedSAETrainer(**trainer_kwargs)
+        trainer: PairedSAETrainer
+        if self.context is not None:
+            if self.resampling is None:
+                trainer = DistributedPairedSAETrainer(**trainer_kwargs, context=self.context)
+            else:
+                trainer = DistributedResamplingSAETrainer(
+                    **trainer_kwargs, resampling=self.resampling, context=self.context
+                )
+        elif self.resampling is None:
+            trainer = PairedSAETrainer(**trainer_kwargs)
         else:
             trainer = ResamplingSAETrainer(**trainer_kwargs, resampling=self.resampling)
         if self.cfg.resume_from_checkpoint is not None:
@@ -208,8 +252,12 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
                 "strategy": trainer.resampling.strategy,
                 "events": trainer.resample_log,
             }
-        if self.cfg.output_path is not None:
+        if isinstance(trainer, DistributedTrainerMixin):
+            trainer.unwrap_sae()
+        if self.cfg.output_path is not None and main:
             self.save_final_sae(sae, self.cfg.output_path, log_feature_sparsity=trainer.log_feature_sparsity)
-        if self.cfg.logger.log_to_wandb:
+        if self.cfg.logger.log_to_wandb and main:
             wandb.finish()
+        if self.context is not None:
+            dist.barrier()  # no rank leaves before rank 0 has written the coder
         return sae

@@ -157,13 +157,21 @@ class ResamplingSAETrainer(PairedSAETrainer):
         else:
             x_in, target = output.sae_in, None
         self.pool.add(x_in, target)
-        fired = (output.feature_acts.detach() != 0).reshape(-1, self.sae.cfg.d_sae).any(dim=0)
-        self.tokens_since_fired = torch.where(fired, 0, self.tokens_since_fired + x_in.shape[0])
+        fired = self._latents_fired(output)
+        self.tokens_since_fired = torch.where(fired, 0, self.tokens_since_fired + self._step_rows(x_in))
         completed = self.n_training_steps + 1
         if completed in self.schedule.event_steps:
             self.resample(completed)
         self._rewarm(completed)
         return output
+
+    def _latents_fired(self, output: TrainStepOutput) -> torch.Tensor:
+        """``[d_sae]``: which latents fired in this step."""
+        return (output.feature_acts.detach() != 0).reshape(-1, self.sae.cfg.d_sae).any(dim=0)
+
+    def _step_rows(self, x_in: torch.Tensor) -> int:
+        """How many inputs this step trained on."""
+        return x_in.shape[0]
 
     @property
     def anchored_latents(self) -> int:
@@ -183,12 +191,20 @@ class ResamplingSAETrainer(PairedSAETrainer):
     def resample(self, step: int) -> dict[str, float]:
         """Run one resampling event now; return (and log) its record."""
         started = time.perf_counter()
+        x_in, target = self.pool.tensors()
+        record, _ = self._resample_on(x_in, target)
+        return self._finish_event(record, step, started)
+
+    @torch.no_grad()
+    def _resample_on(
+        self, x_in: torch.Tensor, target: torch.Tensor
+    ) -> tuple[dict[str, float], ResampleUpdate | None]:
+        """Decide the event from the pool ``(x_in, target)``, apply it, and return its record and update."""
         dead = self.dead_latents()
         record = {
             "resample/events": float(len(self.resample_log) + 1),
             "resample/dead_before": float(dead.numel()),
         }
-        x_in, target = self.pool.tensors()
         pool = pool_statistics(self.sae, x_in, target)
         # before / after on the same leading rows of the pool: a diagnostic, so a sample is enough
         n_scored = min(LOSS_SAMPLE, x_in.shape[0])
@@ -202,6 +218,9 @@ class ResamplingSAETrainer(PairedSAETrainer):
         record["resample/latents"] = float(0 if update is None else update.n_dead_resampled)
         record["resample/split"] = float(0 if update is None else update.n_split)
         record["resample/fallback"] = float(0 if update is None else update.n_fallback)
+        return record, update
+
+    def _finish_event(self, record: dict[str, float], step: int, started: float) -> dict[str, float]:
         record["resample/seconds"] = time.perf_counter() - started
         record["resample/step"] = float(step)
         self.resample_log.append(record)

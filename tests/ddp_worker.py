@@ -1,0 +1,139 @@
+"""Trains a coder on fixed LRB batches, in one process or as one rank of a torchrun job (then on its
+rows of every batch). ``tests/test_distributed.py`` compares the two.
+
+``torchrun --nproc_per_node 2 tests/ddp_worker.py ARCHITECTURE OUT_DIR [--resampling S] [--batch B]
+[--config-seed N]``: every rank saves its final weights and resampling log to ``OUT_DIR/rank<r>.pt``."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.registry import get_sae_training_class
+
+import sdl_anchor as sa
+from sdl_anchor.integrations.distributed import (
+    DistributedPairedSAETrainer,
+    DistributedResamplingSAETrainer,
+    check_same_config,
+    init_distributed,
+    local_batch_size,
+)
+from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+from sdl_anchor.resampling import ResamplingConfig
+
+STEPS = 12
+D, D_SAE = 32, 128
+
+
+def batches(kind: str, batch_size: int) -> list:
+    """The run's global batches: ``x_in``, or ``(x_in, x_out)`` for a transcoder."""
+    bench_kind = {"transcoder": "transcoder", "crosscoder": "crosscoder"}.get(kind, "sae")
+    bench = sa.LinearRepresentationBench(
+        kind=bench_kind, n_features=64, d_in=D, d_out=D, sparsity=0.9, max_interference=0.5, seed=0
+    )
+    generator = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(STEPS):
+        b = bench.sample(batch_size, generator)
+        x_in, x_out = b.x_in.double(), b.x_out.double()
+        out.append((x_in, x_out) if kind == "transcoder" else x_in)
+    return out
+
+
+def build(architecture: str):
+    sae_class, config_class = get_sae_training_class(architecture)
+    fields = {"d_sae": D_SAE, "dtype": "float64"}
+    if "crosscoder" in architecture:
+        fields.update(d_in=2 * D, n_sources=2)
+    elif "transcoder" in architecture:
+        fields.update(d_in=D, d_out=D)
+    else:
+        fields.update(d_in=D)
+    if "topk" in architecture:
+        fields["k"] = 4
+    if "matryoshka" in architecture:
+        fields["matryoshka_widths"] = [32, D_SAE]
+    torch.manual_seed(0)
+    sae = sae_class(config_class(**fields))
+    if architecture.startswith("anchored_"):
+        sae.set_anchors(sa.AnchorSet(torch.randn(4, D, generator=torch.Generator().manual_seed(2))))
+    return sae
+
+
+def train(architecture: str, batch_size: int, resampling: str, context=None):
+    """Returns the trained coder and the trainer."""
+    kind = (
+        "transcoder"
+        if "transcoder" in architecture
+        else "crosscoder"
+        if "crosscoder" in architecture
+        else "sae"
+    )
+    rows = batch_size if context is None else local_batch_size(batch_size, context.world_size)
+    start = 0 if context is None else context.rank * rows
+
+    def shard(batch):
+        if isinstance(batch, tuple):
+            return tuple(t[start : start + rows] for t in batch)
+        return batch[start : start + rows]
+
+    sae = build(architecture)
+    config = SAETrainerConfig(
+        total_training_samples=STEPS * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=3e-3,
+        lr_end=3e-3,
+        device="cpu",
+        dead_feature_window=4,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    kwargs = {"cfg": config, "sae": sae, "data_provider": iter(shard(b) for b in batches(kind, batch_size))}
+    if resampling != "none":
+        kwargs["resampling"] = ResamplingConfig(
+            strategy=resampling, every_n_steps=6, dead_steps=3, pool_size=4 * batch_size, max_events=1
+        )
+    if context is None:
+        trainer = (ResamplingSAETrainer if resampling != "none" else PairedSAETrainer)(**kwargs)
+    else:
+        trainer_class = (
+            DistributedResamplingSAETrainer if resampling != "none" else DistributedPairedSAETrainer
+        )
+        trainer = trainer_class(**kwargs, context=context)
+    trainer.fit()
+    return sae, trainer
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("architecture")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--resampling", default="none")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--config-seed", type=int, default=None, help="differs per rank when 'rank'")
+    args = parser.parse_args(argv)
+    context = init_distributed("cpu")
+    assert context is not None, "run me under torchrun"
+    config = {"architecture": args.architecture, "batch": args.batch, "resampling": args.resampling}
+    if args.config_seed is not None:
+        config["seed"] = args.config_seed + context.rank
+    check_same_config(config, context)
+    sae, trainer = train(args.architecture, args.batch, args.resampling, context)
+    state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
+    log = getattr(trainer, "resample_log", [])
+    torch.save(
+        {
+            "state": state,
+            "resample_log": log,
+            "passes_since_fired": trainer.n_forward_passes_since_fired,
+            "act_freq_scores": trainer.act_freq_scores,
+            "n_training_samples": trainer.n_training_samples,
+        },
+        args.out / f"rank{context.rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

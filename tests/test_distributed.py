@@ -1,0 +1,133 @@
+"""Data-parallel training under torchrun (gloo, 2 processes on CPU): the same result as one process on the
+global batches, resampling events included; ``sdl-anchor train`` under torchrun; bad input fails on
+every rank without hanging."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ddp_worker import train
+from test_cli_workflow import SMALL_RUN, workspace  # noqa: F401  (the fixture)
+
+TESTS = Path(__file__).parent
+TIMEOUT = 240
+
+
+def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(TESTS)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "architecture,resampling",
+    [
+        ("topk", "theory"),
+        ("topk_transcoder", "theory"),
+        ("anchored_topk", "anthropic"),
+        ("standard_crosscoder", "none"),
+        ("anchored_jumprelu", "none"),
+    ],
+)
+def test_two_ranks_train_what_one_process_trains_on_the_global_batches(tmp_path, architecture, resampling):
+    done = torchrun(str(TESTS / "ddp_worker.py"), architecture, str(tmp_path), "--resampling", resampling)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    sae, trainer = train(architecture, 64, resampling)  # one process, batches of 64
+    for name, reference in sae.state_dict().items():
+        for rank in ranks:
+            assert torch.allclose(rank["state"][name], reference, rtol=1e-6, atol=1e-9), name
+    for rank in ranks:
+        assert torch.equal(rank["passes_since_fired"], trainer.n_forward_passes_since_fired)
+        assert torch.allclose(rank["act_freq_scores"], trainer.act_freq_scores)
+        assert rank["n_training_samples"] == trainer.n_training_samples == 12 * 64
+    if resampling != "none":
+        (event,) = trainer.resample_log
+        assert event["resample/latents"] > 0 and event["resample/step"] == 6
+        for rank in ranks:
+            (theirs,) = rank["resample_log"]
+            for key in ("resample/latents", "resample/split", "resample/dead_before"):
+                assert theirs[key] == event[key], key
+            assert theirs["resample/loss_after"] == pytest.approx(event["resample/loss_after"], rel=1e-9)
+
+
+def test_batchtopk_ranks_stay_identical(tmp_path):
+    """BatchTopK selects over each rank's rows (so it differs from one process), but the ranks agree."""
+    done = torchrun(str(TESTS / "ddp_worker.py"), "batchtopk", str(tmp_path), "--resampling", "theory")
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    for name, tensor in first["state"].items():
+        assert torch.equal(tensor, second["state"][name]), name
+    assert first["resample_log"][0]["resample/latents"] == second["resample_log"][0]["resample/latents"] > 0
+
+
+def test_mismatched_configs_fail_on_every_rank(tmp_path):
+    done = torchrun(str(TESTS / "ddp_worker.py"), "topk", str(tmp_path), "--config-seed", "0")
+    assert done.returncode != 0
+    assert (done.stdout + done.stderr).count("the ranks were launched with different configs") == 2
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_batch_the_ranks_cannot_split_fails_on_every_rank(tmp_path):
+    done = torchrun(str(TESTS / "ddp_worker.py"), "topk", str(tmp_path), "--batch", "63")
+    assert done.returncode != 0
+    assert (done.stdout + done.stderr).count("the batch of 63 does not split over 2 ranks") == 2
+
+
+def _cli(workspace, out, *extra):  # noqa: F811
+    run = [str(workspace / "data") if a == "DATA" else a for a in SMALL_RUN]
+    return torchrun(
+        "-m",
+        "sdl_anchor.eval.cli",
+        "train",
+        "--out",
+        str(out),
+        "--model-path",
+        str(workspace / "ckpt"),
+        *run,
+        "--architecture",
+        "anchored_topk",
+        "--k",
+        "4",
+        "--d_in",
+        "32",
+        "--d_sae",
+        "128",
+        "--hook_name",
+        "blocks.0.hook_resid_post",
+        *extra,
+    )
+
+
+def test_sdl_anchor_train_under_torchrun(workspace, tmp_path):  # noqa: F811
+    from sae_lens import SAE
+
+    import sdl_anchor as sa
+
+    anchors = sa.AnchorSet(torch.nn.functional.normalize(torch.randn(3, 32), dim=1))
+    anchors.save(tmp_path / "anchors.safetensors")
+    out = tmp_path / "run"
+    done = _cli(
+        workspace, out, "--anchor_path", str(tmp_path / "anchors.safetensors"), "--resampling", "theory"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["world_size"] == 2 and summary["n_steps"] == 32
+    assert summary["anchor_cosine"] > 0.9
+    assert len(summary["resampling"]["events"]) >= 1
+    assert done.stdout.count("wrote ") == 2  # rank 0 alone reports (and writes)
+    sae = SAE.load_from_disk(str(out / "sae"))
+    assert sae.cfg.d_sae == 128
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("wandb")) == ["sae", "train.json"]
+
+
+def test_sdl_anchor_train_batch_that_does_not_split_exits_2_on_every_rank(workspace, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    done = _cli(workspace, out, "--train_batch_size_tokens", "255")
+    assert done.returncode != 0
+    assert done.stderr.count("sdl-anchor: error: the batch of 255 does not split over 2 ranks") == 2
+    assert not (out / "sae").exists() and not (out / "train.json").exists()
