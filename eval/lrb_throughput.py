@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -31,6 +31,16 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device) -
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _random_bench(n_features: int, d: int, sparsity: float, device: torch.device) -> Any:
+    """An LRB on random unit directions: sampling speed does not depend on the directions' interference,
+    so the optimisation is skipped."""
+    from sdl_anchor.lrb.bench import LinearRepresentationBench, LRBConfig
+
+    config = LRBConfig(n_features=n_features, d_in=d, sparsity=sparsity, max_interference=0.99)
+    directions = torch.nn.functional.normalize(torch.randn(n_features, d, device=device), dim=1)
+    return LinearRepresentationBench.from_features(config, directions, device=device)
 
 
 @torch.no_grad()
@@ -45,21 +55,15 @@ def measure_sampling(
     """Samples/s of the LRB stream and of SAELens's generator + dictionary (same n, d, S)."""
     from sae_lens.synthetic import ActivationGenerator, FeatureDictionary
 
-    from sdl_anchor.lrb.bench import LinearRepresentationBench, LRBConfig
-
     dev = torch.device(device)
-    # Sampling speed does not depend on the directions' interference, so skip the optimisation.
-    config = LRBConfig(n_features=n_features, d_in=d, sparsity=sparsity, max_interference=0.99)
-    directions = torch.nn.functional.normalize(torch.randn(n_features, d, device=dev), dim=1)
-    bench = LinearRepresentationBench.from_features(config, directions, device=dev)
-    stream = bench.stream(batch_size)
-    ours = _median_seconds(lambda: next(stream), repeats, dev)
+    stream = _random_bench(n_features, d, sparsity, dev).stream(batch_size)
+    ours = median_seconds(lambda: next(stream), repeats, dev)
 
     dictionary = FeatureDictionary(n_features, d, initializer=None, device=dev)
     generator = ActivationGenerator(
         n_features, 1.0 - sparsity, std_firing_magnitudes=1.0, mean_firing_magnitudes=1.0, device=dev
     )
-    theirs = _median_seconds(lambda: dictionary(generator.sample(batch_size)), repeats, dev)
+    theirs = median_seconds(lambda: dictionary(generator.sample(batch_size)), repeats, dev)
     return {
         "n_features": n_features,
         "d": d,
@@ -87,14 +91,11 @@ def measure_feed(
     from sae_lens.registry import get_sae_training_class
 
     from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
-    from sdl_anchor.lrb.bench import LinearRepresentationBench, LRBConfig
 
     dev = torch.device(device)
-    config = LRBConfig(n_features=n_features, d_in=d, sparsity=sparsity, max_interference=0.99)
-    directions = torch.nn.functional.normalize(torch.randn(n_features, d, device=dev), dim=1)
-    stream = LinearRepresentationBench.from_features(config, directions, device=dev).stream(batch_size)
+    stream = _random_bench(n_features, d, sparsity, dev).stream(batch_size)
     with torch.no_grad():
-        generation = _median_seconds(lambda: next(stream), steps, dev)
+        generation = median_seconds(lambda: next(stream), steps, dev)
     sae_class, config_class = get_sae_training_class("topk")
     torch.manual_seed(0)
     sae = sae_class(config_class(d_in=d, d_sae=d_sae, k=32, device=device))

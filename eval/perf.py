@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 from sae_lens.registry import get_sae_training_class
 
+from sdl_anchor.eval.lrb_throughput import median_seconds
 from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
 
 SECTIONS = (
@@ -215,21 +215,6 @@ def absorption_rows(preset: dict[str, Any], saebench_python: str) -> list[dict[s
     return rows
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int, device: str) -> float:
-    cuda = torch.device(device).type == "cuda"
-    fn()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def matmul_flops_per_second(
     m: int, k: int, n: int, dtype: torch.dtype, device: str, repeats: int = 10
 ) -> float:
@@ -237,7 +222,7 @@ def matmul_flops_per_second(
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(m, k, generator=generator, device=device).to(dtype)
     b = torch.randn(k, n, generator=generator, device=device).to(dtype)
-    return 2 * m * k * n / _median_seconds(lambda: a @ b, repeats, device)
+    return 2 * m * k * n / median_seconds(lambda: a @ b, repeats, torch.device(device))
 
 
 def _topk_sae(d_in: int, d_sae: int, device: str) -> Any:
