@@ -36,6 +36,15 @@ def _extra(activation: str, d_sae: int) -> dict[str, Any]:
     return {}
 
 
+def random_batches(preset: dict[str, Any], device: str, n: int = 4) -> list[torch.Tensor]:
+    """``n`` fixed-seed Gaussian batches of ``[batch_size, d_in]``, the same for every trainer timed."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    return [
+        torch.randn(preset["batch_size"], preset["d_in"], generator=generator, device=device)
+        for _ in range(n)
+    ]
+
+
 def measure_activation(activation: str, preset: dict[str, int], device: str = "cpu") -> dict[str, Any]:
     """Median step seconds of stock and anchored ``activation`` SAEs on identical batches."""
     d_in, d_sae, batch_size = preset["d_in"], preset["d_sae"], preset["batch_size"]
@@ -50,8 +59,7 @@ def measure_activation(activation: str, preset: dict[str, int], device: str = "c
     # Start both from the same weights (the anchored latents initialised to the anchors): a TopK's
     # selection time depends on the values it ranks, and only the anchoring should differ.
     stock.load_state_dict({name: anchored.state_dict()[name] for name in stock.state_dict()})
-    generator = torch.Generator(device=device).manual_seed(0)
-    batches = [torch.randn(batch_size, d_in, generator=generator, device=device) for _ in range(4)]
+    batches = random_batches(preset, device)
     times = step_seconds(
         {
             "stock": (trainer_for_timing(stock, batch_size, device), batches),
@@ -86,11 +94,7 @@ def measure_noise_floor(
         )
     )
     twin = copy.deepcopy(stock)
-    generator = torch.Generator(device=device).manual_seed(0)
-    batches = [
-        torch.randn(preset["batch_size"], preset["d_in"], generator=generator, device=device)
-        for _ in range(4)
-    ]
+    batches = random_batches(preset, device)
     times = step_seconds(
         {
             "stock": (trainer_for_timing(stock, preset["batch_size"], device), batches),

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from sae_lens.registry import get_sae_training_class
 
+from sdl_anchor.eval.anchor_step_time import random_batches
 from sdl_anchor.eval.lrb_throughput import median_seconds
 from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
 
@@ -231,14 +232,6 @@ def _topk_sae(d_in: int, d_sae: int, device: str) -> Any:
     return sae_class(config_class(d_in=d_in, d_sae=d_sae, k=32, device=device))
 
 
-def _batches(preset: dict[str, Any], device: str, n: int = 4) -> list[torch.Tensor]:
-    generator = torch.Generator(device=device).manual_seed(0)
-    return [
-        torch.randn(preset["batch_size"], preset["d_in"], generator=generator, device=device)
-        for _ in range(n)
-    ]
-
-
 def hardware_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
     """A TopK step does 5 matmuls of ``2 B d_in d_sae`` FLOPs (encode, decode; the decoder's two gradients
     and the encoder's weight gradient): its achieved rate, against a lone matmul of the encoder's shape."""
@@ -249,9 +242,9 @@ def hardware_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
         dtype = getattr(torch, dtype_name)
         autocast = dtype != torch.float32
         trainer = trainer_for_timing(_topk_sae(d_in, d_sae, device), b, device, autocast=autocast)
-        step = median_step_seconds({"step": (trainer, _batches(preset, device))}, preset["steps"], device)[
-            "step"
-        ]
+        step = median_step_seconds(
+            {"step": (trainer, random_batches(preset, device))}, preset["steps"], device
+        )["step"]
         peak = matmul_flops_per_second(b, d_in, d_sae, dtype, device)
         achieved = step_flops / step
         rows.append(
@@ -273,7 +266,7 @@ def autocast_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
     """SAELens's bf16 autocast against fp32, same TopK SAE and batches."""
     b, d_in, d_sae = preset["batch_size"], preset["d_in"], preset["d_sae"]
     sae = _topk_sae(d_in, d_sae, device)
-    batches = _batches(preset, device)
+    batches = random_batches(preset, device)
     seconds = median_step_seconds(
         {
             "fp32": (trainer_for_timing(sae, b, device), batches),
@@ -309,8 +302,8 @@ def compile_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
     compiled.training_forward_pass = torch.compile(compiled.training_forward_pass, backend=preset["backend"])
     seconds = median_step_seconds(
         {
-            "eager": (trainer_for_timing(eager, b, device), _batches(preset, device)),
-            "compiled": (trainer_for_timing(compiled, b, device), _batches(preset, device)),
+            "eager": (trainer_for_timing(eager, b, device), random_batches(preset, device)),
+            "compiled": (trainer_for_timing(compiled, b, device), random_batches(preset, device)),
         },
         preset["steps"],
         device,
