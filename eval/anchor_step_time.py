@@ -1,7 +1,8 @@
 """Anchored vs stock SAELens training-step time, same batches, same process.
 
 For every activation, a stock SAELens TrainingSAE and its ``anchored_<activation>`` twin (k anchors,
-the anchor loss on), starting from the same weights, each get a ``SAETrainer``; their ``trainer.step(batch)`` calls alternate over the same
+the anchor loss on, SAELens's dense step: ``sparse_backward=False``, so that only the anchoring differs),
+starting from the same weights, each get a ``SAETrainer``; their ``trainer.step(batch)`` calls alternate over the same
 batches after a warm-up, and the median over rounds of the two steps' ratio is reported (target <= 1.03).
 
 ``python -m sdl_anchor.eval.anchor_step_time --preset cpu`` (d_in=256, d_sae=4096, batch 1024) or
@@ -54,7 +55,8 @@ def measure_activation(activation: str, preset: dict[str, int], device: str = "c
     torch.manual_seed(0)
     stock = stock_class(stock_config(d_in=d_in, d_sae=d_sae, device=device, **extra))
     torch.manual_seed(0)
-    anchored = anchored_class(anchored_config(d_in=d_in, d_sae=d_sae, device=device, **extra))
+    dense = {"sparse_backward": False} if "sparse_backward" in anchored_config.__dataclass_fields__ else {}
+    anchored = anchored_class(anchored_config(d_in=d_in, d_sae=d_sae, device=device, **extra, **dense))
     anchored.set_anchors(AnchorSet(torch.randn(preset["k"], d_in)))
     # Start both from the same weights (the anchored latents initialised to the anchors): a TopK's
     # selection time depends on the values it ranks, and only the anchoring should differ.

@@ -96,7 +96,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sections",
         type=_csv,
         default=None,
-        help="comma-separated subset of anchor,coder,sampling,feed,resampling,absorption,hardware,autocast,compile",
+        help="comma-separated subset of anchor,sparse,coder,sampling,feed,resampling,absorption,hardware,autocast,"
+        "compile",
     )
     perf.add_argument(
         "--saebench-python",

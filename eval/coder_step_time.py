@@ -35,6 +35,8 @@ PRESETS = {
 def _build(architecture: str, device: str, **fields: Any) -> Any:
     sae_class, config_class = get_sae_training_class(architecture)
     extra = {"k": 32} if "topk" in architecture else {}
+    if "sparse_backward" in config_class.__dataclass_fields__:
+        extra["sparse_backward"] = False  # the dense step, as the stock SAE's: only the data path differs
     torch.manual_seed(0)
     return sae_class(config_class(device=device, **extra, **fields))
 

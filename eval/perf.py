@@ -4,7 +4,10 @@ Every figure is a ratio against a baseline measured in the same process on the s
 warm-up, as a median of repeats (CUDA-synchronised on a GPU), because these machines are noisy:
 
 1. ``anchor``: an ``anchored_<activation>`` training step against SAELens's stock ``<activation>`` step,
-   after a noise-floor row timing a stock SAE against an identical copy (this machine's error bar).
+   after a noise-floor row timing a stock SAE against an identical copy (this machine's error bar); both
+   take the dense step, so the row shows what the anchor loss costs.
+   ``sparse``: the TopK family's sparse-backward step against SAELens's dense step (SAELens's own
+   trainer), and our TopK step against EleutherAI sparsify's ``SparseCoder`` step (when installed).
 2. ``coder``: transcoder and crosscoder steps against a stock SAELens SAE with the same latent count.
 3. ``sampling`` / ``feed``: LRB sampling against SAELens's ``ActivationGenerator`` + ``FeatureDictionary``
    (higher is better), and drawing one LRB batch against the SAE training step it feeds.
@@ -38,6 +41,7 @@ from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
 
 SECTIONS = (
     "anchor",
+    "sparse",
     "coder",
     "sampling",
     "feed",
@@ -51,6 +55,7 @@ SECTIONS = (
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "anchor": {"d_in": 256, "d_sae": 4096, "batch_size": 1024, "k": 100, "steps": 30},
+        "sparse": {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 1024, "steps": 6},
         "coder": {"d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 10, "n_sources": 2},
         "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 5},
         "feed": {"n_features": 4096, "d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 5},
@@ -60,6 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "gpu": {
         "anchor": {"d_in": 768, "d_sae": 16_384, "batch_size": 4096, "k": 100, "steps": 50},
+        "sparse": {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 4096, "steps": 30},
         "coder": {"d": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 50, "n_sources": 2},
         "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 20},
         "feed": {"n_features": 16_384, "d": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 20},
@@ -75,6 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 TARGETS = {
     "anchor": 1.03,  # the anchor loss must cost nothing noticeable
+    "sparse": 1.0,  # the sparse-backward step must beat SAELens's dense step, and sparsify's
     "transcoder": 1.05,  # same matmul FLOPs as the stock SAE: only the paired data path may cost
     "crosscoder_per_flop": 1.05,  # n_sources times the FLOPs: at most that many times the time
     "sampling": 5.0,
@@ -121,6 +128,26 @@ def anchor_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
         details = {k: v for k, v in row.items() if k not in ("name", "ratio", "target", "ok", "better")}
         rows.append(_row(row["name"], "anchor", row["ratio"], TARGETS["anchor"], "lower", **details))
     return rows
+
+
+def sparse_rows(preset: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The sparse-backward step against SAELens's dense step, and against sparsify's (when installed)."""
+    from sdl_anchor.eval.sparse_step_time import (
+        SPARSE_ARCHITECTURES,
+        measure_against_dense,
+        measure_against_sparsify,
+        sparsify_missing,
+    )
+
+    rows = []
+    for architecture in SPARSE_ARCHITECTURES:
+        row = measure_against_dense(architecture, preset, device)
+        rows.append(_row(row.pop("name"), "sparse", row.pop("ratio"), TARGETS["sparse"], "lower", **row))
+    reason = sparsify_missing()
+    if reason is None:
+        row = measure_against_sparsify(preset, device)
+        rows.append(_row(row.pop("name"), "sparse", row.pop("ratio"), TARGETS["sparse"], "lower", **row))
+    return rows, reason
 
 
 def coder_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
@@ -348,7 +375,11 @@ def run_perf(
     skipped: list[dict[str, str]] = []
     for section in wanted:
         started = time.perf_counter()
-        if section == "absorption":
+        if section == "sparse":
+            new, reason = sparse_rows(sizes[section], device)
+            if reason is not None:
+                skipped.append({"section": "sparse (sparsify row)", "reason": reason})
+        elif section == "absorption":
             if saebench_python is None:
                 skipped.append(
                     {

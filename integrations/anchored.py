@@ -25,7 +25,7 @@ from sae_lens.registry import get_sae_class, get_sae_training_class
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAEConfig, TrainStepInput, TrainStepOutput
 
 from sdl_anchor.anchoring.anchor_set import AnchorSet
-from sdl_anchor.anchoring.loss import ANCHOR_LOSSES, anchor_loss, mean_anchor_cosine
+from sdl_anchor.anchoring.loss import ANCHOR_LOSSES, anchor_loss, mean_anchor_cosine, self_anchor_loss
 
 DEFAULT_ANCHOR_LOSS = "mse"
 
@@ -35,7 +35,26 @@ ANCHOR_CONFIG_FIELDS: list[tuple[str, Any, dataclasses.Field[Any]]] = [
     ("anchor_warm_up_steps", int, dataclasses.field(default=0)),
     ("anchor_loss", str, dataclasses.field(default=DEFAULT_ANCHOR_LOSS)),
     ("anchor_init", bool, dataclasses.field(default=True)),
+    ("self_anchor_coefficient", float, dataclasses.field(default=0.0)),
 ]
+
+
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")  # activations with the sparse-backward step
+SPARSE_CONFIG_FIELDS: list[tuple[str, Any, dataclasses.Field[Any]]] = [
+    ("sparse_backward", bool | None, dataclasses.field(default=None)),
+]
+
+
+def step_mixins(activation: str) -> tuple[type, ...]:
+    """The training-step mixins an ``activation`` gets: the sparse-backward step for the TopK family."""
+    from sdl_anchor.integrations.sparse_step import SparseTopKStepMixin
+
+    return (SparseTopKStepMixin,) if activation in TOPK_FAMILY else ()
+
+
+def step_config_fields(activation: str) -> list[tuple[str, Any, dataclasses.Field[Any]]]:
+    """The config fields of :func:`step_mixins` (``sparse_backward`` for the TopK family)."""
+    return SPARSE_CONFIG_FIELDS if activation in TOPK_FAMILY else []
 
 
 def camel_name(name: str) -> str:
@@ -50,6 +69,8 @@ def validate_anchor_fields(cfg: Any) -> None:
         raise ValueError(f"anchor_coefficient must be non-negative, got {cfg.anchor_coefficient!r}")
     if cfg.anchor_warm_up_steps < 0:
         raise ValueError(f"anchor_warm_up_steps must be non-negative, got {cfg.anchor_warm_up_steps!r}")
+    if not cfg.self_anchor_coefficient >= 0:
+        raise ValueError(f"self_anchor_coefficient must be non-negative, got {cfg.self_anchor_coefficient!r}")
 
 
 def check_anchors_fit(anchors: AnchorSet, d_in: int, d_out: int, d_sae: int) -> None:
@@ -117,7 +138,7 @@ def make_anchored_architecture(activation: str) -> tuple[type, type]:
         base_config,
         f"Anchored{camel}TrainingSAEConfig",
         architecture,
-        ANCHOR_CONFIG_FIELDS,
+        [*ANCHOR_CONFIG_FIELDS, *step_config_fields(activation)],
         post_init=post_init,
         get_inference_config_class=get_inference_config_class,
         doc=f"SAELens {base_config.__name__} plus feature anchoring (anchor_path, anchor_coefficient, "
@@ -126,7 +147,7 @@ def make_anchored_architecture(activation: str) -> tuple[type, type]:
     )
     sae_class = type(
         f"Anchored{camel}TrainingSAE",
-        (AnchoredMixin, base_sae),
+        (AnchoredMixin, *step_mixins(activation), base_sae),
         {"__doc__": f"SAELens {base_sae.__name__} with the anchor loss of Eq. 22.", "__module__": __name__},
     )
     return sae_class, config_class
@@ -187,32 +208,27 @@ class AnchoredMixin:
         )
         return coefficients
 
-    def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: torch.Tensor,
-        hidden_pre: torch.Tensor,
-        sae_out: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        losses = super().calculate_aux_loss(  # type: ignore[misc]
-            step_input=step_input, feature_acts=feature_acts, hidden_pre=hidden_pre, sae_out=sae_out
-        )
-        losses = dict(losses) if isinstance(losses, dict) else {"aux_loss": losses}
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """The base step, plus ``losses["anchor_loss"] = lambda * L_anchor`` (Eq. 22) in the total loss and
+        the ``anchor_cosine`` metric."""
+        output = super().training_forward_pass(step_input)  # type: ignore[misc]
         if self.anchor_k:
             coefficient = step_input.coefficients.get("anchor", self.cfg.anchor_coefficient)
-            losses["anchor_loss"] = coefficient * anchor_loss(
+            output.losses["anchor_loss"] = coefficient * anchor_loss(
                 self.cfg.anchor_loss,
                 self.W_enc,
                 self.W_dec,
                 self.anchor_directions_in,
                 self.anchor_directions_out,
             )
-        return losses
-
-    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        output = super().training_forward_pass(step_input)  # type: ignore[misc]
-        if self.anchor_k:
+            output.loss = output.loss + output.losses["anchor_loss"]
             output.metrics["anchor_cosine"] = lambda: mean_anchor_cosine(
                 self.W_enc, self.W_dec, self.anchor_directions_in, self.anchor_directions_out
             )
+        if self.cfg.self_anchor_coefficient > 0:
+            tie = self_anchor_loss(self.W_enc, self.W_dec, start=self.anchor_k)
+            output.losses["self_anchor_loss"] = self.cfg.self_anchor_coefficient * tie
+            output.loss = output.loss + output.losses["self_anchor_loss"]
+            unanchored = self.cfg.d_sae - self.anchor_k
+            output.metrics["self_anchor_cosine"] = lambda: 1.0 - tie.detach() / max(unanchored, 1)
         return output

@@ -38,6 +38,8 @@ from sdl_anchor.integrations.anchored import (
     AnchoredMixin,
     camel_name,
     derive_training_config,
+    step_config_fields,
+    step_mixins,
     validate_anchor_fields,
 )
 from sdl_anchor.integrations.inference import SourceBlocksMixin, validate_n_sources
@@ -129,7 +131,11 @@ def make_crosscoder_architecture(activation: str) -> tuple[type, type]:
         base_config,
         f"{camel}CrosscoderTrainingSAEConfig",
         architecture,
-        [("n_sources", int, dataclasses.field(default=2)), *ANCHOR_CONFIG_FIELDS],
+        [
+            ("n_sources", int, dataclasses.field(default=2)),
+            *ANCHOR_CONFIG_FIELDS,
+            *step_config_fields(activation),
+        ],
         post_init=post_init,
         get_inference_config_class=get_inference_config_class,
         doc=f"SAELens {base_config.__name__} as a crosscoder over n_sources concatenated sources "
@@ -139,7 +145,7 @@ def make_crosscoder_architecture(activation: str) -> tuple[type, type]:
     )
     sae_class = type(
         f"{camel}CrosscoderTrainingSAE",
-        (AnchoredMixin, CrosscoderMixin, base_sae),
+        (AnchoredMixin, CrosscoderMixin, *step_mixins(activation), base_sae),
         {
             "__doc__": f"SAELens {base_sae.__name__} trained as a crosscoder (block decoder-norm penalty).",
             "__module__": __name__,

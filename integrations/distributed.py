@@ -34,6 +34,7 @@ from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import InputPool, ResamplingSAETrainer
 from sdl_anchor.resampling import ResampleUpdate
+from sdl_anchor.sparse_topk import latents_fired
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class DistributedTrainerMixin:
         frequencies = self.act_freq_scores.clone()
         output = super()._train_step(sae, sae_in)  # type: ignore[misc]
         with torch.no_grad():
-            fired = (output.feature_acts.detach() != 0).reshape(-1, self.sae.cfg.d_sae).any(dim=0)
+            fired = latents_fired(output.feature_acts)
             shared = torch.stack([self.act_freq_scores - frequencies, fired.to(frequencies.dtype)])
             dist.all_reduce(shared)
             self.act_freq_scores = frequencies + shared[0]

@@ -39,6 +39,7 @@ from sdl_anchor.resampling import (
     reset_adam_state,
     theory_resample,
 )
+from sdl_anchor.sparse_topk import latents_fired
 
 # parameter name -> the dimension that indexes latents
 LATENT_DIMS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0}
@@ -167,7 +168,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
 
     def _latents_fired(self, output: TrainStepOutput) -> torch.Tensor:
         """``[d_sae]``: which latents fired in this step."""
-        return (output.feature_acts.detach() != 0).reshape(-1, self.sae.cfg.d_sae).any(dim=0)
+        return latents_fired(output.feature_acts)
 
     def _step_rows(self, x_in: torch.Tensor) -> int:
         """How many inputs this step trained on."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from sae_lens.registry import get_sae_class, get_sae_training_class
-from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput, mse_loss
 from torch import nn
 
 from sdl_anchor.integrations.anchored import (
@@ -30,6 +30,8 @@ from sdl_anchor.integrations.anchored import (
     AnchoredMixin,
     camel_name,
     derive_training_config,
+    step_config_fields,
+    step_mixins,
     validate_anchor_fields,
 )
 
@@ -51,6 +53,11 @@ class TranscoderMixin:
     b_dec: nn.Parameter
     W_skip: nn.Parameter
     _training_target: torch.Tensor | None = None
+    _step: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, target) during a training step
+
+    def __init__(self, cfg: Any, use_error_term: bool = False) -> None:
+        super().__init__(cfg, use_error_term)  # type: ignore[call-arg]
+        self.mse_loss_fn = self.target_mse_loss
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
@@ -94,6 +101,9 @@ class TranscoderMixin:
         self._training_target = target
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """SAELens's own step of the base architecture (its threshold clamps and updates, aux losses and
+        coefficient handling included), with the target in place of the input wherever the step
+        reconstructs: the MSE loss, the aux losses' residual and the output's ``sae_in``."""
         target = self._training_target
         if target is None:
             raise ValueError(
@@ -104,28 +114,45 @@ class TranscoderMixin:
         if target.shape[0] != step_input.sae_in.shape[0]:
             raise ValueError(f"target batch {target.shape[0]} != input batch {step_input.sae_in.shape[0]}")
         target = target.to(step_input.sae_in.device, step_input.sae_in.dtype)
-        feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)  # type: ignore[attr-defined]
-        sae_out = self.transcode(step_input.sae_in, feature_acts)
-        mse_loss = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()  # type: ignore[attr-defined]
-        aux = self.calculate_aux_loss(  # type: ignore[attr-defined]
-            step_input=dataclasses.replace(step_input, sae_in=target),
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            sae_out=sae_out,
-        )
-        losses = {"mse_loss": mse_loss, **(aux if isinstance(aux, dict) else {"aux_loss": aux})}
-        output = TrainStepOutput(
-            sae_in=target,  # SAELens logs explained variance of sae_out against this
-            sae_out=sae_out,
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            loss=sum(losses.values()),  # type: ignore[arg-type]
-            losses=losses,
-        )
-        if hasattr(self, "update_topk_threshold"):  # BatchTopK's running threshold, as SAELens updates it
-            self.update_topk_threshold(feature_acts)
-            output.metrics["topk_threshold"] = self.topk_threshold  # type: ignore[attr-defined]
+        self._step = (step_input.sae_in, target)
+        try:
+            output = super().training_forward_pass(step_input)  # type: ignore[misc]
+        finally:
+            self._step = None
+        output.sae_in = target  # SAELens logs explained variance of sae_out against this
         return output
+
+    def reconstruction_target(self, step_input: TrainStepInput) -> torch.Tensor:
+        return self._step[1] if self._step is not None else step_input.sae_in
+
+    def skip_output(self, sae_in: torch.Tensor) -> torch.Tensor | None:
+        return sae_in @ self.W_skip.T if self.cfg.skip_connection else None
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """The base decoder; inside a training step, plus the skip term of that step's input."""
+        sae_out = super().decode(feature_acts)  # type: ignore[misc]
+        if self._step is not None and self.cfg.skip_connection:
+            sae_out = sae_out + self.skip_output(self._step[0].to(sae_out.dtype))
+        return sae_out
+
+    def target_mse_loss(self, sae_out: torch.Tensor, sae_in: torch.Tensor) -> torch.Tensor:
+        """SAELens's ``mse_loss`` against the step's target (the base step passes its input)."""
+        return mse_loss(sae_out, self._step[1] if self._step is not None else sae_in)
+
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> Any:
+        """The base aux losses, with the target as the residual's reference."""
+        return super().calculate_aux_loss(  # type: ignore[misc]
+            step_input=dataclasses.replace(step_input, sae_in=self.reconstruction_target(step_input)),
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            sae_out=sae_out,
+        )
 
 
 def make_transcoder_architecture(activation: str) -> tuple[type, type]:
@@ -152,6 +179,11 @@ def make_transcoder_architecture(activation: str) -> tuple[type, type]:
             )
         base_config.__post_init__(self)
         validate_anchor_fields(self)
+        if self.self_anchor_coefficient > 0:
+            raise ValueError(
+                "self_anchor_coefficient ties each encoder column to its decoder row, but a transcoder's "
+                "encoder reads inputs and its decoder writes outputs (different spaces); set it to 0"
+            )
 
     def get_inference_config_class(self: Any) -> type:
         return get_sae_class(INFERENCE_ARCHITECTURES[activation][self.skip_connection])[1]
@@ -165,6 +197,7 @@ def make_transcoder_architecture(activation: str) -> tuple[type, type]:
             ("apply_b_dec_to_input", bool, dataclasses.field(default=False)),
             ("skip_connection", bool, dataclasses.field(default=False)),
             *ANCHOR_CONFIG_FIELDS,
+            *step_config_fields(activation),
         ],
         post_init=post_init,
         get_inference_config_class=get_inference_config_class,
@@ -174,7 +207,7 @@ def make_transcoder_architecture(activation: str) -> tuple[type, type]:
     )
     sae_class = type(
         f"{camel}TranscoderTrainingSAE",
-        (AnchoredMixin, TranscoderMixin, base_sae),
+        (AnchoredMixin, TranscoderMixin, *step_mixins(activation), base_sae),
         {"__doc__": f"SAELens {base_sae.__name__} trained as a transcoder.", "__module__": __name__},
     )
     return sae_class, config_class

@@ -1,0 +1,160 @@
+"""The sparse-backward TopK-family step against SAELens's dense step and against EleutherAI sparsify's.
+
+* ``<architecture> sparse step / SAELens dense step``: our coder (``sparse_backward`` on, our trainer with
+  fused Adam) against SAELens's stock class trained by SAELens's own ``SAETrainer``, as a SAELens user runs
+  it, from the same weights on the same batches.
+* ``sparse topk step / sparsify SparseCoder step``: our TopK SAE's whole trainer step (SAELens's
+  bookkeeping, gradient clipping and all) against sparsify's ``SparseCoder`` forward, backward and update,
+  both with torch's fused Adam, on the same batches. sparsify (``pip install eai-sparsify``) is imported
+  when installed; without it the row is skipped with that reason.
+
+``python -m sdl_anchor.eval.sparse_step_time`` prints both at the issue's size (d_in 768, d_sae 16,384,
+k 32, batch 1024).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+import torch
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.registry import get_sae_training_class
+from sae_lens.training.sae_trainer import SAETrainer
+
+from sdl_anchor.eval.step_timing import paired_ratio, step_seconds, trainer_for_timing
+
+SIZES = {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 1024, "steps": 8}
+SPARSE_ARCHITECTURES = {
+    "anchored_topk": "topk",
+    "anchored_batchtopk": "batchtopk",
+    "anchored_matryoshka_batchtopk": "matryoshka_batchtopk",
+}
+
+
+def stock_saelens_trainer(sae: Any, batch_size: int, device: str) -> SAETrainer[Any, Any]:
+    """SAELens's own ``SAETrainer`` (its Adam, its step), whose steps we call by hand."""
+    config = SAETrainerConfig(
+        total_training_samples=10**9,
+        train_batch_size_samples=batch_size,
+        lr_end=3e-5,
+        device=device,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    return SAETrainer(cfg=config, sae=sae, data_provider=iter(()))
+
+
+def _batches(sizes: dict[str, Any], device: str, n: int = 3) -> list[torch.Tensor]:
+    generator = torch.Generator(device=device).manual_seed(0)
+    return [
+        torch.randn(sizes["batch_size"], sizes["d_in"], generator=generator, device=device) for _ in range(n)
+    ]
+
+
+def _fields(architecture: str, sizes: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {"d_in": sizes["d_in"], "d_sae": sizes["d_sae"], "k": sizes["k"]}
+    if "matryoshka" in architecture:
+        fields["matryoshka_widths"] = [sizes["d_sae"] // 4, sizes["d_sae"]]
+    return fields
+
+
+def measure_against_dense(architecture: str, sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Median step seconds of our sparse ``architecture`` and SAELens's stock dense twin."""
+    ours_class, ours_config = get_sae_training_class(architecture)
+    stock_class, stock_config = get_sae_training_class(SPARSE_ARCHITECTURES[architecture])
+    fields = _fields(architecture, sizes)
+    torch.manual_seed(0)
+    ours = ours_class(ours_config(device=device, sparse_backward=True, **fields))
+    stock = stock_class(stock_config(device=device, **fields))
+    stock.load_state_dict(ours.state_dict())
+    batches = _batches(sizes, device)
+    times = step_seconds(
+        {
+            "dense": (stock_saelens_trainer(stock, sizes["batch_size"], device), batches),
+            "sparse": (trainer_for_timing(ours, sizes["batch_size"], device), batches),
+        },
+        sizes["steps"],
+        device,
+        warm_up=2,
+    )
+    return {
+        "name": f"{architecture} sparse step / SAELens {SPARSE_ARCHITECTURES[architecture]} dense step",
+        "ratio": paired_ratio(times, "sparse", "dense"),
+        "sparse_seconds": statistics.median(times["sparse"]),
+        "dense_seconds": statistics.median(times["dense"]),
+        **{key: sizes[key] for key in ("d_in", "d_sae", "k", "batch_size")},
+    }
+
+
+class SparsifyStep:
+    """One training step of sparsify's ``SparseCoder``: forward, FVU loss, backward, fused Adam."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int, device: str) -> None:
+        from sparsify import SparseCoder, SparseCoderConfig
+
+        self.coder = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device=device)
+        self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=3e-4, fused=True)
+
+    def step(self, batch: torch.Tensor) -> None:
+        output = self.coder(batch)
+        (output.fvu + output.auxk_loss).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+
+def sparsify_missing() -> str | None:
+    """Why the sparsify row cannot run here (None when sparsify imports)."""
+    try:
+        import sparsify  # noqa: F401
+    except ImportError as err:
+        return f"needs EleutherAI's sparsify (pip install eai-sparsify): {err}"
+    return None
+
+
+def measure_against_sparsify(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Median step seconds of our sparse TopK SAE's trainer step and sparsify's ``SparseCoder`` step."""
+    sae_class, config_class = get_sae_training_class("anchored_topk")
+    torch.manual_seed(0)
+    ours = sae_class(config_class(device=device, sparse_backward=True, **_fields("anchored_topk", sizes)))
+    theirs = SparsifyStep(sizes["d_in"], sizes["d_sae"], sizes["k"], device)
+    batches = _batches(sizes, device)
+    times = step_seconds(
+        {
+            "sparsify": (theirs, batches),
+            "ours": (trainer_for_timing(ours, sizes["batch_size"], device), batches),
+        },
+        sizes["steps"],
+        device,
+        warm_up=2,
+    )
+    return {
+        "name": "sparse topk step / sparsify SparseCoder step (same batches, fused Adam)",
+        "ratio": paired_ratio(times, "ours", "sparsify"),
+        "ours_seconds": statistics.median(times["ours"]),
+        "sparsify_seconds": statistics.median(times["sparsify"]),
+        **{key: sizes[key] for key in ("d_in", "d_sae", "k", "batch_size")},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=SIZES["steps"])
+    args = parser.parse_args(argv)
+    sizes = {**SIZES, "steps": args.steps}
+    print(f"sparse-backward TopK-family steps ({sizes}, device {args.device})")
+    rows = [measure_against_dense(architecture, sizes, args.device) for architecture in SPARSE_ARCHITECTURES]
+    reason = sparsify_missing()
+    if reason is None:
+        rows.append(measure_against_sparsify(sizes, args.device))
+    for row in rows:
+        print(f"{row['name']:<80} ratio {row['ratio']:.3f}")
+    if reason is not None:
+        print(f"skipped the sparsify row: {reason}")
+
+
+if __name__ == "__main__":
+    main()

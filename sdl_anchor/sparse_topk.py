@@ -1,0 +1,202 @@
+"""Sparse-backward kernels for the TopK family (TopK, BatchTopK, Matryoshka BatchTopK), in plain torch.
+
+A TopK-family coder keeps a handful of latents per input: ``k`` of ``d_sae`` for TopK, ``k * B`` of the
+batch's ``B * d_sae`` for BatchTopK. SAELens's training step is nevertheless dense end to end: the decoder
+multiplies a ``[B, d_sae]`` activation matrix that is almost all zeros, and the encoder's backward pass
+multiplies a ``[B, d_sae]`` gradient that is zero wherever a latent was not selected. Only the encoder's
+forward product ``x W_enc`` has to be dense (every pre-activation competes for the top k).
+
+The kernels here do the rest on the selected entries only, as EleutherAI's sparsify does with its fused
+TopK encoder, and return exactly the gradients of the dense computation (the gradient of the loss with
+respect to an unselected latent's pre-activation is zero: the selection scatters it away):
+
+* :func:`sampled_pre_activations` — the pre-activations ``h = (x - shift) W_enc + b_enc`` at the selected
+  ``(row, col)`` entries, read off a dense ``h`` computed without a graph; its backward computes
+  ``dL/dW_enc = (x - shift)^T G``, ``dL/db_enc`` and ``dL/dshift`` from the sparse gradient ``G``.
+* :func:`sparse_decode` — ``A W_dec`` for a sparse activation matrix ``A``; its backward gives
+  ``dL/dA`` on ``A``'s entries (a sampled product) and ``dL/dW_dec = A^T dL/dout``.
+
+Entries are kept in row-major order (rows ascending, columns ascending within a row) as a
+:class:`SparseEntries`, so both sides use torch's CSR kernels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class SparseEntries:
+    """The selected ``(row, col)`` entries of a ``[n_rows, n_cols]`` activation matrix, row-major."""
+
+    rows: torch.Tensor  # [N] int64, ascending
+    cols: torch.Tensor  # [N] int64, ascending within each row
+    n_rows: int
+    n_cols: int
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        """The ``[n_rows, n_cols]`` CSR matrix holding ``values`` at these entries."""
+        return _csr(self.rows, self.cols, values, self.n_rows, self.n_cols)
+
+    def transposed_csr(self, values: torch.Tensor) -> torch.Tensor:
+        """The ``[n_cols, n_rows]`` CSR matrix of the transpose (entries re-sorted by column)."""
+        order = torch.argsort(self.cols, stable=True)
+        return _csr(self.cols[order], self.rows[order], values[order], self.n_cols, self.n_rows)
+
+    def select(self, mask: torch.Tensor) -> SparseEntries:
+        """The entries where ``mask [N]`` is true (still row-major)."""
+        return SparseEntries(self.rows[mask], self.cols[mask], self.n_rows, self.n_cols)
+
+    def gather(self, dense: torch.Tensor) -> torch.Tensor:
+        """``dense[rows, cols]`` for a ``[n_rows, n_cols]`` tensor."""
+        return dense[self.rows, self.cols]
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """The dense ``[n_rows, n_cols]`` matrix with ``values`` at these entries, zero elsewhere."""
+        dense = values.new_zeros(self.n_rows, self.n_cols)
+        dense[self.rows, self.cols] = values
+        return dense
+
+    def coo(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse COO ``[n_rows, n_cols]`` matrix holding ``values`` (SAELens's sparse ``feature_acts``)."""
+        indices = torch.stack([self.rows, self.cols])
+        return torch.sparse_coo_tensor(
+            indices, values, (self.n_rows, self.n_cols), is_coalesced=True, check_invariants=False
+        )
+
+
+def latents_fired(feature_acts: torch.Tensor) -> torch.Tensor:
+    """``[d_sae]`` bool: which latents are non-zero anywhere in ``feature_acts [..., d_sae]`` (dense, or
+    sparse COO as the sparse step and SAELens's ``use_sparse_activations`` return it)."""
+    if feature_acts.is_sparse:
+        acts = feature_acts.coalesce()
+        fired = torch.zeros(acts.shape[-1], dtype=torch.bool, device=acts.device)
+        fired[acts.indices()[-1][acts.values() != 0]] = True
+        return fired
+    return (feature_acts.detach() != 0).reshape(-1, feature_acts.shape[-1]).any(dim=0)
+
+
+def _csr(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_rows: int, n_cols: int
+) -> torch.Tensor:
+    """A CSR matrix from row-sorted COO entries."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    with warnings.catch_warnings():  # torch calls its CSR support "beta" on every construction
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, values, (n_rows, n_cols), check_invariants=False)
+
+
+def topk_entries(scores: torch.Tensor, k: int) -> SparseEntries:
+    """The ``k`` largest entries of every row of ``scores [B, n]`` (SAELens's ``TopK`` selection)."""
+    _, indices = torch.topk(scores, k=k, dim=-1, sorted=False)
+    cols = indices.sort(dim=-1).values.flatten()
+    rows = torch.arange(scores.shape[0], device=scores.device).repeat_interleave(k)
+    return SparseEntries(rows, cols, scores.shape[0], scores.shape[1])
+
+
+def batch_topk_entries(scores: torch.Tensor, k: float) -> SparseEntries:
+    """The ``int(k * B)`` largest entries of ``relu(scores [B, n])`` over the whole batch (SAELens's
+    ``BatchTopK`` selection)."""
+    flat = scores.relu().flatten()
+    _, indices = torch.topk(flat, int(k * scores.shape[0]), dim=-1)
+    indices = indices.sort().values
+    n = scores.shape[1]
+    return SparseEntries(indices // n, indices % n, scores.shape[0], n)
+
+
+class _SampledPreActivations(torch.autograd.Function):
+    """Values of ``h = (x - shift) W_enc + b_enc`` at given entries, with a sparse backward pass."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        values: torch.Tensor,
+        x: torch.Tensor,
+        shift: torch.Tensor | None,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        entries: SparseEntries,
+    ) -> torch.Tensor:
+        ctx.entries = entries
+        ctx.has_shift = shift is not None
+        ctx.save_for_backward(x, shift if shift is not None else x.new_empty(0), W_enc)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_values: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, shift, W_enc = ctx.saved_tensors
+        entries: SparseEntries = ctx.entries
+        needs = ctx.needs_input_grad
+        grad_values = grad_values.contiguous()
+        sparse_grad = entries.csr(grad_values)
+        grad_x = grad_shift = grad_W_enc = grad_b_enc = None
+        column_sums = None
+        if needs[3]:
+            centred = x - shift if ctx.has_shift else x
+            grad_W_enc = torch.mm(
+                centred.T.contiguous(), sparse_grad, out=torch.empty_like(W_enc)
+            )  # (x-shift)^T G
+        if needs[4] or needs[2]:
+            column_sums = grad_values.new_zeros(entries.n_cols).index_add_(0, entries.cols, grad_values)
+            grad_b_enc = column_sums if needs[4] else None
+        if needs[2]:
+            grad_shift = -(W_enc @ column_sums)  # sum over rows of -G W_enc^T
+        if needs[1]:
+            grad_x = sparse_grad @ W_enc.T
+        return None, grad_x, grad_shift, grad_W_enc, grad_b_enc, None
+
+
+def sampled_pre_activations(
+    values: torch.Tensor,
+    x: torch.Tensor,
+    shift: torch.Tensor | None,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    entries: SparseEntries,
+) -> torch.Tensor:
+    """``h[rows, cols]`` for ``h = (x - shift) @ W_enc + b_enc``, differentiable in ``x``, ``shift``,
+    ``W_enc`` and ``b_enc`` with a backward pass that touches only the selected entries.
+
+    ``values`` are those pre-activations, already computed without autograd (the selection needs all of
+    ``h``); ``shift`` is SAELens's decoder bias where ``apply_b_dec_to_input`` subtracts it, else None.
+    """
+    return _SampledPreActivations.apply(values, x, shift, W_enc, b_enc, entries)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """``A @ W_dec`` for ``A`` given by its values at ``entries``, with a sparse backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, W_dec: torch.Tensor, entries: SparseEntries) -> torch.Tensor:
+        ctx.entries = entries
+        ctx.save_for_backward(values, W_dec)
+        if values.numel() == 0:
+            return W_dec.new_zeros(entries.n_rows, W_dec.shape[1])
+        return entries.csr(values) @ W_dec
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        values, W_dec = ctx.saved_tensors
+        entries: SparseEntries = ctx.entries
+        if values.numel() == 0:  # nothing selected (e.g. an empty Matryoshka level): no gradient
+            return values.new_zeros(0), None, None
+        grad_values = grad_W_dec = None
+        grad_out = grad_out.contiguous()
+        if ctx.needs_input_grad[0]:
+            pattern = entries.csr(torch.zeros_like(values))
+            grad_values = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.T, beta=0.0).values()
+        if ctx.needs_input_grad[1]:
+            grad_W_dec = torch.mm(
+                entries.transposed_csr(values), grad_out, out=torch.empty_like(W_dec)
+            )  # A^T dL/dout
+        return grad_values, grad_W_dec, None
+
+
+def sparse_decode(values: torch.Tensor, W_dec: torch.Tensor, entries: SparseEntries) -> torch.Tensor:
+    """``A @ W_dec`` (no bias) for the sparse ``A [n_rows, d_sae]`` holding ``values`` at ``entries``."""
+    return _SparseDecode.apply(values, W_dec, entries)

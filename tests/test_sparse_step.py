@@ -1,0 +1,153 @@
+"""The sparse-backward TopK-family step equals SAELens's dense step: loss terms, gradients, threshold updates."""
+
+import pytest
+import torch
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import TrainStepInput
+
+import sdl_anchor as sa
+from sdl_anchor.integrations.sparse_step import dense_step_reason
+from sdl_anchor.sparse_topk import SparseEntries, batch_topk_entries, sparse_decode, topk_entries
+
+D_IN, D_SAE, BATCH = 16, 96, 48
+EXTRA = {"matryoshka_batchtopk": {"matryoshka_widths": [24, 60, D_SAE]}}
+
+
+def step_input(sae, x, dead=None):
+    coefficients = {name: getattr(c, "value", c) for name, c in sae.get_coefficients().items()}
+    return TrainStepInput(
+        sae_in=x, coefficients=coefficients, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=True
+    )
+
+
+def run_step(sae, x, dead=None, target=None):
+    sae.zero_grad(set_to_none=True)
+    if target is not None:
+        sae.set_training_target(target)
+    output = sae.training_forward_pass(step_input(sae, x, dead))
+    output.loss.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters() if p.grad is not None}
+    return output, grads
+
+
+def assert_same_step(ours, theirs, x, dead=None, target=None):
+    out_a, grads_a = run_step(ours, x, dead, target)
+    out_b, grads_b = run_step(theirs, x, dead, target)
+    assert set(out_a.losses) == set(out_b.losses)
+    for name in out_a.losses:
+        torch.testing.assert_close(out_a.losses[name], out_b.losses[name], rtol=1e-10, atol=1e-12, msg=name)
+    torch.testing.assert_close(out_a.loss, out_b.loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out_a.feature_acts.to_dense(), out_b.feature_acts.to_dense())
+    torch.testing.assert_close(out_a.sae_out, out_b.sae_out)
+    assert set(grads_a) == set(grads_b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-9, atol=1e-12, msg=name)
+    return out_a, out_b
+
+
+def twin(architecture, reference_architecture=None, **fields):
+    """Our coder (sparse step) and a reference with the same weights (SAELens's class, or ours dense)."""
+    sae_class, config_class = get_sae_training_class(architecture)
+    ours = sae_class(config_class(d_in=D_IN, d_sae=D_SAE, dtype="float64", sparse_backward=True, **fields))
+    if reference_architecture is None:
+        reference = sae_class(
+            config_class(d_in=D_IN, d_sae=D_SAE, dtype="float64", sparse_backward=False, **fields)
+        )
+    else:
+        ref_class, ref_config = get_sae_training_class(reference_architecture)
+        fields = {k: v for k, v in fields.items() if not k.startswith("anchor")}
+        reference = ref_class(ref_config(d_in=D_IN, d_sae=D_SAE, dtype="float64", **fields))
+    with torch.no_grad():
+        ours.W_dec.mul_(torch.rand(D_SAE, 1, dtype=torch.float64) + 0.5)  # uneven decoder norms
+        ours.b_enc.normal_(0, 0.05)
+        ours.b_dec.normal_(0, 0.1)
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    return ours, reference
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk", "matryoshka_batchtopk"])
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_sae_step_equals_saelens(activation, rescale, with_dead):
+    torch.manual_seed(0)
+    ours, saelens = twin(
+        f"anchored_{activation}",
+        activation,
+        k=4,
+        rescale_acts_by_decoder_norm=rescale,
+        **EXTRA.get(activation, {}),
+    )
+    assert dense_step_reason(ours) is None
+    x = torch.randn(BATCH, D_IN, dtype=torch.float64)
+    dead = torch.rand(D_SAE) < 0.6 if with_dead else None
+    out_a, _ = assert_same_step(ours, saelens, x, dead)
+    if with_dead:
+        assert out_a.losses["auxiliary_reconstruction_loss"] > 0
+    if activation != "topk":
+        torch.testing.assert_close(ours.topk_threshold, saelens.topk_threshold)
+        assert ours.topk_threshold > 0
+
+
+def test_anchored_sparse_step_equals_anchored_dense_step(small_bench, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "anchors.safetensors"
+    sa.AnchorSet(torch.randn(5, D_IN, dtype=torch.float64)).save(path)
+    ours, dense = twin("anchored_topk", k=4, anchor_path=str(path))
+    x = torch.randn(BATCH, D_IN, dtype=torch.float64)
+    out, _ = assert_same_step(ours, dense, x, torch.rand(D_SAE) < 0.5)
+    assert out.losses["anchor_loss"] > 0
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_transcoder_sparse_step_equals_dense_step(activation, skip):
+    torch.manual_seed(0)
+    ours, dense = twin(f"{activation}_transcoder", k=4, d_out=10, skip_connection=skip)
+    if skip:
+        with torch.no_grad():
+            ours.W_skip.normal_(0, 0.1)
+            dense.W_skip.copy_(ours.W_skip)
+    x, target = torch.randn(BATCH, D_IN, dtype=torch.float64), torch.randn(BATCH, 10, dtype=torch.float64)
+    out, _ = assert_same_step(ours, dense, x, torch.rand(D_SAE) < 0.5, target)
+    assert out.sae_in.shape == (BATCH, 10)
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_crosscoder_sparse_step_equals_dense_step(activation):
+    torch.manual_seed(0)
+    ours, dense = twin(f"{activation}_crosscoder", k=4, n_sources=2)
+    x = torch.randn(BATCH, D_IN, dtype=torch.float64)
+    out, _ = assert_same_step(ours, dense, x, torch.rand(D_SAE) < 0.5)
+    assert {"mse_source_0", "mse_source_1"} <= set(out.metrics)
+
+
+def test_sparse_step_is_the_default_on_cpu_only_where_supported():
+    sae = sa.AnchoredTopKTrainingSAE(sa.AnchoredTopKTrainingSAEConfig(d_in=8, d_sae=32, k=2))
+    assert sae.cfg.sparse_backward is None and dense_step_reason(sae) is None
+    off = sa.AnchoredTopKTrainingSAE(
+        sa.AnchoredTopKTrainingSAEConfig(d_in=8, d_sae=32, k=2, sparse_backward=False)
+    )
+    assert dense_step_reason(off) == "sparse_backward=False"
+    normed = sa.AnchoredTopKTrainingSAE(
+        sa.AnchoredTopKTrainingSAEConfig(d_in=8, d_sae=32, k=2, normalize_activations="layer_norm")
+    )
+    assert "layer_norm" in dense_step_reason(normed)
+    sae.hook_sae_acts_post.add_hook(lambda tensor, hook: tensor)
+    assert "hooks" in dense_step_reason(sae)
+
+
+def test_entries_and_decode_match_dense_algebra():
+    torch.manual_seed(0)
+    scores = torch.randn(6, 20, dtype=torch.float64)
+    entries = topk_entries(scores, 3)
+    assert entries.rows.tolist() == sorted(entries.rows.tolist())
+    dense_mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.topk(3).indices, True)
+    assert torch.equal(entries.scatter(torch.ones(18, dtype=torch.float64)).bool(), dense_mask)
+    batch = batch_topk_entries(scores, 2.5)
+    assert batch.rows.numel() == 15 and torch.all(batch.gather(scores.relu()) >= 0)
+    values = torch.randn(18, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda v, w: sparse_decode(v, w, entries), (values, W))
+    empty = SparseEntries(entries.rows[:0], entries.cols[:0], 6, 20)
+    out = sparse_decode(values[:0], W, empty)
+    assert out.shape == (6, 5) and torch.all(out == 0)
