@@ -1,6 +1,6 @@
 """Our first-letter absorption audit against SAEBench 0.6.0's, on the same tiny model and SAEs (issue 6).
 
-Builds the planted first-letter model (:mod:`sdl_anchor.absorption.planted`: 26 letters, attention and MLP
+Builds the planted first-letter model (:mod:`sdl_anchor.testing.planted`: 26 letters, attention and MLP
 outputs zeroed so ``blocks.0.hook_resid_post``, the hook SAEBench always reads, carries the planted
 directions) and SAEs of known absorption, then times ``concept_absorption`` (no activation cache) here and
 SAEBench's ``run_eval`` in the virtual environment given by ``--saebench-python`` (SAEBench pins numpy<2),
@@ -29,7 +29,7 @@ import torch
 
 from sdl_anchor.absorption import concept_absorption, first_letter_concepts
 from sdl_anchor.absorption.audit import HEADLINE_KEYS
-from sdl_anchor.absorption.planted import planted_letter_model, planted_letter_sae
+from sdl_anchor.testing.planted import planted_letter_model, planted_letter_sae
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 HOOK = "blocks.0.hook_resid_post"

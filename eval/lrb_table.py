@@ -1,33 +1,27 @@
-"""``sdl-anchor bench lrb``: the paper's Table 1 on the Linear Representation Bench.
+"""``sdl-anchor bench lrb``: the paper's Table 1 on the Linear Representation Bench, ours beside it.
 
-Trains SAELens SAEs (standard = ReLU + L1, topk, batchtopk, jumprelu, matryoshka_batchtopk), and our
-transcoders and crosscoders (TopK by default, ``LRBPreset.coder_activation``) on the LRB's transcoder and
-crosscoder kinds (``d_out = d_in``; ``n_sources`` blocks), through SAELens's ``SAETrainer`` (extended so a
-batch can carry a target) on a finite LRB dataset in three variants:
+Trains SAELens SAEs (standard = ReLU + L1, topk, batchtopk, jumprelu, matryoshka_batchtopk) and our
+transcoders and crosscoders (``LRBPreset.coder_activation``, TopK by default) on the LRB's sae, transcoder
+(``d_out = d_in``) and crosscoder (``n_sources`` blocks) kinds, through SAELens's ``SAETrainer`` (extended so
+a batch can carry a target) on a finite LRB dataset. Every (method, k) runs in each variant:
 
-* ``plain``: the stock architecture;
-* ``init_only``: the anchored architecture with ``anchor_coefficient = 0``, i.e. the first k latents
-  start at k ground-truth features (SAELens's ``init_sae_to_match_feature_dict`` idea) and nothing holds
-  them there;
-* ``anchored``: the anchor loss (paper section 4) with ``anchor_coefficient = lambda``.
+* ``plain``: SAELens's stock architecture (the TopK family through the sparse-backward step, which
+  ``tests/test_sparse_step.py`` shows equal to SAELens's own);
+* ``anchored``: ground-truth anchors on the first ``n_anchors`` latents (Eq. 22) and self-anchoring of
+  the others (:mod:`sdl_anchor.eval.lrb_presets`);
+* ``init_only``: the anchored latents start at their features, nothing holds them (``small`` preset);
 
-Every variant is scored on the same non-anchor features (M_GT / M_IP on the encoder side, tau = 0.95;
-decoder-side scores and MCC too) and printed beside the paper's reported numbers. ``resampling`` adds a
-dead-latent resampling axis (``none``, ``anthropic``, ``theory``; :mod:`sdl_anchor.resampling`) on top of
-each stock architecture. Rows also carry ``M_GT_live`` / ``M_IP_live``: the same scores over the latents
-that fire on fresh samples, since resampling leaves dead latents whose encoders sit on features.
-
-Presets:
-* ``quick``: 2 CPU cores, a few minutes. n=128, d=96 (n/d = 1.33 as in the paper), width 2048 (16 n),
-  S=0.99, M=0.1, 13 anchors (10% of the features, as the paper's 100 of 1000).
-* ``paper``: the paper's configuration (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000,
-  100 anchors, lambda = 0.1), for a GPU.
+crossed with dead-latent resampling (``none``, ``theory``, ``anthropic``; :mod:`sdl_anchor.resampling`).
+Every row is scored on the same non-anchor features (encoder M_GT / M_IP at tau = 0.95, the decoder-side
+scores, MCC, and the same over live latents only) and carries the paper's numbers, its settings and its
+wall time; with ``LRBPreset.recovery_points`` it also carries its recovery curve (M_GT and M_IP against
+samples seen).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,108 +29,52 @@ import torch
 from sae_lens.registry import get_sae_training_class
 from tqdm.auto import tqdm
 
-from sdl_anchor.eval.paper_numbers import PAPER_LABELS, paper_numbers
-from sdl_anchor.integrations.anchored import DEFAULT_ANCHOR_LOSS
+from sdl_anchor.eval.lrb_presets import (
+    CODER_KINDS,
+    K_METHODS,
+    METHODS,
+    PRESETS,
+    RESAMPLING,
+    VARIANTS,
+    LRBPreset,
+)
+from sdl_anchor.eval.paper_numbers import PAPER_LABELS, paper_numbers, paper_source
 from sdl_anchor.integrations.training import train_on_bench
 from sdl_anchor.io import atomic_write, write_json
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.metrics import live_recovery, recovery
 from sdl_anchor.resampling import ResamplingConfig
 
-METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")
-# the LRB kind each method trains on (SAE methods: "sae")
-CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder"}
-VARIANTS = ("plain", "init_only", "anchored")
-RESAMPLING = ("none", "anthropic", "theory")
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "RESAMPLING",
+    "VARIANTS",
+    "LRBPreset",
+    "build_bench",
+    "build_sae",
+    "format_table",
+    "run_lrb_bench",
+    "write_results",
+]
 
 
-@dataclass(frozen=True)
-class LRBPreset:
-    """Bench size, training budget and each method's (tuned) hyperparameters."""
-
-    name: str
-    n_features: int
-    d_in: int
-    d_sae: int
-    sparsity: float = 0.99
-    max_interference: float = 0.1
-    n_samples: int = 100_000
-    n_steps: int = 2000
-    batch_size: int = 1024
-    lr: float = 3e-4
-    n_anchors: int = 100
-    anchor_coefficient: float = 0.1
-    anchor_loss: str = DEFAULT_ANCHOR_LOSS
-    coder_activation: str = "topk"  # the transcoder's and crosscoder's activation
-    n_sources: int = 2  # the crosscoder's sources
-    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def settings_for(self, method: str) -> dict[str, Any]:
-        """The SAELens config fields for ``method`` (its learning rate excluded)."""
-        settings = dict(self.method_settings.get(method, {}))
-        settings.pop("lr", None)
-        return settings
-
-    def lr_for(self, method: str) -> float:
-        return float(self.method_settings.get(method, {}).get("lr", self.lr))
-
-    def anchor_settings(self, variant: str) -> dict[str, Any]:
-        """The anchoring config fields of ``variant`` (none for ``plain``; lambda 0 for ``init_only``)."""
-        if variant == "plain":
-            return {}
-        return {
-            "anchor_coefficient": self.anchor_coefficient if variant == "anchored" else 0.0,
-            "anchor_loss": self.anchor_loss,
-            "anchor_init": True,
-        }
-
-
-def _settings(
-    k: int, l1: float, l0: float, widths: list[int], jumprelu_lr: float
-) -> dict[str, dict[str, Any]]:
-    return {
-        "standard": {"l1_coefficient": l1},
-        "jumprelu": {"l0_coefficient": l0, "lr": jumprelu_lr},
-        "topk": {"k": k},
-        "batchtopk": {"k": k},
-        "matryoshka_batchtopk": {"k": k, "matryoshka_widths": widths},
-        "transcoder": {"k": k},
-        "crosscoder": {"k": k},
-    }
-
-
-PRESETS: dict[str, LRBPreset] = {
-    "quick": LRBPreset(
-        name="quick",
-        n_features=128,
-        d_in=96,
-        d_sae=2048,
-        n_steps=1000,
-        batch_size=512,
-        lr=3e-4,
-        n_anchors=13,
-        # JumpReLU's thresholds need lr 1e-3 to converge in 1000 steps (decoder M_GT 100% vs 5% at 3e-4)
-        method_settings=_settings(k=2, l1=1.0, l0=1.0, widths=[128, 512, 2048], jumprelu_lr=1e-3),
-    ),
-    "paper": LRBPreset(
-        name="paper",
-        n_features=1000,
-        d_in=768,
-        d_sae=16_000,
-        n_steps=20_000,
-        batch_size=4096,
-        lr=3e-4,
-        n_anchors=100,
-        method_settings=_settings(k=10, l1=1.0, l0=1.0, widths=[1000, 4000, 16_000], jumprelu_lr=3e-4),
-    ),
-}
+def resolve_preset(preset: LRBPreset | str) -> LRBPreset:
+    if isinstance(preset, LRBPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[preset]
 
 
 def architecture_for(method: str, variant: str, preset: LRBPreset) -> str:
-    """The registered training architecture a (method, variant) row trains."""
+    """The registered training architecture a (method, variant) row trains. The TopK family's plain rows
+    use our ``anchored_*`` class with no anchors (SAELens's step, through the sparse-backward path)."""
     if method in CODER_KINDS:  # transcoders and crosscoders carry the anchoring fields themselves
         return f"{preset.coder_activation}_{method}"
-    return method if variant == "plain" else f"anchored_{method}"
+    if variant == "plain" and method not in K_METHODS:
+        return method
+    return f"anchored_{method}"
 
 
 def build_bench(preset: LRBPreset, kind: str, mode: str, seed: int, device: str) -> LinearRepresentationBench:
@@ -150,20 +88,29 @@ def build_bench(preset: LRBPreset, kind: str, mode: str, seed: int, device: str)
         sparsity=preset.sparsity,
         max_interference=preset.max_interference,
         interference=mode,
+        c_min=preset.c_min,
+        beta=preset.beta,
         seed=seed,
         device=device,
     )
 
 
 def build_sae(
-    method: str, preset: LRBPreset, bench: LinearRepresentationBench, device: str, variant: str = "plain"
+    method: str,
+    preset: LRBPreset,
+    bench: LinearRepresentationBench,
+    device: str,
+    variant: str = "plain",
+    k: int | None = None,
 ) -> Any:
     """A fresh SAELens TrainingSAE for ``method`` on ``bench`` (anchored for the anchoring variants)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    settings = {**preset.settings_for(method), **preset.anchor_settings(variant)}
+    settings = {**preset.settings_for(method), **preset.anchor_settings(variant, method)}
+    if k is not None:
+        settings["k"] = k
     if bench.kind == "transcoder":
         settings["d_out"] = bench.d_out
     if bench.kind == "crosscoder":
@@ -172,46 +119,77 @@ def build_sae(
     return sae_class(config_class(d_in=bench.d_in, d_sae=preset.d_sae, device=device, **settings))
 
 
+def _jobs(
+    preset: LRBPreset,
+    methods: tuple[str, ...],
+    ks: tuple[int, ...] | None,
+    variants: tuple[str, ...],
+    interference: tuple[str, ...],
+    resampling: tuple[str, ...],
+) -> list[tuple[str, str, int | None, str, str]]:
+    jobs = []
+    for mode in interference:
+        for method in methods:
+            method_ks = preset.ks_for(method)
+            if method == "topk" and ks is not None:
+                unknown = [k for k in ks if k not in method_ks]
+                if unknown:
+                    raise ValueError(
+                        f"--k {','.join(map(str, unknown))} is not a TopK k of preset {preset.name!r}; "
+                        f"choose from {','.join(map(str, method_ks))}"
+                    )
+                method_ks = ks
+            for k in method_ks:
+                for strategy in resampling:
+                    for variant in variants:
+                        jobs.append((mode, method, k, strategy, variant))
+    return jobs
+
+
+def _check_choices(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> None:
+    for value in values:
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+
+
 def run_lrb_bench(
     preset: LRBPreset | str = "quick",
     *,
     device: str = "cpu",
-    methods: tuple[str, ...] = METHODS,
-    variants: tuple[str, ...] = VARIANTS,
+    methods: tuple[str, ...] | None = None,
+    variants: tuple[str, ...] | None = None,
     interference: tuple[str, ...] = ("bounded",),
-    resampling: tuple[str, ...] = ("none",),
+    resampling: tuple[str, ...] | None = None,
+    ks: tuple[int, ...] | None = None,
     seed: int = 0,
     n_steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train and score every (interference, method, resampling, variant); return the results dict."""
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        preset = PRESETS[preset]
+    """Train and score every (interference, method, k, resampling, variant); return the results dict.
+    ``methods``, ``variants`` and ``resampling`` default to the preset's; ``ks`` selects TopK rows."""
+    preset = resolve_preset(preset)
     if n_steps is not None:
-        preset = replace(preset, n_steps=n_steps)
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    for variant in variants:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    for strategy in resampling:
-        if strategy not in RESAMPLING:
-            raise ValueError(f"unknown resampling {strategy!r}; choose from {', '.join(RESAMPLING)}")
+        preset = replace(
+            preset,
+            n_steps=n_steps,
+            method_settings={
+                m: {k: v for k, v in s.items() if k != "n_steps"} for m, s in preset.method_settings.items()
+            },
+        )
+    methods = methods or preset.methods
+    variants = variants or preset.variants
+    resampling = resampling or preset.resampling
+    _check_choices(methods, METHODS, "method")
+    _check_choices(variants, VARIANTS, "variant")
+    _check_choices(resampling, RESAMPLING, "resampling")
+    _check_choices(interference, ("bounded", "negative"), "interference")
+    jobs = _jobs(preset, methods, ks, variants, interference, resampling)
     rows: list[dict[str, Any]] = []
     benches: dict[str, dict[str, Any]] = {}
-    jobs = [
-        (mode, method, strategy, variant)
-        for mode in interference
-        for method in methods
-        for strategy in resampling
-        for variant in variants
-    ]
-    bar = tqdm(jobs, desc="LRB bench", disable=not progress)
-    prepared: dict[str, Any] = {}
-    for mode, method, strategy, variant in bar:
+    prepared: dict[tuple[str, str], Any] = {}
+    started_all = time.perf_counter()
+    bar = tqdm(jobs, desc=f"bench lrb ({preset.name})", disable=not progress, unit="run")
+    for mode, method, k, strategy, variant in bar:
         kind = CODER_KINDS.get(method, "sae")
         if (mode, kind) not in prepared:
             bench = build_bench(preset, kind, mode, seed, device)
@@ -223,45 +201,74 @@ def run_lrb_bench(
                 "anchor_indices": anchors.indices.tolist(),
             }
         bench, dataset, anchors = prepared[mode, kind]
-        bar.set_postfix_str(f"{mode}/{method}/{strategy}/{variant}")
-        torch.manual_seed(seed)
-        sae = build_sae(method, preset, bench, device, variant)
-        if variant != "plain":
-            sae.set_anchors(anchors)
-        started = time.perf_counter()
-        train_on_bench(
-            sae,
-            bench,
-            n_steps=preset.n_steps,
-            batch_size=preset.batch_size,
-            lr=preset.lr_for(method),
-            dataset=dataset,
-            seed=seed,
-            device=device,
-            show_progress=False,
-            resampling=None if strategy == "none" else ResamplingConfig(strategy=strategy, seed=seed),
+        bar.set_postfix_str(f"{_label(method, k, strategy)} {variant}")
+        rows.append(
+            _train_and_score(
+                preset, bench, dataset, anchors, mode, method, k, strategy, variant, seed, device
+            )
         )
-        train_seconds = time.perf_counter() - started
-        scores = {
-            **recovery(sae, bench, exclude=anchors.indices),
-            **live_recovery(sae, bench, exclude=anchors.indices),
-        }
-        rows.append(_row(method, variant, strategy, mode, scores, sae, bench, preset, train_seconds))
     return {
         "rows": rows,
         "config": {
-            **{k: v for k, v in asdict(preset).items() if k != "method_settings"},
+            **{key: value for key, value in asdict(preset).items() if key != "method_settings"},
+            "method_settings": preset.method_settings,
             "device": device,
             "seed": seed,
             "tau": 0.95,
             "benches": benches,
+            "wall_seconds": time.perf_counter() - started_all,
         },
     }
+
+
+def _train_and_score(
+    preset: LRBPreset,
+    bench: LinearRepresentationBench,
+    dataset: Any,
+    anchors: Any,
+    mode: str,
+    method: str,
+    k: int | None,
+    strategy: str,
+    variant: str,
+    seed: int,
+    device: str,
+) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    sae = build_sae(method, preset, bench, device, variant, k)
+    if variant != "plain":
+        sae.set_anchors(anchors)
+    training = preset.training_for(method)
+    points = preset.recovery_points
+    started = time.perf_counter()
+    train_on_bench(
+        sae,
+        bench,
+        n_steps=training["n_steps"],
+        batch_size=training["batch_size"],
+        lr=training["lr"],
+        dataset=dataset,
+        seed=seed,
+        device=device,
+        show_progress=False,
+        dead_feature_window=preset.dead_feature_window,
+        resampling=None
+        if strategy == "none"
+        else ResamplingConfig(strategy=strategy, seed=seed, **preset.resampling_settings),
+        recovery_every=max(1, training["n_steps"] // points) if points else None,
+    )
+    train_seconds = time.perf_counter() - started
+    scores = {
+        **recovery(sae, bench, exclude=anchors.indices),
+        **live_recovery(sae, bench, exclude=anchors.indices),
+    }
+    return _row(method, k, variant, strategy, mode, scores, sae, bench, preset, training, train_seconds)
 
 
 @torch.no_grad()
 def _row(
     method: str,
+    k: int | None,
     variant: str,
     strategy: str,
     mode: str,
@@ -269,152 +276,199 @@ def _row(
     sae: Any,
     bench: LinearRepresentationBench,
     preset: LRBPreset,
+    training: dict[str, Any],
     train_seconds: float,
 ) -> dict[str, Any]:
     sample = bench.sample(4096, torch.Generator(device=bench.device).manual_seed(12345))
     sae.eval()
     acts = sae.encode(sample.x_in)
     recon = sae.decode(acts)
+    if getattr(sae.cfg, "skip_connection", False):
+        recon = recon + sample.x_in @ sae.W_skip.T
     squared_error = (recon - sample.x_out).pow(2).sum(-1)
     fvu = float(squared_error.sum() / (sample.x_out - sample.x_out.mean(0)).pow(2).sum())
-    paper = paper_numbers(method, anchored=variant == "anchored") if variant != "init_only" else None
-    settings = {
-        "architecture": architecture_for(method, variant, preset),
-        "lr": preset.lr_for(method),
-        "n_steps": preset.n_steps,
-        "batch_size": preset.batch_size,
-    }
+    paper = paper_numbers(method, anchored=variant == "anchored", k=k) if variant != "init_only" else None
+    settings: dict[str, Any] = {"architecture": architecture_for(method, variant, preset), **training}
     settings.update(preset.settings_for(method))
+    if k is not None:
+        settings["k"] = k
     if variant != "plain":
-        settings.update(n_anchors=preset.n_anchors, **preset.anchor_settings(variant))
+        settings.update(n_anchors=preset.n_anchors, **preset.anchor_settings(variant, method))
     if strategy != "none":
         settings["resampling"] = sae.cfg.metadata.resampling  # the strategy and each event's record
+    curve = getattr(sae.cfg.metadata, "recovery_curve", None)
     return {
         "method": method,
-        "label": PAPER_LABELS[method],
+        "label": _label(method, k),
+        "k": k,
         "kind": bench.kind,
         "variant": variant,
         "anchored": variant == "anchored",
         "resampling": strategy,
         "interference": mode,
-        **{k: float(v) for k, v in scores.items()},
+        **{key: float(value) for key, value in scores.items()},
         "l0": float((acts != 0).float().sum(-1).mean()),
         "dead_fraction": float(((acts != 0).sum(0) == 0).float().mean()),
         "fvu": fvu,
         "mse": float(squared_error.mean()),
         "train_seconds": train_seconds,
+        "samples_seen": training["n_steps"] * training["batch_size"],
         "settings": settings,
         "paper_M_GT": None if paper is None else paper[0],
         "paper_M_IP": None if paper is None else paper[1],
+        "paper_source": paper_source(method, k),
+        **({"recovery_curve": curve} if curve else {}),
     }
 
 
-def _pair(row: dict[str, Any] | None, prefix: str = "") -> str:
-    if row is None or row.get(f"{prefix}M_GT") is None:
-        return f"{'-':>15}"
-    return f"{100 * row[prefix + 'M_GT']:>6.1f}% / {row[prefix + 'M_IP']:.3f}"
+def _label(method: str, k: int | None = None, strategy: str = "none") -> str:
+    """The method's paper label (TopK with its k), with its resampling strategy when it has one."""
+    label = PAPER_LABELS[method] + (f" k={k}" if method == "topk" and k is not None else "")
+    return label if strategy == "none" else f"{label}+{strategy}"
 
 
-def _label(method: str, strategy: str) -> str:
-    """The method's paper label, with its resampling strategy when it has one."""
-    return PAPER_LABELS[method] if strategy == "none" else f"{PAPER_LABELS[method]}+{strategy}"
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (variant, resampling) pairs present, in the table's order: plain, anchored, then resampled."""
+    present = {(r["variant"], r["resampling"]) for r in rows}
+    order = [(v, s) for s in RESAMPLING for v in VARIANTS]
+    return [pair for pair in order if pair in present]
+
+
+def _column_name(variant: str, strategy: str) -> str:
+    if strategy == "none":
+        return variant
+    return strategy if variant == "plain" else f"{variant}+{strategy}"
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return f"{'-':>14}"
+    return f"{100 * row['M_GT']:>6.1f}% / {row['M_IP']:.3f}"
+
+
+def _paper_cell(paper: tuple[float, float | None] | None) -> str:
+    if paper is None:
+        return f"{'-':>14}"
+    m_ip = "  -  " if paper[1] is None else f"{paper[1]:.3f}"
+    return f"{100 * paper[0]:>6.1f}% / {m_ip}"
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """The paper's Table 1 layout, M_GT / M_IP per variant, beside the paper's reported numbers."""
+    """One line per (interference, method, k): ours in each variant, the paper's plain and anchored numbers,
+    and, for the last variant, the decoder-side and live scores, FVU, L0 and every run's wall time."""
     config = results["config"]
     rows = results["rows"]
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    columns = _columns(rows)
+    last = columns[-1]
     lines = [
-        f"LRB Table 1 (preset {config['name']}; n={config['n_features']}, d={config['d_in']}, "
-        f"width={config['d_sae']}, {config['n_anchors']} anchors excluded from scoring; M_GT / M_IP, "
-        "encoder side, tau=0.95)",
-        f"{'interference':<12} {'method':<19} "
-        + " ".join(f"{'ours ' + v:>15}" for v in variants)
-        + f" | {'paper plain':>15} {'paper anchored':>15} | {'dec M_GT':>8} {'live M_GT':>9} {'MCC':>6} "
-        f"{'L0':>5} {'dead':>6}",
+        f"LRB (preset {config['name']}; n={config['n_features']}, d={config['d_in']}, width={config['d_sae']}, "
+        f"S={config['sparsity']}, M={config['max_interference']}, {config['n_anchors']} anchors not scored); "
+        "encoder M_GT / M_IP, tau=0.95",
+        f"{'interference':<12} {'method':<12} "
+        + " ".join(f"{_column_name(*c):>14}" for c in columns)
+        + f" | {'paper plain':>14} {'paper anch.':>14} | {'dec M_GT':>8} {'live M_GT':>9} {'FVU':>6} {'L0':>6} "
+        "  wall s (each column)",
     ]
-    keys = list(dict.fromkeys((r["interference"], r["method"], r["resampling"]) for r in rows))
-    for mode, method, strategy in keys:
-        by_variant = {
-            r["variant"]: r
+    keys = list(dict.fromkeys((r["interference"], r["method"], r["k"]) for r in rows))
+    for mode, method, k in keys:
+        mine = {
+            (r["variant"], r["resampling"]): r
             for r in rows
-            if (r["interference"], r["method"], r["resampling"]) == (mode, method, strategy)
+            if (r["interference"], r["method"], r["k"]) == (mode, method, k)
         }
-        last = by_variant[variants[-1]]
-        paper_plain = paper_numbers(method)
-        paper_anchored = paper_numbers(method, anchored=True)
-        paper_cells = [
-            "-" if p is None else f"{100 * p[0]:>6.1f}% / {p[1]:.3f}" for p in (paper_plain, paper_anchored)
-        ]
+        shown = mine.get(last) or next(iter(mine.values()))
+        walls = "/".join(f"{mine[c]['train_seconds']:.0f}" if c in mine else "-" for c in columns)
         lines.append(
-            f"{mode:<12} {_label(method, strategy):<19} "
-            + " ".join(_pair(by_variant.get(v)) for v in variants)
-            + f" | {paper_cells[0]:>15} {paper_cells[1]:>15} | {100 * last['M_GT_dec']:>7.1f}% "
-            f"{100 * last['M_GT_live']:>8.1f}% {last['MCC']:>6.3f} {last['l0']:>5.2f} "
-            f"{100 * last['dead_fraction']:>5.1f}%"
+            f"{mode:<12} {_label(method, k):<12} "
+            + " ".join(_cell(mine.get(c)) for c in columns)
+            + f" | {_paper_cell(paper_numbers(method, False, k))} {_paper_cell(paper_numbers(method, True, k))} | "
+            f"{100 * shown['M_GT_dec']:>7.1f}% {100 * shown['M_GT_live']:>8.1f}% {shown['fvu']:>6.3f} "
+            f"{shown['l0']:>6.1f}   {walls}"
         )
     lines.append(
-        f"dec M_GT, live M_GT (firing latents only), MCC, L0, dead: the '{variants[-1]}' variant. paper = "
-        "numbers reported in arXiv 2512.05534 Table 1 at n=1000, d=768 (not rerun here)"
+        f"dec M_GT, live M_GT (latents that fire), FVU, L0: the '{_column_name(*last)}' column. paper = arXiv "
+        "2512.05534 (TopK at k=32/64/128: Table 7, M_GT only; the rest: Table 1), not rerun here. "
+        f"Total wall time {config.get('wall_seconds', 0.0):.0f} s."
     )
     return "\n".join(lines)
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """Grouped bars of M_GT and M_IP per method and variant, the paper's numbers as markers."""
+    """Grouped bars of M_GT and M_IP per method and column, the paper's numbers as markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
-    groups = list(dict.fromkeys((r["interference"], r["method"], r["resampling"]) for r in rows))
-    width = 0.8 / len(variants)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(groups) * 2), 4.2))
+    columns = _columns(rows)
+    groups = list(dict.fromkeys((r["interference"], r["method"], r["k"]) for r in rows))
+    width = 0.8 / len(columns)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.4 * len(groups) * 2), 4.4))
     for ax, metric in zip(axes, ("M_GT", "M_IP"), strict=True):
-        for i, variant in enumerate(variants):
+        for i, column in enumerate(columns):
             values = [
                 next(
                     (
                         r[metric]
                         for r in rows
-                        if (r["interference"], r["method"], r["resampling"], r["variant"]) == (*g, variant)
+                        if (r["interference"], r["method"], r["k"]) == g
+                        and (r["variant"], r["resampling"]) == column
                     ),
                     0.0,
                 )
                 for g in groups
             ]
-            ax.bar(
-                [j + (i - (len(variants) - 1) / 2) * width for j in range(len(groups))],
-                values,
-                width,
-                label=variant,
-            )
+            xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(groups))]
+            ax.bar(xs, values, width, label=_column_name(*column))
         for anchored, marker in ((False, "x"), (True, "o")):
-            paper = [paper_numbers(method, anchored) for _, method, _ in groups]
-            xs = [j for j, p in enumerate(paper) if p is not None]
-            ys = [p[0 if metric == "M_GT" else 1] for p in paper if p is not None]
-            label = f"paper {'anchored' if anchored else 'plain'}"
+            papers = [paper_numbers(method, anchored, k) for _, method, k in groups]
+            index = 0 if metric == "M_GT" else 1
+            xs = [j for j, p in enumerate(papers) if p is not None and p[index] is not None]
+            ys = [p[index] for p in papers if p is not None and p[index] is not None]
             ax.scatter(
                 xs,
                 ys,
                 marker=marker,
                 color="black",
                 zorder=3,
-                label=label,
                 facecolors="none" if anchored else None,
+                label=f"paper {'anchored' if anchored else 'plain'}",
             )
-        ax.set_xticks(
-            range(len(groups)),
-            [f"{_label(m, strategy)}\n({mode})" for mode, m, strategy in groups],
-            fontsize=8,
-        )
+        ax.set_xticks(range(len(groups)), [f"{_label(m, k)}\n({mode})" for mode, m, k in groups], fontsize=8)
         ax.set_ylim(0, 1.05)
-        ax.set_title(metric)
+        ax.set_title(f"{metric} (encoder, non-anchor features)")
         ax.legend(fontsize=7)
-    fig.suptitle(f"LRB recovery on non-anchor features, preset {results['config']['name']}")
+    config = results["config"]
+    fig.suptitle(f"LRB recovery, preset {config['name']} (n={config['n_features']}, d={config['d_in']})")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
+    """M_GT and M_IP against samples seen, one line per row (None when no row recorded a curve)."""
+    rows = [r for r in results["rows"] if r.get("recovery_curve")]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for row in rows:
+        batch = row["settings"]["batch_size"]
+        samples = [point["step"] * batch for point in row["recovery_curve"]]
+        name = f"{row['label']} {_column_name(row['variant'], row['resampling'])}"
+        for ax, metric in zip(axes, ("M_GT", "M_IP"), strict=True):
+            ax.plot(samples, [point[metric] for point in row["recovery_curve"]], marker=".", label=name)
+    for ax, metric in zip(axes, ("M_GT", "M_IP"), strict=True):
+        ax.set_xlabel("training samples seen")
+        ax.set_title(f"{metric} over training")
+        ax.set_ylim(0, 1.05)
+    axes[1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
@@ -422,5 +476,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
 
 
 def write_results(results: dict[str, Any], out: Path) -> list[Path]:
-    """``results.json`` and ``recovery.png`` into ``out``."""
-    return [write_json(out / "results.json", results), plot_results(results, out / "recovery.png")]
+    """``results.json``, ``recovery.png`` and (with curves) ``recovery_curves.png`` into ``out``."""
+    written = [write_json(out / "results.json", results), plot_results(results, out / "recovery.png")]
+    curves = plot_curves(results, out / "recovery_curves.png")
+    return written + ([curves] if curves is not None else [])

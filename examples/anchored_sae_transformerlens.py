@@ -23,7 +23,7 @@ from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETraining
 
 import sdl_anchor as sa
 from sdl_anchor.integrations.prompt_anchors import class_mean_anchors_from_prompts
-from sdl_anchor.integrations.toy_lm import tokenized_dataset, toy_language_model
+from sdl_anchor.testing.toy_lm import tokenized_dataset, toy_language_model
 
 PROMPTS = {
     "animal": ["the cat sat", "a dog ran", "the horse ate", "a bird sang", "the fish swam", "a cow slept"],

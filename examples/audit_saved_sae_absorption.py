@@ -1,7 +1,7 @@
 """Audit a saved SAE for first-letter feature absorption, and read the report.
 
 By default, offline: a tiny model whose word embeddings carry each word's first letter along a known
-direction (``sdl_anchor.absorption.planted``), and an SAE saved in SAELens's format that has one latent per
+direction (``sdl_anchor.testing.planted``), and an SAE saved in SAELens's format that has one latent per
 letter, except that it absorbs half of the words starting with "a" to "e" into latents of their own. The
 true absorption is 0.5 for those five letters and 0 for the rest. The audit (the same code as
 ``sdl-anchor audit absorption``) loads the SAE back from disk, finds each letter's main latent by probing,
@@ -24,8 +24,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sdl_anchor.absorption.audit import audit_absorption, load_model, load_sae, write_report
-from sdl_anchor.absorption.planted import planted_letter_model, planted_letter_sae
+from sdl_anchor.absorption.audit import audit_absorption, write_report
+from sdl_anchor.integrations.loading import load_model, load_sae
+from sdl_anchor.testing.planted import planted_letter_model, planted_letter_sae
 
 LETTERS = "abcdefghij"
 ABSORBING = "abcde"

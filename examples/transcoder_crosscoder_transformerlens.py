@@ -27,7 +27,7 @@ from sae_lens import SAE, LoggingConfig
 import sdl_anchor as sa
 from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainingRunner
 from sdl_anchor.integrations.splice import evaluate_spliced
-from sdl_anchor.integrations.toy_lm import tokenized_dataset, toy_language_model
+from sdl_anchor.testing.toy_lm import tokenized_dataset, toy_language_model
 
 TOY_CORPUS = [
     f"the {animal} saw a {colour} {thing} and the {number} {animal} ran"

@@ -39,6 +39,7 @@ from sae_lens.util import get_special_token_ids
 from transformer_lens.hook_points import HookedRootModule
 
 from sdl_anchor.integrations.coder_hooks import check_coder_hooks, coder_kind
+from sdl_anchor.integrations.compat import compile_llm_if_needed, compile_sae_if_needed, set_sae_metadata
 from sdl_anchor.integrations.distributed import (
     DistributedPairedSAETrainer,
     DistributedResamplingSAETrainer,
@@ -146,7 +147,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
         else:
             self.model = override_model
         hook_d_ins = check_coder_hooks(self.model, cfg.hook_names, self.sae.cfg, self.kind)
-        self._compile_llm_if_needed()
+        compile_llm_if_needed(self)
         # under torchrun: the same config everywhere, this rank's rows of each batch, this rank's shard
         self.context = init_distributed(cfg.device)
         store_batch_size = cfg.train_batch_size_tokens
@@ -205,13 +206,10 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             eval_batch_size_prompts=cfg.eval_batch_size_prompts,
         )
 
-    def _set_sae_metadata(self) -> None:
-        super()._set_sae_metadata()
-        self.sae.cfg.metadata.hook_names = list(self.cfg.hook_names)
-
     def run(self) -> TrainingSAE[Any]:
         """Train the coder (and save it to ``cfg.output_path`` when set); return it."""
-        self._set_sae_metadata()
+        set_sae_metadata(self)
+        self.sae.cfg.metadata.hook_names = list(self.cfg.hook_names)
         main = self.context is None or self.context.is_main
         if self.cfg.logger.log_to_wandb and main:
             wandb.init(
@@ -245,7 +243,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
             self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
             self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
-        self._compile_sae_if_needed()
+        compile_sae_if_needed(self)
         sae = self.run_trainer_with_interruption_handling(trainer)
         if isinstance(trainer, ResamplingSAETrainer):
             sae.cfg.metadata.resampling = {

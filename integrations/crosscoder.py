@@ -11,8 +11,8 @@ penalty, which weights each latent by the *sum* of its per-source decoder norms,
     L_sparsity = sum_i f_i(x) * sum_l ||W_dec_i^l||,
 
 instead of the norm of the whole decoder row (an L1 over sources, so a latent pays for every source it
-writes to). ``make_crosscoder_architecture(activation)`` subclasses SAELens's ``<activation>`` training SAE
-and swaps this norm into the activation's own penalty terms: the L1 loss of ``standard``, and the ``tanh``
+writes to). Each ``<Activation>CrosscoderTrainingSAE`` is SAELens's ``<activation>`` training SAE plus
+:class:`CrosscoderMixin`, which swaps this norm into the activation's own penalty terms: the L1 loss of ``standard``, and the ``tanh``
 sparsity loss and pre-activation loss of ``jumprelu`` (its ``step`` L0 loss does not use decoder norms).
 TopK and BatchTopK have no sparsity penalty; their optional rescaling by decoder norm
 (``rescale_acts_by_decoder_norm``) keeps SAELens's whole-row norm, which is what makes the saved model an
@@ -25,33 +25,25 @@ saved inference model is ours (``standard_crosscoder``, ``topk_crosscoder``, ``j
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from sae_lens.registry import get_sae_class, get_sae_training_class
-from sae_lens.saes.jumprelu_sae import calculate_pre_act_loss
-from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, calculate_pre_act_loss
+from sae_lens.saes.sae import SAEConfig, TrainStepInput, TrainStepOutput
+from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+from typing_extensions import override
 
-from sdl_anchor.integrations.anchored import (
-    ANCHOR_CONFIG_FIELDS,
-    AnchoredMixin,
-    camel_name,
-    derive_training_config,
-    step_config_fields,
-    step_mixins,
-    validate_anchor_fields,
+from sdl_anchor.integrations.anchor_mixin import AnchorConfigFields, AnchoredMixin
+from sdl_anchor.integrations.inference import (
+    CrosscoderConfigFields,
+    JumpReLUCrosscoderConfig,
+    SourceBlocksMixin,
+    StandardCrosscoderConfig,
+    TopKCrosscoderConfig,
 )
-from sdl_anchor.integrations.inference import SourceBlocksMixin, validate_n_sources
-
-CROSSCODER_ACTIVATIONS = ("standard", "topk", "batchtopk", "jumprelu")
-# training activation -> inference architecture of the saved crosscoder
-INFERENCE_ARCHITECTURES = {
-    "standard": "standard_crosscoder",
-    "topk": "topk_crosscoder",
-    "batchtopk": "jumprelu_crosscoder",
-    "jumprelu": "jumprelu_crosscoder",
-}
+from sdl_anchor.integrations.sparse_step import SparseBackwardConfigField, SparseTopKStepMixin
 
 
 def source_decoder_norms(W_dec: torch.Tensor, n_sources: int) -> torch.Tensor:
@@ -69,6 +61,7 @@ class CrosscoderMixin(SourceBlocksMixin):
 
     W_dec: torch.nn.Parameter
 
+    @override
     def calculate_aux_loss(
         self,
         step_input: TrainStepInput,
@@ -76,15 +69,14 @@ class CrosscoderMixin(SourceBlocksMixin):
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        activation = self.cfg.crosscoder_activation
-        if activation == "standard":
+        if isinstance(self, StandardTrainingSAE):
             weighted = feature_acts * crosscoder_decoder_norm(self.W_dec, self.n_sources)
             sparsity = weighted.norm(p=self.cfg.lp_norm, dim=-1)
             return {"l1_loss": (step_input.coefficients["l1"] * sparsity).mean()}
         losses = super().calculate_aux_loss(  # type: ignore[misc]
             step_input=step_input, feature_acts=feature_acts, hidden_pre=hidden_pre, sae_out=sae_out
         )
-        if activation != "jumprelu":
+        if not isinstance(self, JumpReLUTrainingSAE):
             return losses
         norm = crosscoder_decoder_norm(self.W_dec, self.n_sources)
         if self.cfg.jumprelu_sparsity_loss_mode == "tanh":
@@ -100,6 +92,7 @@ class CrosscoderMixin(SourceBlocksMixin):
             )
         return losses
 
+    @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         output = super().training_forward_pass(step_input)  # type: ignore[misc]
         residual = (output.sae_out - output.sae_in).detach()
@@ -111,44 +104,103 @@ class CrosscoderMixin(SourceBlocksMixin):
         return output
 
 
-def make_crosscoder_architecture(activation: str) -> tuple[type, type]:
-    """``(<Activation>CrosscoderTrainingSAE, config)`` built on SAELens's ``activation`` classes."""
-    if activation not in CROSSCODER_ACTIVATIONS:
-        raise ValueError(f"no crosscoder for activation {activation!r}; choose from {CROSSCODER_ACTIVATIONS}")
-    base_sae, base_config = get_sae_training_class(activation)
-    architecture = f"{activation}_crosscoder"
-    camel = camel_name(activation)
+@dataclass(kw_only=True)
+class StandardCrosscoderTrainingSAEConfig(
+    AnchorConfigFields, CrosscoderConfigFields, StandardTrainingSAEConfig
+):
+    """SAELens's ``StandardTrainingSAEConfig`` (ReLU + L1) as a crosscoder over ``n_sources`` concatenated
+    sources (``d_in = n_sources * d_source``), with the anchoring fields; saves as ``standard_crosscoder``."""
 
-    def post_init(self: Any) -> None:
-        base_config.__post_init__(self)
-        validate_n_sources(self)
-        validate_anchor_fields(self)
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "standard_crosscoder"
 
-    def get_inference_config_class(self: Any) -> type:
-        return get_sae_class(INFERENCE_ARCHITECTURES[activation])[1]
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return StandardCrosscoderConfig
 
-    config_class = derive_training_config(
-        base_config,
-        f"{camel}CrosscoderTrainingSAEConfig",
-        architecture,
-        [
-            ("n_sources", int, dataclasses.field(default=2)),
-            *ANCHOR_CONFIG_FIELDS,
-            *step_config_fields(activation),
-        ],
-        post_init=post_init,
-        get_inference_config_class=get_inference_config_class,
-        doc=f"SAELens {base_config.__name__} as a crosscoder over n_sources concatenated sources "
-        "(d_in = n_sources * d_source), with anchoring fields.",
-        module=__name__,
-        crosscoder_activation=activation,
-    )
-    sae_class = type(
-        f"{camel}CrosscoderTrainingSAE",
-        (AnchoredMixin, CrosscoderMixin, *step_mixins(activation), base_sae),
-        {
-            "__doc__": f"SAELens {base_sae.__name__} trained as a crosscoder (block decoder-norm penalty).",
-            "__module__": __name__,
-        },
-    )
-    return sae_class, config_class
+
+class StandardCrosscoderTrainingSAE(AnchoredMixin, CrosscoderMixin, StandardTrainingSAE):
+    """SAELens's ``StandardTrainingSAE`` trained as a crosscoder (block decoder-norm L1 penalty)."""
+
+    cfg: StandardCrosscoderTrainingSAEConfig  # type: ignore[assignment]
+
+
+@dataclass(kw_only=True)
+class TopKCrosscoderTrainingSAEConfig(
+    AnchorConfigFields, CrosscoderConfigFields, SparseBackwardConfigField, TopKTrainingSAEConfig
+):
+    """SAELens's ``TopKTrainingSAEConfig`` as a crosscoder, with the anchoring fields and
+    ``sparse_backward``; saves as ``topk_crosscoder``."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "topk_crosscoder"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return TopKCrosscoderConfig
+
+
+class TopKCrosscoderTrainingSAE(AnchoredMixin, CrosscoderMixin, SparseTopKStepMixin, TopKTrainingSAE):
+    """SAELens's ``TopKTrainingSAE`` trained as a crosscoder, with the sparse-backward step."""
+
+    cfg: TopKCrosscoderTrainingSAEConfig  # type: ignore[assignment]
+
+
+@dataclass(kw_only=True)
+class BatchTopKCrosscoderTrainingSAEConfig(
+    AnchorConfigFields, CrosscoderConfigFields, SparseBackwardConfigField, BatchTopKTrainingSAEConfig
+):
+    """SAELens's ``BatchTopKTrainingSAEConfig`` as a crosscoder, with the anchoring fields and
+    ``sparse_backward``; saves as ``jumprelu_crosscoder``."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "batchtopk_crosscoder"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return JumpReLUCrosscoderConfig
+
+
+class BatchTopKCrosscoderTrainingSAE(
+    AnchoredMixin, CrosscoderMixin, SparseTopKStepMixin, BatchTopKTrainingSAE
+):
+    """SAELens's ``BatchTopKTrainingSAE`` trained as a crosscoder, with the sparse-backward step."""
+
+    cfg: BatchTopKCrosscoderTrainingSAEConfig  # type: ignore[assignment]
+
+
+@dataclass(kw_only=True)
+class JumpReLUCrosscoderTrainingSAEConfig(
+    AnchorConfigFields, CrosscoderConfigFields, JumpReLUTrainingSAEConfig
+):
+    """SAELens's ``JumpReLUTrainingSAEConfig`` as a crosscoder, with the anchoring fields; saves as
+    ``jumprelu_crosscoder``."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "jumprelu_crosscoder"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return JumpReLUCrosscoderConfig
+
+
+class JumpReLUCrosscoderTrainingSAE(AnchoredMixin, CrosscoderMixin, JumpReLUTrainingSAE):
+    """SAELens's ``JumpReLUTrainingSAE`` trained as a crosscoder (block decoder-norm penalties)."""
+
+    cfg: JumpReLUCrosscoderTrainingSAEConfig  # type: ignore[assignment]
+
+
+CROSSCODER_ARCHITECTURES: dict[str, tuple[type, type]] = {
+    "standard_crosscoder": (StandardCrosscoderTrainingSAE, StandardCrosscoderTrainingSAEConfig),
+    "topk_crosscoder": (TopKCrosscoderTrainingSAE, TopKCrosscoderTrainingSAEConfig),
+    "batchtopk_crosscoder": (BatchTopKCrosscoderTrainingSAE, BatchTopKCrosscoderTrainingSAEConfig),
+    "jumprelu_crosscoder": (JumpReLUCrosscoderTrainingSAE, JumpReLUCrosscoderTrainingSAEConfig),
+}

@@ -175,9 +175,13 @@ class DistributedTrainerMixin:
         self.n_training_samples += rows * (self.context.world_size - 1)  # SAELens counted this rank's
         return output
 
-    def _train_step(self, sae: Any, sae_in: torch.Tensor) -> TrainStepOutput:
-        frequencies = self.act_freq_scores.clone()
-        output = super()._train_step(sae, sae_in)  # type: ignore[misc]
+    def before_step(self) -> None:
+        self._frequencies_before = self.act_freq_scores.clone()
+
+    def after_step(self, output: TrainStepOutput) -> None:
+        """All-reduce this step's firing counts and which latents fired, so every rank's dead-latent
+        statistics are the single-process ones."""
+        frequencies = self._frequencies_before
         with torch.no_grad():
             fired = latents_fired(output.feature_acts)
             shared = torch.stack([self.act_freq_scores - frequencies, fired.to(frequencies.dtype)])
@@ -185,7 +189,6 @@ class DistributedTrainerMixin:
             self.act_freq_scores = frequencies + shared[0]
             self._fired_anywhere = shared[1] > 0
             self.n_forward_passes_since_fired[self._fired_anywhere] = 0  # every rank added 1 already
-        return output
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         if self.context.is_main:

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from sae_lens.registry import get_sae_class
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
-from sae_lens.saes.topk_sae import TopK
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+from sae_lens.saes.topk_sae import TopK, TopKSAE, TopKSAEConfig
 from sae_lens.saes.transcoder import SkipTranscoder, Transcoder, TranscoderConfig
 from sae_lens.util import filter_valid_dataclass_fields
-
-from sdl_anchor.integrations.anchored import camel_name
+from typing_extensions import override
 
 
 @dataclasses.dataclass
@@ -31,10 +31,12 @@ class TopKTranscoderConfig(TranscoderConfig):
 
     k: int = 100
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return "topk_transcoder"
 
+    @override
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> TopKTranscoderConfig:
         config = cls(**filter_valid_dataclass_fields(config_dict, cls))
@@ -48,9 +50,11 @@ class TopKTranscoder(Transcoder):
 
     cfg: TopKTranscoderConfig  # type: ignore[assignment]
 
+    @override
     def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return TopK(self.cfg.k)
 
+    @override
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> TopKTranscoder:
         return cls(TopKTranscoderConfig.from_dict(config_dict))
@@ -60,6 +64,7 @@ class TopKTranscoder(Transcoder):
 class TopKSkipTranscoderConfig(TopKTranscoderConfig):
     """A TopK transcoder with SAELens's learned skip connection ``x @ W_skip.T``."""
 
+    @override
     @classmethod
     def architecture(cls) -> str:
         return "topk_skip_transcoder"
@@ -70,12 +75,10 @@ class TopKSkipTranscoder(TopKTranscoder, SkipTranscoder):
 
     cfg: TopKSkipTranscoderConfig  # type: ignore[assignment]
 
+    @override
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> TopKSkipTranscoder:
         return cls(TopKSkipTranscoderConfig.from_dict(config_dict))
-
-
-CROSSCODER_INFERENCE_BASES = ("standard", "topk", "jumprelu")
 
 
 class SourceBlocksMixin:
@@ -106,43 +109,70 @@ def validate_n_sources(cfg: Any) -> None:
         )
 
 
-def make_crosscoder_inference_architecture(base: str) -> tuple[type, type]:
-    """``(<Base>Crosscoder, <Base>CrosscoderConfig)``: SAELens's ``base`` inference SAE over concatenated
-    sources, named ``<base>_crosscoder``."""
-    base_sae, base_config = get_sae_class(base)
-    architecture = f"{base}_crosscoder"
-    camel = camel_name(base)
+@dataclasses.dataclass(kw_only=True)
+class CrosscoderConfigFields:
+    """``n_sources``: how many source activations sit side by side in ``d_in`` (at least 2)."""
 
-    def post_init(self: Any) -> None:
-        base_config.__post_init__(self)
+    n_sources: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]
         validate_n_sources(self)
 
-    config_class = dataclasses.make_dataclass(
-        f"{camel}CrosscoderConfig",
-        [("n_sources", int, dataclasses.field(default=2))],
-        bases=(base_config,),
-        kw_only=True,
-        namespace={
-            "architecture": classmethod(lambda cls: architecture),
-            "__post_init__": post_init,
-            "__doc__": f"SAELens {base_config.__name__} over {architecture}'s concatenated sources.",
-            "__module__": __name__,
-        },
-    )
-    sae_class = type(
-        f"{camel}Crosscoder",
-        (SourceBlocksMixin, base_sae),
-        {"__doc__": f"A crosscoder for inference: SAELens's {base_sae.__name__}.", "__module__": __name__},
-    )
-    return sae_class, config_class
+
+@dataclasses.dataclass(kw_only=True)
+class StandardCrosscoderConfig(CrosscoderConfigFields, StandardSAEConfig):
+    """SAELens's ``StandardSAEConfig`` over a crosscoder's concatenated sources."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "standard_crosscoder"
 
 
-def inference_architectures() -> dict[str, tuple[type, type]]:
-    """Every inference architecture this module defines, by name."""
-    architectures = {
-        "topk_transcoder": (TopKTranscoder, TopKTranscoderConfig),
-        "topk_skip_transcoder": (TopKSkipTranscoder, TopKSkipTranscoderConfig),
-    }
-    for base in CROSSCODER_INFERENCE_BASES:
-        architectures[f"{base}_crosscoder"] = make_crosscoder_inference_architecture(base)
-    return architectures
+class StandardCrosscoder(SourceBlocksMixin, StandardSAE):
+    """A ReLU crosscoder for inference: SAELens's ``StandardSAE`` over the concatenated sources."""
+
+    cfg: StandardCrosscoderConfig  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(kw_only=True)
+class TopKCrosscoderConfig(CrosscoderConfigFields, TopKSAEConfig):
+    """SAELens's ``TopKSAEConfig`` over a crosscoder's concatenated sources."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "topk_crosscoder"
+
+
+class TopKCrosscoder(SourceBlocksMixin, TopKSAE):
+    """A TopK crosscoder for inference: SAELens's ``TopKSAE`` over the concatenated sources."""
+
+    cfg: TopKCrosscoderConfig  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(kw_only=True)
+class JumpReLUCrosscoderConfig(CrosscoderConfigFields, JumpReLUSAEConfig):
+    """SAELens's ``JumpReLUSAEConfig`` over a crosscoder's concatenated sources."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "jumprelu_crosscoder"
+
+
+class JumpReLUCrosscoder(SourceBlocksMixin, JumpReLUSAE):
+    """A JumpReLU (or trained BatchTopK) crosscoder for inference: SAELens's ``JumpReLUSAE`` over the
+    concatenated sources."""
+
+    cfg: JumpReLUCrosscoderConfig  # type: ignore[assignment]
+
+
+INFERENCE_ARCHITECTURES: dict[str, tuple[type, type]] = {
+    "topk_transcoder": (TopKTranscoder, TopKTranscoderConfig),
+    "topk_skip_transcoder": (TopKSkipTranscoder, TopKSkipTranscoderConfig),
+    "standard_crosscoder": (StandardCrosscoder, StandardCrosscoderConfig),
+    "topk_crosscoder": (TopKCrosscoder, TopKCrosscoderConfig),
+    "jumprelu_crosscoder": (JumpReLUCrosscoder, JumpReLUCrosscoderConfig),
+}

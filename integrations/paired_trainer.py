@@ -53,5 +53,15 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
                     "transcoder (e.g. topk_transcoder)"
                 )
             self.sae.set_training_target(target.to(self.sae.device))
-            return super().step(x_in)
-        return super().step(batch)
+            batch = x_in
+        self.before_step()
+        output = super().step(batch)
+        self.after_step(output)
+        return output
+
+    def before_step(self) -> None:
+        """Called before each step (the distributed trainer records its firing counts here)."""
+
+    def after_step(self, output: TrainStepOutput) -> None:
+        """Called after each step, before any subclass looks at ``output`` (the distributed trainer
+        all-reduces the step's firing statistics here)."""

@@ -18,12 +18,14 @@ autocast, ``torch.compile``, a dtype other than float32/float64, SAELens's own `
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
 from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from typing_extensions import override
 
 from sdl_anchor.sparse_topk import (
     SparseEntries,
@@ -34,6 +36,18 @@ from sdl_anchor.sparse_topk import (
 )
 
 SPARSE_NORMALIZATIONS = ("none", "expected_average_only_in")  # the trainer scales these outside the SAE
+
+
+@dataclasses.dataclass(kw_only=True)
+class SparseBackwardConfigField:
+    """``sparse_backward``: True, False, or None for "where measured faster" (module docstring)."""
+
+    sparse_backward: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]
+        if self.sparse_backward not in (True, False, None):
+            raise ValueError(f"sparse_backward must be True, False or None, got {self.sparse_backward!r}")
 
 
 def dense_step_reason(sae: Any) -> str | None:
@@ -72,6 +86,7 @@ class SparseTopKStepMixin:
     b_enc: torch.nn.Parameter
     b_dec: torch.nn.Parameter
 
+    @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         if dense_step_reason(self) is not None:
             return super().training_forward_pass(step_input)  # type: ignore[misc]

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
-from unittest.mock import patch
 
-import sae_lens.training.sae_trainer as sae_trainer_module
 import torch
 import wandb
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAE
-from tqdm.auto import tqdm
 
 from sdl_anchor.integrations.coder_hooks import coder_kind
+from sdl_anchor.integrations.compat import quiet_trainer
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
@@ -42,13 +39,24 @@ class LRBRecoveryEvaluator:
     tau: float = 0.95
 
     def __call__(self, sae: Any, data_provider: Any, activation_scaler: Any) -> dict[str, float]:
-        scores = recovery(sae, self.bench, tau=self.tau, mcc=False)
+        scores = recovery(sae, self.bench, tau=self.tau, exclude=anchored_features(sae), mcc=False)
         return {f"lrb/{name}": value for name, value in scores.items()}
 
 
+def anchored_features(sae: Any) -> torch.Tensor | None:
+    """The features an anchored coder's anchors are (left out of its scores), or None."""
+    return getattr(sae, "anchor_indices", None)
+
+
 def _recovery_point(sae: Any, bench: LinearRepresentationBench, step: int) -> dict[str, float]:
-    """One point of a recovery curve: the step, the recovery scores (no MCC) and the live-latent ones."""
-    return {"step": float(step), **recovery(sae, bench, mcc=False), **live_recovery(sae, bench)}
+    """One point of a recovery curve: the step, the recovery scores (no MCC) and the live-latent ones
+    (latents firing on 4,096 fresh samples), anchored features left out."""
+    exclude = anchored_features(sae)
+    return {
+        "step": float(step),
+        **recovery(sae, bench, mcc=False, exclude=exclude),
+        **live_recovery(sae, bench, n_samples=4096, exclude=exclude),
+    }
 
 
 def _recording_recovery(
@@ -180,7 +188,7 @@ def train_on_bench(
         if show_progress:
             trained = trainer.fit()
         else:
-            with patch.object(sae_trainer_module, "tqdm", partial(tqdm, disable=True)):
+            with quiet_trainer():
                 trained = trainer.fit()
     finally:
         if own_run:

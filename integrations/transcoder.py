@@ -1,4 +1,4 @@
-"""Trainable transcoders (DESIGN.md section 3), from SAELens's own SAE training classes.
+"""Trainable transcoders (DESIGN.md section 3): ``<activation>_transcoder``, one explicit class per activation.
 
 A transcoder encodes ``x_in [d_in]`` and reconstructs a different target ``x_out [d_out]`` (an MLP's
 output from its input, or the LRB's ``W_r z`` from ``W_p z``): ``W_enc [d_in, d_sae]``,
@@ -7,12 +7,15 @@ activation's own sparsity / auxiliary losses, which see the target wherever they
 ``skip_connection=True`` the output gains SAELens ``SkipTranscoder``'s learned linear term ``x_in @ W_skip.T``
 (``W_skip [d_out, d_in]``, initialised at zero).
 
-``make_transcoder_architecture("topk")`` subclasses SAELens's ``TopKTrainingSAE`` (activation, aux loss,
-threshold updates, coefficient schedules all SAELens's), adds ``d_out`` and the anchoring fields, and
-reads the target that :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer` hands it with
-each batch. Saved inference formats are SAELens's ``transcoder`` / ``skip_transcoder`` (ReLU) and
-``jumprelu_transcoder`` / ``jumprelu_skip_transcoder`` (JumpReLU and BatchTopK), and our
-``topk_transcoder`` / ``topk_skip_transcoder`` (TopK; :mod:`sdl_anchor.integrations.inference`).
+Each class is SAELens's own training class of that activation (activation, aux loss, threshold clamps and
+updates, coefficient schedules all SAELens's, run by its own ``training_forward_pass``) plus
+:class:`TranscoderMixin`, which swaps the target in wherever the step reconstructs; the TopK family also
+takes the sparse-backward step. Each config adds :class:`TranscoderConfigFields` (``d_out``,
+``skip_connection``) and the anchoring fields. :class:`~sdl_anchor.integrations.paired_trainer.
+PairedSAETrainer` hands the target over with each batch. Saved inference formats are SAELens's
+``transcoder`` / ``skip_transcoder`` (ReLU) and ``jumprelu_transcoder`` / ``jumprelu_skip_transcoder``
+(JumpReLU and BatchTopK), and our ``topk_transcoder`` / ``topk_skip_transcoder`` (TopK;
+:mod:`sdl_anchor.integrations.inference`).
 """
 
 from __future__ import annotations
@@ -21,28 +24,58 @@ import dataclasses
 from typing import Any
 
 import torch
-from sae_lens.registry import get_sae_class, get_sae_training_class
-from sae_lens.saes.sae import TrainStepInput, TrainStepOutput, mse_loss
-from torch import nn
-
-from sdl_anchor.integrations.anchored import (
-    ANCHOR_CONFIG_FIELDS,
-    AnchoredMixin,
-    camel_name,
-    derive_training_config,
-    step_config_fields,
-    step_mixins,
-    validate_anchor_fields,
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+from sae_lens.saes.sae import SAEConfig, TrainStepInput, TrainStepOutput, mse_loss
+from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.saes.transcoder import (
+    JumpReLUSkipTranscoderConfig,
+    JumpReLUTranscoderConfig,
+    SkipTranscoderConfig,
+    TranscoderConfig,
 )
+from torch import nn
+from typing_extensions import override
 
-TRANSCODER_ACTIVATIONS = ("standard", "topk", "batchtopk", "jumprelu")
-# training activation -> inference architecture of the saved transcoder (without / with skip connection)
-INFERENCE_ARCHITECTURES = {
-    "standard": ("transcoder", "skip_transcoder"),
-    "topk": ("topk_transcoder", "topk_skip_transcoder"),
-    "jumprelu": ("jumprelu_transcoder", "jumprelu_skip_transcoder"),
-    "batchtopk": ("jumprelu_transcoder", "jumprelu_skip_transcoder"),
-}
+from sdl_anchor.integrations.anchor_mixin import AnchorConfigFields, AnchoredMixin
+from sdl_anchor.integrations.inference import TopKSkipTranscoderConfig, TopKTranscoderConfig
+from sdl_anchor.integrations.sparse_step import SparseBackwardConfigField, SparseTopKStepMixin
+
+
+@dataclasses.dataclass(kw_only=True)
+class TranscoderConfigFields:
+    """``d_out`` (default ``d_in``), ``skip_connection``; ``b_dec`` lives in the output space, so it is never
+    subtracted from the input, and inputs and targets are trained raw."""
+
+    d_out: int | None = None
+    apply_b_dec_to_input: bool = False
+    skip_connection: bool = False
+
+    def __post_init__(self) -> None:
+        if self.d_out is None:
+            self.d_out = self.d_in  # type: ignore[attr-defined]
+        if isinstance(self.d_out, bool) or not isinstance(self.d_out, int) or self.d_out < 1:
+            raise ValueError(f"d_out must be a positive integer, got {self.d_out!r}")
+        if self.apply_b_dec_to_input:
+            raise ValueError(
+                "apply_b_dec_to_input must be False for a transcoder: b_dec lives in the output space"
+            )
+        if self.normalize_activations != "none":  # type: ignore[attr-defined]
+            raise ValueError(
+                "transcoders train on raw activations: normalize_activations must be 'none' "
+                f"(got {self.normalize_activations!r}); normalise inputs and targets yourself if needed"  # type: ignore[attr-defined]
+            )
+        super().__post_init__()  # type: ignore[misc]
+        if (
+            getattr(self, "self_anchor_coefficient", 0) > 0
+            and getattr(self, "self_anchor_target", "") == "decoder"
+        ):
+            raise ValueError(
+                "self_anchor_target='decoder' ties each encoder column to its decoder row, but a transcoder's "
+                "encoder reads inputs and its decoder writes outputs (different spaces); use "
+                "self_anchor_target='inputs'"
+            )
 
 
 class TranscoderMixin:
@@ -59,6 +92,7 @@ class TranscoderMixin:
         super().__init__(cfg, use_error_term)  # type: ignore[call-arg]
         self.mse_loss_fn = self.target_mse_loss
 
+    @override
     @torch.no_grad()
     def initialize_weights(self) -> None:
         super().initialize_weights()  # type: ignore[misc]
@@ -76,6 +110,7 @@ class TranscoderMixin:
         self.W_dec = nn.Parameter(w_dec)
         self.b_dec = nn.Parameter(torch.zeros(d_out, dtype=w_dec.dtype, device=w_dec.device))
 
+    @override
     def process_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
         """As SAELens's ``Transcoder``: no decoder-bias subtraction (``b_dec`` lives in the output space)."""
         sae_in = self.hook_sae_input(sae_in.to(self.W_dec.dtype))  # type: ignore[attr-defined]
@@ -88,6 +123,7 @@ class TranscoderMixin:
             sae_out = sae_out + sae_in @ self.W_skip.T
         return sae_out
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x_in [..., d_in] -> x_out [..., d_out]``, as SAELens's inference transcoders compute it."""
         return self.transcode(x.to(self.W_dec.dtype), self.encode(x))  # type: ignore[attr-defined]
@@ -100,6 +136,7 @@ class TranscoderMixin:
             )
         self._training_target = target
 
+    @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """SAELens's own step of the base architecture (its threshold clamps and updates, aux losses and
         coefficient handling included), with the target in place of the input wherever the step
@@ -128,6 +165,7 @@ class TranscoderMixin:
     def skip_output(self, sae_in: torch.Tensor) -> torch.Tensor | None:
         return sae_in @ self.W_skip.T if self.cfg.skip_connection else None
 
+    @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         """The base decoder; inside a training step, plus the skip term of that step's input."""
         sae_out = super().decode(feature_acts)  # type: ignore[misc]
@@ -139,6 +177,7 @@ class TranscoderMixin:
         """SAELens's ``mse_loss`` against the step's target (the base step passes its input)."""
         return mse_loss(sae_out, self._step[1] if self._step is not None else sae_in)
 
+    @override
     def calculate_aux_loss(
         self,
         step_input: TrainStepInput,
@@ -155,59 +194,103 @@ class TranscoderMixin:
         )
 
 
-def make_transcoder_architecture(activation: str) -> tuple[type, type]:
-    """``(<Activation>TranscoderTrainingSAE, config)`` built on SAELens's ``activation`` classes."""
-    if activation not in TRANSCODER_ACTIVATIONS:
-        raise ValueError(f"no transcoder for activation {activation!r}; choose from {TRANSCODER_ACTIVATIONS}")
-    base_sae, base_config = get_sae_training_class(activation)
-    architecture = f"{activation}_transcoder"
-    camel = camel_name(activation)
+@dataclasses.dataclass(kw_only=True)
+class StandardTranscoderTrainingSAEConfig(
+    AnchorConfigFields, TranscoderConfigFields, StandardTrainingSAEConfig
+):
+    """SAELens's ``StandardTrainingSAEConfig`` (ReLU + L1) as a transcoder, with the anchoring fields; saves as
+    SAELens's ``transcoder`` (``skip_transcoder``)."""
 
-    def post_init(self: Any) -> None:
-        if self.d_out is None:
-            self.d_out = self.d_in
-        if not isinstance(self.d_out, int) or self.d_out < 1:
-            raise ValueError(f"d_out must be a positive integer, got {self.d_out!r}")
-        if self.apply_b_dec_to_input:
-            raise ValueError(
-                "apply_b_dec_to_input must be False for a transcoder: b_dec lives in the output space"
-            )
-        if self.normalize_activations != "none":
-            raise ValueError(
-                "transcoders train on raw activations: normalize_activations must be 'none' "
-                f"(got {self.normalize_activations!r}); normalise inputs and targets yourself if needed"
-            )
-        base_config.__post_init__(self)
-        validate_anchor_fields(self)
-        if self.self_anchor_coefficient > 0:
-            raise ValueError(
-                "self_anchor_coefficient ties each encoder column to its decoder row, but a transcoder's "
-                "encoder reads inputs and its decoder writes outputs (different spaces); set it to 0"
-            )
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "standard_transcoder"
 
-    def get_inference_config_class(self: Any) -> type:
-        return get_sae_class(INFERENCE_ARCHITECTURES[activation][self.skip_connection])[1]
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return SkipTranscoderConfig if self.skip_connection else TranscoderConfig
 
-    config_class = derive_training_config(
-        base_config,
-        f"{camel}TranscoderTrainingSAEConfig",
-        architecture,
-        [
-            ("d_out", int | None, dataclasses.field(default=None)),
-            ("apply_b_dec_to_input", bool, dataclasses.field(default=False)),
-            ("skip_connection", bool, dataclasses.field(default=False)),
-            *ANCHOR_CONFIG_FIELDS,
-            *step_config_fields(activation),
-        ],
-        post_init=post_init,
-        get_inference_config_class=get_inference_config_class,
-        doc=f"SAELens {base_config.__name__} as a transcoder (d_in -> d_out), with anchoring fields.",
-        module=__name__,
-        transcoder_activation=activation,
-    )
-    sae_class = type(
-        f"{camel}TranscoderTrainingSAE",
-        (AnchoredMixin, TranscoderMixin, *step_mixins(activation), base_sae),
-        {"__doc__": f"SAELens {base_sae.__name__} trained as a transcoder.", "__module__": __name__},
-    )
-    return sae_class, config_class
+
+class StandardTranscoderTrainingSAE(AnchoredMixin, TranscoderMixin, StandardTrainingSAE):
+    """SAELens's ``StandardTrainingSAE`` trained as a transcoder."""
+
+    cfg: StandardTranscoderTrainingSAEConfig  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(kw_only=True)
+class TopKTranscoderTrainingSAEConfig(
+    AnchorConfigFields, TranscoderConfigFields, SparseBackwardConfigField, TopKTrainingSAEConfig
+):
+    """SAELens's ``TopKTrainingSAEConfig`` as a transcoder, with the anchoring fields and ``sparse_backward``;
+    saves as our ``topk_transcoder`` (``topk_skip_transcoder``)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "topk_transcoder"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return TopKSkipTranscoderConfig if self.skip_connection else TopKTranscoderConfig
+
+
+class TopKTranscoderTrainingSAE(AnchoredMixin, TranscoderMixin, SparseTopKStepMixin, TopKTrainingSAE):
+    """SAELens's ``TopKTrainingSAE`` trained as a transcoder, with the sparse-backward step."""
+
+    cfg: TopKTranscoderTrainingSAEConfig  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(kw_only=True)
+class BatchTopKTranscoderTrainingSAEConfig(
+    AnchorConfigFields, TranscoderConfigFields, SparseBackwardConfigField, BatchTopKTrainingSAEConfig
+):
+    """SAELens's ``BatchTopKTrainingSAEConfig`` as a transcoder, with the anchoring fields and
+    ``sparse_backward``; saves as SAELens's ``jumprelu_transcoder`` (``jumprelu_skip_transcoder``)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "batchtopk_transcoder"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return JumpReLUSkipTranscoderConfig if self.skip_connection else JumpReLUTranscoderConfig
+
+
+class BatchTopKTranscoderTrainingSAE(
+    AnchoredMixin, TranscoderMixin, SparseTopKStepMixin, BatchTopKTrainingSAE
+):
+    """SAELens's ``BatchTopKTrainingSAE`` trained as a transcoder, with the sparse-backward step."""
+
+    cfg: BatchTopKTranscoderTrainingSAEConfig  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(kw_only=True)
+class JumpReLUTranscoderTrainingSAEConfig(
+    AnchorConfigFields, TranscoderConfigFields, JumpReLUTrainingSAEConfig
+):
+    """SAELens's ``JumpReLUTrainingSAEConfig`` as a transcoder, with the anchoring fields; saves as SAELens's
+    ``jumprelu_transcoder`` (``jumprelu_skip_transcoder``)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "jumprelu_transcoder"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return JumpReLUSkipTranscoderConfig if self.skip_connection else JumpReLUTranscoderConfig
+
+
+class JumpReLUTranscoderTrainingSAE(AnchoredMixin, TranscoderMixin, JumpReLUTrainingSAE):
+    """SAELens's ``JumpReLUTrainingSAE`` trained as a transcoder."""
+
+    cfg: JumpReLUTranscoderTrainingSAEConfig  # type: ignore[assignment]
+
+
+TRANSCODER_ARCHITECTURES: dict[str, tuple[type, type]] = {
+    "standard_transcoder": (StandardTranscoderTrainingSAE, StandardTranscoderTrainingSAEConfig),
+    "topk_transcoder": (TopKTranscoderTrainingSAE, TopKTranscoderTrainingSAEConfig),
+    "batchtopk_transcoder": (BatchTopKTranscoderTrainingSAE, BatchTopKTranscoderTrainingSAEConfig),
+    "jumprelu_transcoder": (JumpReLUTranscoderTrainingSAE, JumpReLUTranscoderTrainingSAEConfig),
+}

@@ -9,8 +9,8 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from sdl_anchor.absorption import ConceptSet, concept_absorption, first_letter_concepts
-from sdl_anchor.absorption.planted import PlantedLetters, planted_letter_model, planted_letter_sae
-from sdl_anchor.integrations.toy_lm import toy_language_model
+from sdl_anchor.testing.planted import PlantedLetters, planted_letter_model, planted_letter_sae
+from sdl_anchor.testing.toy_lm import toy_language_model
 
 LETTERS = "abcdef"
 HOOK = "blocks.0.hook_resid_pre"
@@ -161,7 +161,7 @@ def test_audit_command_on_a_saved_sae_and_a_local_checkpoint(
 ):
     from wandb_records import logged_history, offline_runs
 
-    from sdl_anchor.eval.cli import main
+    from sdl_anchor.cli import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
 

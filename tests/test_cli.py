@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from sdl_anchor.eval.cli import main
+from sdl_anchor.cli import main
 
 ROW_KEYS = {
     "method",
@@ -133,7 +133,7 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
 
 def test_console_script_help():
     result = subprocess.run(
-        [sys.executable, "-m", "sdl_anchor.eval.cli", "bench", "lrb", "--help"],
+        [sys.executable, "-m", "sdl_anchor", "bench", "lrb", "--help"],
         capture_output=True,
         text=True,
         check=True,

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from wandb_records import logged_history, offline_runs
 
 import sdl_anchor as sa
-from sdl_anchor.eval.cli import main
-from sdl_anchor.integrations.toy_lm import word_level_tokenizer
+from sdl_anchor.cli import main
+from sdl_anchor.testing.toy_lm import word_level_tokenizer
 
 CORPUS = [
     f"the {a} saw a {b} and the {c} ran"

@@ -82,7 +82,7 @@ def _cli(workspace, out, *extra):  # noqa: F811
     run = [str(workspace / "data") if a == "DATA" else a for a in SMALL_RUN]
     return torchrun(
         "-m",
-        "sdl_anchor.eval.cli",
+        "sdl_anchor",
         "train",
         "--out",
         str(out),

@@ -12,7 +12,7 @@ import sdl_anchor as sa
 from sdl_anchor.integrations.coder_hooks import check_coder_hooks, forward_position
 from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainingRunner
 from sdl_anchor.integrations.splice import evaluate_spliced
-from sdl_anchor.integrations.toy_lm import tokenized_dataset, toy_language_model
+from sdl_anchor.testing.toy_lm import tokenized_dataset, toy_language_model
 
 CORPUS = [
     f"the {a} saw a {b} and the {c} ran"

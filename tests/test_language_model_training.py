@@ -10,9 +10,9 @@ import torch
 from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 
 import sdl_anchor as sa
-from sdl_anchor.eval.cli import main
+from sdl_anchor.cli import main
 from sdl_anchor.integrations.prompt_anchors import class_mean_anchors_from_prompts, prompt_activations
-from sdl_anchor.integrations.toy_lm import tokenized_dataset, toy_language_model
+from sdl_anchor.testing.toy_lm import tokenized_dataset, toy_language_model
 
 CORPUS = [
     f"the {a} saw a {b} and the {c} ran"
@@ -95,11 +95,10 @@ def test_stock_runner_trains_an_anchored_sae_that_loads_without_the_plugin(model
 
 
 def test_train_cli_sees_our_architectures(tmp_path, capsys):
-    from sae_lens.llm_sae_training_runner import _parse_cfg_args
-
     import sdl_anchor  # noqa: F401
+    from sdl_anchor.integrations.compat import parse_runner_args
 
-    config = _parse_cfg_args(
+    config = parse_runner_args(
         [
             "--architecture",
             "anchored_topk",

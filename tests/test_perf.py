@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sdl_anchor.eval.cli import main
+from sdl_anchor.cli import main
 from sdl_anchor.eval.perf import SECTIONS, format_table, matmul_flops_per_second, run_perf
 from sdl_anchor.eval.step_timing import paired_ratio
 

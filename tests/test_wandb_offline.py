@@ -51,7 +51,7 @@ def test_training_on_the_lrb_logs_anchor_resampling_and_recovery_keys(wandb_dir)
 
 
 def test_bench_lrb_logs_its_table_and_plot(wandb_dir):
-    from sdl_anchor.eval.cli import main
+    from sdl_anchor.cli import main
 
     out = wandb_dir / "bench"
     argv = ["bench", "lrb", "--steps", "10", "--methods", "topk", "--variants", "plain", "--interference"]

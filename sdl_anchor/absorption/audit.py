@@ -33,41 +33,6 @@ PER_LETTER_KEYS = (
 )
 
 
-def load_sae(sae_path: str | Path | None, release: str | None, sae_id: str | None, device: str) -> Any:
-    """A SAELens inference SAE from a saved folder, or from a release and id (downloads when online)."""
-    from sae_lens import SAE
-
-    if sae_path is not None:
-        folder = Path(sae_path)
-        if not folder.is_dir():
-            raise ValueError(f"--sae-path {folder} is not a folder")
-        if not (folder / "cfg.json").exists():
-            raise ValueError(
-                f"{folder} has no cfg.json, so it is not a saved SAELens SAE (save one with sae.save_model(path))"
-            )
-        return SAE.load_from_disk(str(folder), device=device)
-    if release is None or sae_id is None:
-        raise ValueError("give --sae-path DIR, or both --release and --sae-id")
-    loaded = SAE.from_pretrained(release, sae_id, device=device)
-    return loaded[0] if isinstance(loaded, tuple) else loaded
-
-
-def load_model(name: str, model_path: str | Path | None, device: str) -> Any:
-    """A TransformerLens model: ``name`` from the hub, or the local checkpoint at ``model_path``."""
-    if model_path is not None:
-        folder = Path(model_path)
-        if not (folder / "config.json").exists():
-            raise ValueError(
-                f"--model-path {folder} has no config.json; give a Hugging Face checkpoint folder"
-            )
-        from transformer_lens.model_bridge import TransformerBridge
-
-        return TransformerBridge.boot_transformers(str(folder), device=device)
-    from transformer_lens import HookedTransformer
-
-    return HookedTransformer.from_pretrained(name, device=device)
-
-
 def per_letter(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """DESIGN.md's ``per_letter``: the scored letters' numbers, and ``skipped`` with a reason for the rest."""
     letters = {}
@@ -213,4 +178,4 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     return [write_json(out / "absorption.json", report), png, html_report(report, png, out / "report.html")]
 
 
-__all__ = ["audit_absorption", "default_cache_dir", "load_model", "load_sae", "write_report"]
+__all__ = ["audit_absorption", "default_cache_dir", "write_report"]

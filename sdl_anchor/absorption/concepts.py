@@ -11,7 +11,8 @@ Each word is shown in one in-context prompt, SAEBench's format by default::
 
 and the activation is read at the word's own token, located by tokenizing (not a fixed offset), at the
 SAE's own hook. The same prompt serves the probe and the absorption measurement. Activations are cached
-on disk under a key made of the model, hook, seed, prompts and words, outside the installed package.
+on disk, outside the installed package, under a key made of the model's name, a fingerprint of its weights
+(two checkpoints under one name never share activations), the hook, the seed, the prompts and the words.
 """
 
 from __future__ import annotations
@@ -158,6 +159,20 @@ class WordActivations:
     dropped: list[str]  # words that were not one token in their prompt
 
 
+@torch.no_grad()
+def model_fingerprint(model: Any) -> str:
+    """A hash of the model's weights (every parameter's name, shape, dtype, sum and 16 values spread over
+    it): two checkpoints under one name get different cache keys, at the cost of one pass over the weights."""
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        flat = parameter.detach().reshape(-1)
+        picks = torch.linspace(0, flat.numel() - 1, steps=min(16, flat.numel()), device=flat.device).long()
+        summary = torch.cat([flat.sum(dtype=torch.float64).reshape(1), flat[picks].double()]).cpu()
+        digest.update(f"{name}|{tuple(flat.shape)}|{parameter.dtype}|{tuple(parameter.shape)}|".encode())
+        digest.update(summary.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _stop_after(model: Any, hook_name: str) -> dict[str, int]:
     """``stop_at_layer`` for a HookedTransformer reading a block's hook: later blocks are not run."""
     from transformer_lens import HookedTransformer
@@ -186,7 +201,8 @@ def word_activations(
     """Run every word's prompt through ``model`` and keep ``hook_name`` at the word's token (cached)."""
     cache_file = None
     if cache_dir is not None:
-        key = hashlib.sha256(f"{model_name(model)}|{hook_name}|{seed}|{concepts.key()}".encode()).hexdigest()
+        identity = f"{model_name(model)}|{model_fingerprint(model)}|{hook_name}|{seed}|{concepts.key()}"
+        key = hashlib.sha256(identity.encode()).hexdigest()
         cache_file = Path(cache_dir) / f"{key[:24]}.safetensors"
         if cache_file.exists() and cache_file.with_suffix(".json").exists():
             stored = load_file(str(cache_file))

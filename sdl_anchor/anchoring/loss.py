@@ -8,11 +8,13 @@ SAELens stores the encoder as ``W_enc [d_in, d_sae]`` and the decoder as ``W_dec
 anchored slices are ``W_enc[:, :k]`` (columns) and ``W_dec[:k]`` (rows). The training objective is
 ``L = L_SDL + lambda * L_anchor``.
 
-Self-anchoring ties every other latent's encoder column to its own decoder row's direction,
-``sum_{j >= k} (1 - cos(W_enc[:, j], sg(W_dec[j])))`` with the decoder held fixed (``sg``: stop-gradient). The
-global-minimum configuration of the paper's Theorem 3.2 has ``W_E = W_D^T``; without a tie, the MSE loss pulls
-each encoder column from the feature its decoder found towards the interference-cancelling linear readout of
-that feature (``(W W^T)^{-1} w_i`` up to scale), which at the paper's n=1000, d=768 has cosine ~0.5 with ``w_i``.
+Self-anchoring ties every other latent's encoder column to a direction of its own,
+``sum_{j >= k} (1 - cos(W_enc[:, j], sg(v_j)))`` with ``v_j`` held fixed (``sg``: stop-gradient): its decoder
+row ``W_dec[j]`` (SAEs, crosscoders), or the mean input it fires on, centred (``inputs``: any coder, the
+only choice for a transcoder, whose decoder writes another space). The global-minimum configuration of the
+paper's Theorem 3.2 has ``W_E = W_D^T``; without a tie, the MSE loss pulls each encoder column from the
+feature its decoder found towards the interference-cancelling linear readout of that feature
+(``(W W^T)^{-1} w_i`` up to scale), which at the paper's n=1000, d=768 has cosine ~0.5 with ``w_i``.
 
 The direction (cosine) form ties only directions, ``sum_i (1 - cos(W_enc[:, i], a_i)) +
 (1 - cos(W_dec[i], r_i))``, for architectures that rescale latents by decoder norm, where the
@@ -54,13 +56,17 @@ def anchor_loss_cosine(
     return (1.0 - enc_cos).sum() + (1.0 - dec_cos).sum()
 
 
-def self_anchor_loss(w_enc: torch.Tensor, w_dec: torch.Tensor, start: int = 0) -> torch.Tensor:
-    """``sum_{j >= start} (1 - cos(W_enc[:, j], sg(W_dec[j])))``: each encoder column towards its own decoder
-    row's direction, the decoder untouched (module docstring)."""
-    enc, dec = w_enc[:, start:], w_dec[start:].detach()
-    dots = (enc * dec.T).sum(dim=0)
-    cos = dots / (enc.norm(dim=0) * dec.norm(dim=1)).clamp_min(torch.finfo(enc.dtype).tiny)
-    return (1.0 - cos).sum()
+def self_anchor_loss(
+    w_enc: torch.Tensor, directions: torch.Tensor, start: int = 0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``sum_{j >= start} (1 - cos(W_enc[:, j], sg(directions[j])))``: each encoder column towards its own
+    latent's direction (its decoder row, or the mean input it fires on), held fixed (module docstring).
+    ``mask [d_sae]`` keeps only the latents that have a direction yet."""
+    enc, target = w_enc[:, start:], directions[start:].detach()
+    dots = (enc * target.T).sum(dim=0)
+    cos = dots / (enc.norm(dim=0) * target.norm(dim=1)).clamp_min(torch.finfo(enc.dtype).tiny)
+    gaps = 1.0 - cos
+    return gaps.sum() if mask is None else (gaps * mask[start:].to(gaps.dtype)).sum()
 
 
 def anchor_loss(

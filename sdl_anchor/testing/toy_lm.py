@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # the heavy libraries load when a helper runs, not on import
+    from datasets import Dataset
+    from transformer_lens import HookedTransformer
+    from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 
@@ -28,6 +30,9 @@ def word_level_tokenizer(corpus: Sequence[str], split_punctuation: bool = False)
 
     It is saved to a temporary folder and loaded back with ``AutoTokenizer``, as TransformerLens
     re-loads tokenizers by their ``name_or_path`` (a local folder works offline)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     splitter = (
         pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
         if split_punctuation
@@ -58,6 +63,8 @@ def toy_language_model(
 ) -> HookedTransformer:
     """A ``HookedTransformer`` with the usual hook names and a word-level tokenizer of ``corpus``, trained
     for ``train_steps`` Adam steps of next-token prediction on the corpus (0: left at random init)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     tokenizer = word_level_tokenizer(corpus, split_punctuation)
     config = HookedTransformerConfig(
         n_layers=n_layers,
@@ -98,6 +105,8 @@ def _fit_to_corpus(model: HookedTransformer, corpus: Sequence[str], steps: int, 
 
 def tokenized_dataset(model: HookedTransformer, corpus: Sequence[str], context_size: int) -> Dataset:
     """A ``tokens`` dataset for SAELens: the corpus tokenized, concatenated and cut into windows."""
+    from datasets import Dataset
+
     ids: list[int] = []
     for text in corpus:
         ids.extend(model.to_tokens(text, prepend_bos=False)[0].tolist())

@@ -19,7 +19,7 @@ Training runs through :class:`~sdl_anchor.integrations.coder_runner.CoderTrainin
 runner for SAEs, transcoders and crosscoders). The coder is written to a temporary folder inside DIR and
 renamed to DIR/sae only when training finished, so a failed run leaves no half-written coder.
 
-``torchrun --nproc_per_node N -m sdl_anchor.eval.cli train ...`` (or ``torchrun ... $(which sdl-anchor)
+``torchrun --nproc_per_node N -m sdl_anchor train ...`` (or ``torchrun ... $(which sdl-anchor)
 train ...``) trains data-parallel: ``--train_batch_size_tokens`` is the global batch, split over the
 ranks, each reading its own shard of the dataset; rank 0 alone logs and writes (train.json records
 ``world_size``).
@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -153,12 +154,11 @@ def _summary(runner: Any, sae: Any, seconds: float, sae_path: Path) -> dict[str,
 
 def train(argv: list[str], usage: str) -> int:
     """Run ``sdl-anchor train`` (module docstring); return the exit code."""
-    from sae_lens.llm_sae_training_runner import _parse_cfg_args
-
     import sdl_anchor  # noqa: F401  (registers the architectures)
-    from sdl_anchor.absorption.audit import load_model
     from sdl_anchor.eval.wandb_logging import ensure_wandb_mode
     from sdl_anchor.integrations.coder_runner import CoderTrainingRunner
+    from sdl_anchor.integrations.compat import parse_runner_args
+    from sdl_anchor.integrations.loading import check_model_name, load_model, missing_hub_file, offline_hint
     from sdl_anchor.io import write_json
     from sdl_anchor.resampling import ResamplingConfig
 
@@ -168,7 +168,7 @@ def train(argv: list[str], usage: str) -> int:
         if argv:
             print("\nSAELens's runner flags:\n")
             try:
-                _parse_cfg_args(["--help"])
+                parse_runner_args(["--help"])
             except SystemExit:
                 pass
         return 0
@@ -176,7 +176,7 @@ def train(argv: list[str], usage: str) -> int:
     coder_path, summary_path = _destinations(ours, runner_args)
     _check_flags(ours, runner_args, coder_path, summary_path)
     try:
-        config = _parse_cfg_args(runner_args)
+        config = parse_runner_args(runner_args)
     except SystemExit:  # argparse has printed what was wrong
         raise ValueError("could not parse the training flags (see the message above)") from None
     except Exception as err:  # simple_parsing reports bad flags as argparse errors
@@ -193,6 +193,8 @@ def train(argv: list[str], usage: str) -> int:
     resampling = None
     if ours.resampling != "none":
         resampling = ResamplingConfig(strategy=ours.resampling, every_n_steps=ours.resample_every)
+    if ours.model_path is None and config.model_class_name == "HookedTransformer":
+        check_model_name(config.model_name)
     model = None if ours.model_path is None else load_model(config.model_name, ours.model_path, config.device)
     started = time.perf_counter()
     try:
@@ -200,21 +202,36 @@ def train(argv: list[str], usage: str) -> int:
         sae = runner.run()
         if runner.context is not None:
             torch.distributed.destroy_process_group()
-        if not main_rank:
-            return 0
-        summary = _summary(runner, sae, time.perf_counter() - started, coder_path)
-        summary["world_size"] = 1 if runner.context is None else runner.context.world_size
-    except BaseException:
+    except BaseException as err:
         if main_rank:
             shutil.rmtree(partial, ignore_errors=True)
+        missing = missing_hub_file(err) if isinstance(err, OSError) else None
+        if missing is not None:
+            raise FileNotFoundError(
+                f"could not load {config.model_name!r}: {missing}; {offline_hint()}"
+            ) from None
         raise
+    if not main_rank:
+        return 0
+    # the trained coder is kept first: whatever fails below, it is on disk
     shutil.rmtree(coder_path, ignore_errors=True)
     partial.rename(coder_path)
+    print(f"wrote {coder_path}")
+    try:
+        summary = _summary(runner, sae, time.perf_counter() - started, coder_path)
+        summary["world_size"] = 1 if runner.context is None else runner.context.world_size
+    except BaseException as err:
+        print(
+            f"sdl-anchor: the trained coder is saved in {coder_path}, but its summary failed "
+            f"({type(err).__name__}: {err}); {summary_path} was not written",
+            file=sys.stderr,
+        )
+        raise
     path = write_json(summary_path, summary)
     print(
         f"trained the {summary['kind']} ({summary['architecture']}, d_sae {summary['d_sae']}) in {summary['wall_seconds']:.1f} s"
     )
     for key, value in summary["eval"].items():
         print(f"  {key}: {value:.4f}")
-    print(f"wrote {coder_path}\nwrote {path}")
+    print(f"wrote {path}")
     return 0

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from sae_lens import StandardSAE, StandardSAEConfig
-from sae_lens.saes.sae import SAEMetadata
 
-from sdl_anchor.integrations.toy_lm import toy_language_model
+from sdl_anchor.testing.toy_lm import toy_language_model
+
+if TYPE_CHECKING:  # SAELens loads when an SAE is built, not on import
+    from sae_lens import StandardSAE
 
 
 @dataclass
@@ -109,6 +110,9 @@ def planted_letter_sae(
     letters = list(planted.letter_directions)
     d_model = planted.model.cfg.d_model
     plain = [w for w in planted.word_directions if w not in set(absorbed)] if word_latents else []
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
     cfg = StandardSAEConfig(
         d_in=d_model,
         d_sae=len(letters) + len(absorbed) + len(plain),

@@ -55,7 +55,7 @@ def _from_bench(args: argparse.Namespace) -> Any:
 
 
 def _class_means(args: argparse.Namespace) -> Any:
-    from sdl_anchor.absorption.audit import load_model
+    from sdl_anchor.integrations.loading import load_model
     from sdl_anchor.integrations.prompt_anchors import class_mean_anchors_from_prompts
 
     if not args.prompts.is_file():

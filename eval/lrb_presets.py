@@ -1,0 +1,190 @@
+"""``bench lrb``'s presets: bench sizes, training budgets and each method's settings.
+
+* ``smoke``: seconds; a check that the whole path runs (CI's wheel stage).
+* ``quick``: the README's main job, about 3 minutes on 2 CPU cores: TopK as stock SAELens, anchored,
+  theory-resampled and both, at a size where the difference is real.
+* ``small``: the earlier quick preset (n=128, d=96, width 2048, k=2), which the resampling experiments use.
+* ``paper-cpu``: the paper's dimensions (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000, 100 anchors,
+  lambda 0.1), every run under 10 minutes on 2 CPU cores; its sample budget ends after the recovery curves
+  have flattened (README, "Results").
+* ``paper``: the same method settings at the paper's dimensions with a longer budget, for a GPU.
+
+The paper states no learning rate, step count or Table 1 k; those are ours, and every row records the
+settings it ran with. ``anchored`` means the ground-truth anchors on the first ``n_anchors`` latents
+(``anchor_coefficient``) plus self-anchoring of every other latent (``self_anchor_coefficient``): to its
+decoder direction, or for transcoders, whose encoder and decoder live in different spaces, to the mean input
+it fires on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdl_anchor.integrations.anchor_mixin import DEFAULT_ANCHOR_LOSS
+
+METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")
+CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder"}  # the LRB kind of non-SAE methods
+K_METHODS = ("topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")  # methods with a k
+VARIANTS = ("plain", "init_only", "anchored")
+RESAMPLING = ("none", "anthropic", "theory")
+TRAINING_KEYS = ("lr", "n_steps", "batch_size")  # per-method overrides of the preset's training budget
+
+
+@dataclass(frozen=True)
+class LRBPreset:
+    """Bench size, training budget, which rows run by default, and each method's settings."""
+
+    name: str
+    n_features: int
+    d_in: int
+    d_sae: int
+    sparsity: float = 0.99
+    max_interference: float = 0.1
+    c_min: float = 0.0
+    beta: float = 1.0
+    n_samples: int = 100_000
+    n_steps: int = 2000
+    batch_size: int = 1024
+    lr: float = 3e-4
+    n_anchors: int = 100
+    anchor_coefficient: float = 0.1
+    anchor_loss: str = DEFAULT_ANCHOR_LOSS
+    self_anchor_coefficient: float = 0.1
+    coder_activation: str = "topk"  # the transcoder's and crosscoder's activation
+    n_sources: int = 2  # the crosscoder's sources
+    topk_ks: tuple[int, ...] = ()  # one TopK row per k (bench lrb --k selects)
+    methods: tuple[str, ...] = METHODS
+    variants: tuple[str, ...] = ("plain", "anchored")
+    resampling: tuple[str, ...] = ("none", "theory")
+    resampling_settings: dict[str, Any] = field(default_factory=dict)  # ResamplingConfig fields
+    dead_feature_window: int = 1000
+    recovery_points: int = 0  # recovery-curve points per run (0: none)
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def settings_for(self, method: str) -> dict[str, Any]:
+        """The SAELens config fields for ``method`` (its training-budget overrides excluded)."""
+        return {k: v for k, v in self.method_settings.get(method, {}).items() if k not in TRAINING_KEYS}
+
+    def training_for(self, method: str) -> dict[str, Any]:
+        """``{"lr", "n_steps", "batch_size"}`` of ``method``: the preset's, or the method's overrides."""
+        overrides = self.method_settings.get(method, {})
+        return {key: overrides.get(key, getattr(self, key)) for key in TRAINING_KEYS}
+
+    def lr_for(self, method: str) -> float:
+        return float(self.training_for(method)["lr"])
+
+    def ks_for(self, method: str) -> tuple[int | None, ...]:
+        """The k of each of ``method``'s rows (None for methods without one)."""
+        if method == "topk" and self.topk_ks:
+            return self.topk_ks
+        k = self.method_settings.get(method, {}).get("k")
+        return (k,) if method in K_METHODS else (None,)
+
+    def anchor_settings(self, variant: str, method: str) -> dict[str, Any]:
+        """The anchoring config fields of ``variant``: none for ``plain``, lambda 0 for ``init_only``, and
+        anchors plus self-anchoring for ``anchored``."""
+        if variant == "plain":
+            return {}
+        settings: dict[str, Any] = {
+            "anchor_coefficient": self.anchor_coefficient if variant == "anchored" else 0.0,
+            "anchor_loss": self.anchor_loss,
+            "anchor_init": True,
+        }
+        if variant == "anchored":
+            settings["self_anchor_coefficient"] = self.self_anchor_coefficient
+            settings["self_anchor_target"] = "inputs" if method == "transcoder" else "decoder"
+        return settings
+
+
+def _settings(
+    k: int, l1: float, l0: float, widths: list[int], jumprelu_lr: float, dense_steps: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each method's settings; ``dense_steps`` caps the steps of the methods SAELens trains densely (ReLU,
+    JumpReLU), whose steps cost several times the TopK family's sparse ones."""
+    dense = {} if dense_steps is None else {"n_steps": dense_steps}
+    return {
+        "standard": {"l1_coefficient": l1, **dense},
+        "jumprelu": {"l0_coefficient": l0, "lr": jumprelu_lr, **dense},
+        "topk": {"k": k},
+        "batchtopk": {"k": k},
+        "matryoshka_batchtopk": {"k": k, "matryoshka_widths": widths},
+        "transcoder": {"k": k},
+        "crosscoder": {"k": k},
+    }
+
+
+PAPER_SIZE: dict[str, Any] = {
+    "n_features": 1000,
+    "d_in": 768,
+    "d_sae": 16_000,
+    "n_samples": 100_000,
+    "n_anchors": 100,
+    "topk_ks": (32, 64, 128),
+}
+
+PRESETS: dict[str, LRBPreset] = {
+    "smoke": LRBPreset(
+        name="smoke",
+        n_features=48,
+        d_in=32,
+        max_interference=0.3,
+        d_sae=256,
+        n_samples=4096,
+        n_steps=30,
+        batch_size=128,
+        n_anchors=4,
+        methods=("topk",),
+        resampling_settings={"every_n_steps": 10, "max_events": 1},
+        method_settings=_settings(k=4, l1=1.0, l0=1.0, widths=[32, 256], jumprelu_lr=1e-3),
+    ),
+    "small": LRBPreset(
+        name="small",
+        n_features=128,
+        d_in=96,
+        d_sae=2048,
+        n_steps=1000,
+        batch_size=512,
+        lr=3e-4,
+        n_anchors=13,
+        self_anchor_coefficient=0.0,
+        variants=("plain", "init_only", "anchored"),
+        resampling=("none",),
+        # JumpReLU's thresholds need lr 1e-3 to converge in 1000 steps (decoder M_GT 100% vs 5% at 3e-4)
+        method_settings=_settings(k=2, l1=1.0, l0=1.0, widths=[128, 512, 2048], jumprelu_lr=1e-3),
+    ),
+    "quick": LRBPreset(
+        name="quick",
+        n_features=256,
+        d_in=192,
+        d_sae=4096,
+        n_samples=50_000,
+        n_steps=400,
+        batch_size=512,
+        lr=3e-4,
+        n_anchors=26,
+        methods=("topk",),
+        recovery_points=8,
+        method_settings=_settings(k=16, l1=1.0, l0=1.0, widths=[256, 1024, 4096], jumprelu_lr=1e-3),
+    ),
+    "paper-cpu": LRBPreset(
+        name="paper-cpu",
+        **PAPER_SIZE,
+        n_steps=600,
+        batch_size=1024,
+        lr=3e-4,
+        recovery_points=6,
+        method_settings=_settings(
+            k=32, l1=1.0, l0=1.0, widths=[1000, 4000, 16_000], jumprelu_lr=1e-3, dense_steps=400
+        ),
+    ),
+    "paper": LRBPreset(
+        name="paper",
+        **PAPER_SIZE,
+        n_steps=4000,
+        batch_size=4096,
+        lr=3e-4,
+        recovery_points=10,
+        method_settings=_settings(k=32, l1=1.0, l0=1.0, widths=[1000, 4000, 16_000], jumprelu_lr=1e-3),
+    ),
+}

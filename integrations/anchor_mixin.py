@@ -1,0 +1,186 @@
+"""Feature anchoring as a concern shared by every training architecture of ours (paper section 4, Eq. 22;
+DESIGN.md section 5): the config fields (:class:`AnchorConfigFields`) and the training behaviour
+(:class:`AnchoredMixin`).
+
+Config fields:
+
+* ``anchor_path``: a safetensors :class:`~sdl_anchor.AnchorSet` file whose ``k`` directions anchor the first
+  ``k`` latents (or call :meth:`AnchoredMixin.set_anchors`);
+* ``anchor_coefficient`` (lambda, default 0.1) and ``anchor_warm_up_steps`` (a SAELens
+  ``TrainCoefficientConfig``);
+* ``anchor_loss``: ``"mse"`` (the paper's Eq. 22) or ``"cosine"`` (directions only);
+* ``anchor_init``: start the anchored latents at their anchors;
+* ``self_anchor_coefficient``: self-anchoring of every other latent, its encoder column tied to a direction
+  of its own (:func:`~sdl_anchor.anchoring.loss.self_anchor_loss`; 0 = off), ``self_anchor_target``: its
+  decoder row (``"decoder"``) or the centred mean input it fired on over the last ~50 steps (``"inputs"``,
+  :class:`~sdl_anchor.anchoring.firing_inputs.FiringInputMeans`; the transcoders' choice).
+
+``losses["anchor_loss"]`` and ``losses["self_anchor_loss"]`` join the architecture's own losses (SAELens logs
+them as ``losses/anchor_loss`` and ``losses/self_anchor_loss``), with the metrics ``anchor_cosine`` and
+``self_anchor_cosine``. Anchors are non-persistent buffers: they never enter a state dict, so the saved
+inference model is the stock SAELens architecture and loads without this package. Without anchors and with
+``self_anchor_coefficient = 0`` an anchored architecture trains exactly like its base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+
+from sdl_anchor.anchoring.anchor_set import AnchorSet
+from sdl_anchor.anchoring.firing_inputs import FiringInputMeans
+from sdl_anchor.anchoring.loss import ANCHOR_LOSSES, anchor_loss, mean_anchor_cosine, self_anchor_loss
+
+DEFAULT_ANCHOR_LOSS = "mse"
+SELF_ANCHOR_TARGETS = ("decoder", "inputs")
+FIRING_INPUT_DECAY = 0.98  # per step: the mean firing input of the last ~50 steps
+
+
+@dataclasses.dataclass(kw_only=True)
+class AnchorConfigFields:
+    """The anchoring fields of every training config of ours (module docstring)."""
+
+    anchor_path: str | None = None
+    anchor_coefficient: float = 0.1
+    anchor_warm_up_steps: int = 0
+    anchor_loss: str = DEFAULT_ANCHOR_LOSS
+    anchor_init: bool = True
+    self_anchor_coefficient: float = 0.0
+    self_anchor_target: str = "decoder"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]
+        if self.anchor_loss not in ANCHOR_LOSSES:
+            raise ValueError(f"anchor_loss must be one of {ANCHOR_LOSSES}, got {self.anchor_loss!r}")
+        if not self.anchor_coefficient >= 0:
+            raise ValueError(f"anchor_coefficient must be non-negative, got {self.anchor_coefficient!r}")
+        if self.anchor_warm_up_steps < 0:
+            raise ValueError(f"anchor_warm_up_steps must be non-negative, got {self.anchor_warm_up_steps!r}")
+        if not self.self_anchor_coefficient >= 0:
+            raise ValueError(
+                f"self_anchor_coefficient must be non-negative, got {self.self_anchor_coefficient!r}"
+            )
+        if self.self_anchor_target not in SELF_ANCHOR_TARGETS:
+            raise ValueError(
+                f"self_anchor_target must be one of {SELF_ANCHOR_TARGETS}, got {self.self_anchor_target!r}"
+            )
+
+
+def check_anchors_fit(anchors: AnchorSet, d_in: int, d_out: int, d_sae: int) -> None:
+    """Raise ValueError when an anchor set cannot anchor a coder of these widths."""
+    if anchors.d_in != d_in:
+        raise ValueError(
+            f"the anchors' input directions have d_in={anchors.d_in} but the SAE's d_in is {d_in}; "
+            "build the anchors at the SAE's hook"
+        )
+    if anchors.d_out != d_out:
+        raise ValueError(
+            f"the anchors' output directions have d_out={anchors.d_out} but the SAE reconstructs d_out={d_out}"
+        )
+    if anchors.k > d_sae:
+        raise ValueError(f"{anchors.k} anchors cannot fit in d_sae={d_sae} latents; use k <= d_sae")
+
+
+class AnchoredMixin:
+    """Adds the anchor loss, its coefficient, the anchor-cosine metric and anchor init to a TrainingSAE."""
+
+    cfg: Any
+    W_enc: torch.nn.Parameter
+    W_dec: torch.nn.Parameter
+    anchor_directions_in: torch.Tensor | None
+    anchor_directions_out: torch.Tensor | None
+
+    anchor_indices: torch.Tensor | None = None  # the anchored features' indices, when the anchors know them
+    _firing_inputs: FiringInputMeans | None = (
+        None  # the self-anchoring targets of self_anchor_target="inputs"
+    )
+
+    def __init__(self, cfg: Any, use_error_term: bool = False) -> None:
+        super().__init__(cfg, use_error_term)  # type: ignore[call-arg]
+        self.register_buffer("anchor_directions_in", None, persistent=False)  # type: ignore[attr-defined]
+        self.register_buffer("anchor_directions_out", None, persistent=False)  # type: ignore[attr-defined]
+        if cfg.anchor_path is not None:
+            path = Path(cfg.anchor_path)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"the {cfg.architecture()} config names anchor_path={str(path)!r}, which does not exist; "
+                    "write the anchors there with AnchorSet.save, or set anchor_path=None"
+                )
+            self.set_anchors(AnchorSet.load(path))
+
+    @property
+    def anchor_k(self) -> int:
+        return 0 if self.anchor_directions_in is None else self.anchor_directions_in.shape[0]
+
+    def set_anchors(self, anchors: AnchorSet) -> None:
+        """Anchor the first ``anchors.k`` latents (and, with ``anchor_init``, start them there)."""
+        check_anchors_fit(anchors, self.W_enc.shape[0], self.W_dec.shape[1], self.W_dec.shape[0])
+        device, dtype = self.W_enc.device, self.W_enc.dtype
+        self.anchor_directions_in = anchors.directions_in.to(device, dtype)
+        self.anchor_directions_out = anchors.directions_out.to(device, dtype)
+        # which ground-truth features the anchors are (LRB anchors): scores leave them out
+        self.anchor_indices = None if anchors.indices is None else anchors.indices.clone()
+        if self.cfg.anchor_init:
+            self.init_anchored_latents()
+
+    @torch.no_grad()
+    def init_anchored_latents(self) -> None:
+        """Point ``W_enc[:, :k]`` at the input anchors and ``W_dec[:k]`` at the output anchors, keeping the
+        norms SAELens initialised those latents with (unit-norm anchored latents among SAELens's 0.1-norm
+        ones would win every TopK selection and starve the rest)."""
+        k = self.anchor_k
+        if k == 0:
+            return
+        enc_norm = self.W_enc[:, :k].norm(dim=0, keepdim=True)
+        dec_norm = self.W_dec[:k].norm(dim=1, keepdim=True)
+        self.W_enc[:, :k] = torch.nn.functional.normalize(self.anchor_directions_in, dim=1).T * enc_norm
+        self.W_dec[:k] = torch.nn.functional.normalize(self.anchor_directions_out, dim=1) * dec_norm
+
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        coefficients = dict(super().get_coefficients())  # type: ignore[misc]
+        coefficients["anchor"] = TrainCoefficientConfig(
+            value=self.cfg.anchor_coefficient, warm_up_steps=self.cfg.anchor_warm_up_steps
+        )
+        return coefficients
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """The base step, plus ``losses["anchor_loss"] = lambda * L_anchor`` (Eq. 22) in the total loss and
+        the ``anchor_cosine`` metric."""
+        output = super().training_forward_pass(step_input)  # type: ignore[misc]
+        if self.anchor_k:
+            coefficient = step_input.coefficients.get("anchor", self.cfg.anchor_coefficient)
+            output.losses["anchor_loss"] = coefficient * anchor_loss(
+                self.cfg.anchor_loss,
+                self.W_enc,
+                self.W_dec,
+                self.anchor_directions_in,
+                self.anchor_directions_out,
+            )
+            output.loss = output.loss + output.losses["anchor_loss"]
+            output.metrics["anchor_cosine"] = lambda: mean_anchor_cosine(
+                self.W_enc, self.W_dec, self.anchor_directions_in, self.anchor_directions_out
+            )
+        if self.cfg.self_anchor_coefficient > 0:
+            tie = self._self_anchor_loss(step_input, output)
+            output.losses["self_anchor_loss"] = self.cfg.self_anchor_coefficient * tie
+            output.loss = output.loss + output.losses["self_anchor_loss"]
+            unanchored = self.cfg.d_sae - self.anchor_k
+            output.metrics["self_anchor_cosine"] = lambda: 1.0 - tie.detach() / max(unanchored, 1)
+        return output
+
+    def _self_anchor_loss(self, step_input: TrainStepInput, output: TrainStepOutput) -> torch.Tensor:
+        """Eq. of :func:`~sdl_anchor.anchoring.loss.self_anchor_loss` towards the decoder rows or the mean
+        firing inputs (updated with this step's activations first)."""
+        if self.cfg.self_anchor_target == "decoder":
+            return self_anchor_loss(self.W_enc, self.W_dec, start=self.anchor_k)
+        if self._firing_inputs is None:
+            self._firing_inputs = FiringInputMeans(
+                self.cfg.d_sae, self.W_enc.shape[0], FIRING_INPUT_DECAY, like=self.W_enc.detach()
+            )
+        self._firing_inputs.update(output.feature_acts, step_input.sae_in.to(self.W_enc.dtype))
+        directions, seen = self._firing_inputs.directions()
+        return self_anchor_loss(self.W_enc, directions, start=self.anchor_k, mask=seen)

@@ -1,0 +1,57 @@
+"""Every use of a private SAELens name, in one place (checked against SAELens 6.54.12).
+
+SAELens has no public API for these four things, so we reach into its internals here and nowhere else.
+``tests/test_compat.py`` checks each name against the installed SAELens and fails with a message naming
+the name and this module when SAELens changes it:
+
+* ``sae_lens.llm_sae_training_runner._parse_cfg_args``: SAELens's own command-line parser for its runner
+  config (``sdl-anchor train`` takes every SAELens flag through it);
+* ``LanguageModelSAETrainingRunner._set_sae_metadata``, ``._compile_llm_if_needed`` and
+  ``._compile_sae_if_needed``: the runner's set-up steps, which
+  :class:`~sdl_anchor.integrations.coder_runner.CoderTrainingRunner` repeats around its own
+  multi-hook activation store;
+* the ``tqdm`` global of ``sae_lens.training.sae_trainer``: ``SAETrainer.fit`` always draws a progress bar,
+  which :func:`quiet_trainer` turns off for runs nested in a bench's own progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+from unittest.mock import patch
+
+CHECKED_SAELENS_VERSIONS = ("6.54.12",)
+
+
+def parse_runner_args(args: list[str]) -> Any:
+    """A ``LanguageModelSAERunnerConfig`` from SAELens's runner flags (SAELens's own parser)."""
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    return _parse_cfg_args(args)
+
+
+def set_sae_metadata(runner: Any) -> None:
+    """The model name, hook and context the runner records in its SAE's metadata (SAELens's step)."""
+    runner._set_sae_metadata()
+
+
+def compile_llm_if_needed(runner: Any) -> None:
+    """``torch.compile`` the runner's model when its config asks for it (SAELens's step)."""
+    runner._compile_llm_if_needed()
+
+
+def compile_sae_if_needed(runner: Any) -> None:
+    """``torch.compile`` the runner's SAE when its config asks for it (SAELens's step)."""
+    runner._compile_sae_if_needed()
+
+
+@contextlib.contextmanager
+def quiet_trainer() -> Iterator[None]:
+    """Inside the block, ``SAETrainer.fit`` draws no progress bar."""
+    import sae_lens.training.sae_trainer as trainer_module
+    from tqdm.auto import tqdm
+
+    with patch.object(trainer_module, "tqdm", partial(tqdm, disable=True)):
+        yield

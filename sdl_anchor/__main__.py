@@ -1,0 +1,7 @@
+"""``python -m sdl_anchor ...`` runs the ``sdl-anchor`` command line."""
+
+import sys
+
+from sdl_anchor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""``sdl-anchor bench lrb`` (:mod:`sdl_anchor.eval.lrb_table`) and ``sdl-anchor bench perf``
+(:mod:`sdl_anchor.eval.perf`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sdl_anchor.cli.common import WANDB_HELP, csv_list, int_list
+
+
+def add_parsers(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    from sdl_anchor.eval.lrb_presets import METHODS, PRESETS, RESAMPLING, VARIANTS
+
+    lrb = bench.add_parser(
+        "lrb",
+        help="train SAELens SAEs, transcoders and crosscoders, stock and ours, on the Linear Representation "
+        "Bench; print the paper's Table 1 beside ours",
+        description="Train SAELens SAEs, transcoders and crosscoders on LRB data as stock SAELens, anchored, "
+        "theory-resampled and both, and score M_GT / M_IP on non-anchor features beside the paper's numbers. "
+        "Writes results.json, recovery.png and (with curves) recovery_curves.png.",
+    )
+    lrb.add_argument(
+        "--preset",
+        default="quick",
+        choices=list(PRESETS),
+        help="smoke: seconds; quick (default): the main job, ~3 minutes on 2 CPU cores; small: n=128; "
+        "paper-cpu: the paper's dimensions, each run under 10 minutes on 2 CPU cores; paper: for a GPU",
+    )
+    lrb.add_argument("--out", type=Path, default=None, help="output folder (default: runs/lrb-PRESET)")
+    lrb.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    lrb.add_argument(
+        "--methods",
+        type=csv_list,
+        default=None,
+        help=f"comma-separated subset of {','.join(METHODS)} (default: the preset's)",
+    )
+    lrb.add_argument(
+        "--variants",
+        type=csv_list,
+        default=None,
+        help=f"comma-separated subset of {','.join(VARIANTS)} (default: the preset's, plain,anchored)",
+    )
+    lrb.add_argument(
+        "--resampling",
+        type=csv_list,
+        default=None,
+        help=f"comma-separated subset of {','.join(RESAMPLING)} (default: the preset's, none,theory)",
+    )
+    lrb.add_argument(
+        "--k",
+        type=int_list,
+        default=None,
+        help="comma-separated TopK k values among the preset's (paper-cpu and paper: 32,64,128)",
+    )
+    lrb.add_argument(
+        "--interference",
+        type=csv_list,
+        default=("bounded",),
+        help="comma-separated interference modes: bounded,negative",
+    )
+    lrb.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
+    lrb.add_argument("--seed", type=int, default=0)
+    lrb.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    lrb.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    lrb.add_argument("--wandb-project", help=WANDB_HELP)
+    perf = bench.add_parser(
+        "perf",
+        help="the performance suite: our steps, sampling, resampling and audit against their baselines",
+        description="Time every component against a baseline in the same process (anchored vs stock SAELens "
+        "steps, transcoders and crosscoders vs a stock SAE, LRB vs SAELens's synthetic data, resampling vs a "
+        "step, the absorption audit vs SAEBench, achieved FLOP rate vs the device's matmul rate) and write "
+        "perf.json.",
+    )
+    perf.add_argument(
+        "--preset",
+        default="cpu",
+        choices=["cpu", "gpu"],
+        help="cpu: a few minutes on 2 cores; gpu: d_in 768, d_sae 16,384, batch 4096 on a CUDA device",
+    )
+    perf.add_argument("--out", type=Path, default=None, help="output folder (default: runs/perf-PRESET)")
+    perf.add_argument("--device", default=None, help="torch device (default: cpu, or cuda for --preset gpu)")
+    perf.add_argument(
+        "--sections",
+        type=csv_list,
+        default=None,
+        help="comma-separated subset of anchor,sparse,coder,sampling,feed,resampling,absorption,hardware,autocast,"
+        "compile",
+    )
+    perf.add_argument(
+        "--saebench-python",
+        default=None,
+        help="python of a virtual environment with sae-bench==0.6.0, for the absorption row",
+    )
+    perf.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
+
+def bench_lrb(args: argparse.Namespace) -> int:
+    from sdl_anchor.eval.lrb_table import format_table, run_lrb_bench, write_results
+
+    out = args.out if args.out is not None else Path("runs") / f"lrb-{args.preset}"
+    if (out / "results.json").exists() and not args.overwrite:
+        raise ValueError(f"{out / 'results.json'} already exists; pass --overwrite or choose another --out")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be positive, got {args.steps}")
+    results = run_lrb_bench(
+        args.preset,
+        device=args.device,
+        methods=args.methods,
+        variants=args.variants,
+        interference=tuple(args.interference),
+        resampling=args.resampling,
+        ks=args.k,
+        seed=args.seed,
+        n_steps=args.steps,
+        progress=not args.no_progress,
+    )
+    print(format_table(results))
+    for path in write_results(results, out):
+        print(f"wrote {path}")
+    if args.wandb_project is not None:
+        from sdl_anchor.eval.wandb_logging import log_results
+
+        images = {"lrb/recovery": out / "recovery.png"}
+        if (out / "recovery_curves.png").exists():
+            images["lrb/recovery_curves"] = out / "recovery_curves.png"
+        run = log_results(
+            args.wandb_project,
+            "bench-lrb",
+            out,
+            config={"preset": args.preset, **results.get("config", {})},
+            tables={
+                "lrb/results": [
+                    {k: v for k, v in r.items() if k != "recovery_curve"} for r in results["rows"]
+                ]
+            },
+            images=images,
+            summary={},
+        )
+        print(f"logged to W&B project {args.wandb_project} ({run})")
+    return 0
+
+
+def bench_perf(args: argparse.Namespace) -> int:
+    import torch
+
+    from sdl_anchor.eval.perf import PRESETS, SECTIONS, format_table, run_perf
+    from sdl_anchor.io import write_json
+
+    out = args.out if args.out is not None else Path("runs") / f"perf-{args.preset}"
+    if (out / "perf.json").exists() and not args.overwrite:
+        raise ValueError(f"{out / 'perf.json'} already exists; pass --overwrite or choose another --out")
+    device = args.device or ("cuda" if args.preset == "gpu" else "cpu")
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a torch device: {err}") from err
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} needs CUDA, which this machine lacks; use --preset cpu")
+    for section in args.sections or ():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown section {section!r}; choose from {','.join(SECTIONS)}")
+        if section not in PRESETS[args.preset]:
+            raise ValueError(f"section {section!r} runs only with --preset gpu")
+    if args.saebench_python is not None and not Path(args.saebench_python).exists():
+        raise FileNotFoundError(f"--saebench-python {args.saebench_python} does not exist")
+    results = run_perf(
+        args.preset,
+        device=device,
+        saebench_python=args.saebench_python,
+        sections=args.sections,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(format_table(results))
+    print(f"wrote {write_json(out / 'perf.json', results)}")
+    return 0
