@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from safetensors.torch import save_file
 
 from sdl_anchor.absorption import concept_absorption, first_letter_concepts
 from sdl_anchor.absorption.audit import HEADLINE_KEYS
@@ -53,7 +53,11 @@ def build(folder: Path, preset: dict[str, Any]) -> tuple[Any, dict[str, Any], di
     model = planted.model
     (folder / "model").mkdir(parents=True)
     config = {name: getattr(model.cfg, name) for name in CONFIG_FIELDS}
-    torch.save({"config": config, "state": model.state_dict()}, folder / "model" / "model.pt")
+    (folder / "model" / "config.json").write_text(json.dumps(config))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / "model" / "model.safetensors"),
+    )
     model.tokenizer.save_pretrained(str(folder / "model" / "tokenizer"))
     if preset["realistic"]:
         return model, {"clean": planted_letter_sae(planted, (), HOOK, word_latents=True)}, {"clean": 0.0}

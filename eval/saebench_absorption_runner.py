@@ -26,14 +26,15 @@ def main() -> None:
     from sae_bench.evals.absorption.common import PROBES_DIR
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_lens import SAE
+    from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
     model_dir, results_dir, *sae_dirs = (Path(a) for a in sys.argv[1:])
-    saved = torch.load(model_dir / "model.pt")
+    config = json.loads((model_dir / "config.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
-    model = HookedTransformer(HookedTransformerConfig(**saved["config"]), tokenizer=tokenizer)
-    model.load_state_dict(saved["state"])
+    model = HookedTransformer(HookedTransformerConfig(**config), tokenizer=tokenizer)
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
     absorption.HookedTransformer.from_pretrained_no_processing = staticmethod(lambda *args, **kwargs: model)
     config = AbsorptionEvalConfig(model_name="toy", llm_batch_size=64, llm_dtype="float32")

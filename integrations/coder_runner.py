@@ -102,7 +102,9 @@ class SplicedCoderEvaluator:
     def __call__(self, sae: Any, data_provider: Any, activation_scaler: Any) -> dict[str, Any]:
         size = self.eval_batch_size_prompts or self.activations_store.store_batch_size_prompts
         batches = (self.activations_store.get_batch_tokens(size) for _ in range(self.n_eval_batches))
-        return evaluate_spliced(sae, self.model, batches, self.hook_names)
+        return evaluate_spliced(
+            sae, self.model, batches, self.hook_names, activation_scaler=activation_scaler
+        )
 
 
 class CoderTrainingRunner(LanguageModelSAETrainingRunner):

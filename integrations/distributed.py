@@ -25,14 +25,17 @@ import json
 import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from typing_extensions import override
 
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import InputPool, ResamplingSAETrainer
+from sdl_anchor.io import read_json, read_safetensors, write_json, write_safetensors
 from sdl_anchor.resampling import ResampleUpdate
 from sdl_anchor.sparse_topk import latents_fired
 
@@ -184,13 +187,19 @@ class DistributedTrainerMixin:
         frequencies = self._frequencies_before
         with torch.no_grad():
             fired = latents_fired(output.feature_acts)
-            shared = torch.stack([self.act_freq_scores - frequencies, fired.to(frequencies.dtype)])
-            dist.all_reduce(shared)
-            self.act_freq_scores = frequencies + shared[0]
-            self._fired_anywhere = shared[1] > 0
+            bad = (~torch.isfinite(output.loss.detach())).to(frequencies.dtype).reshape(1)
+            shared = torch.cat([self.act_freq_scores - frequencies, fired.to(frequencies.dtype), bad])
+            dist.all_reduce(
+                shared
+            )  # one collective: the firing statistics, and whether any rank's loss broke
+            d_sae = frequencies.shape[0]
+            self.act_freq_scores = frequencies + shared[:d_sae]
+            self._fired_anywhere = shared[d_sae : 2 * d_sae] > 0
             self.n_forward_passes_since_fired[self._fired_anywhere] = 0  # every rank added 1 already
+        self.note_nonfinite(shared[-1] > 0)  # every rank sees the same flag, so all of them stop together
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        self.check_finite()  # on every rank: the flag is shared, so every rank stops together
         if self.context.is_main:
             super().save_checkpoint(*args, **kwargs)  # type: ignore[misc]
 
@@ -211,6 +220,31 @@ class DistributedResamplingSAETrainer(DistributedTrainerMixin, ResamplingSAETrai
         assert self._fired_anywhere is not None
         return self._fired_anywhere
 
+    @override
+    def save_checkpoint(self, checkpoint_name: str, *args: Any, **kwargs: Any) -> None:
+        """Rank 0 writes SAELens's checkpoint and the shared resampling state (its own pool rows among
+        them); every other rank then adds its pool rows as ``resampling_pool.rank<r>.safetensors``."""
+        super().save_checkpoint(checkpoint_name, *args, **kwargs)
+        dist.barrier()
+        base = kwargs.get("base_path", args[0] if args else None) or self.cfg.checkpoint_path
+        if not self.context.is_main and base is not None:
+            tensors, counters = self.pool.state()
+            folder = Path(base) / checkpoint_name
+            write_safetensors(folder / _rank_pool_file(self.context.rank), tensors)
+            write_json(folder / _rank_pool_file(self.context.rank).replace(".safetensors", ".json"), counters)
+        dist.barrier()
+
+    @override
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        super().load_trainer_state(checkpoint_path)
+        if not self.context.is_main:
+            folder = Path(checkpoint_path)
+            pool_file = folder / _rank_pool_file(self.context.rank)
+            counters = read_json(
+                pool_file.with_suffix(".json"), f"rank {self.context.rank}'s resampling pool"
+            )
+            self.pool.load_state(read_safetensors(pool_file, "resampling pool"), counters, self.sae.device)
+
     def _step_rows(self, x_in: torch.Tensor) -> int:
         return x_in.shape[0] * self.context.world_size
 
@@ -229,6 +263,10 @@ class DistributedResamplingSAETrainer(DistributedTrainerMixin, ResamplingSAETrai
         return self._finish_event(record, step, started)
 
 
+def _rank_pool_file(rank: int) -> str:
+    return f"resampling_pool.rank{rank}.safetensors"
+
+
 def _to_cpu(update: ResampleUpdate) -> ResampleUpdate:
     return _to_device(update, torch.device("cpu"))
 
@@ -240,6 +278,7 @@ def _to_device(update: ResampleUpdate, device: torch.device) -> ResampleUpdate:
         encoder=update.encoder.to(device),
         encoder_bias=update.encoder_bias.to(device),
         decoder=update.decoder.to(device),
+        kept_live=None if update.kept_live is None else update.kept_live.to(device),
     )
 
 

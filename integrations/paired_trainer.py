@@ -2,19 +2,30 @@
 
 A data provider may yield ``x`` (SAEs) or ``(x_in, x_out)`` pairs (transcoders). For a pair the trainer
 hands ``x_out`` to the coder (``set_training_target``) and runs SAELens's own step on ``x_in``; logging,
-schedulers, coefficient warm-ups, dead-latent counts, checkpoints and W&B are SAELens's, unchanged. The
-one change: SAELens's Adam runs as torch's fused Adam (the same update, in one kernel).
+schedulers, coefficient warm-ups, dead-latent counts, checkpoints and W&B are SAELens's, unchanged.
+Two additions: SAELens's Adam runs as torch's fused Adam (the same update, in one kernel), and a NaN or
+infinite loss stops training with :class:`NonFiniteLossError`, naming the step and the last checkpoint
+written before it (checked after every step on the CPU; on a GPU a device-side flag is read every
+``FINITE_CHECK_EVERY`` steps, before every checkpoint and at the end, so the hot loop stays free of host
+round trips; no checkpoint is ever written after the loss went bad).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from sae_lens.saes.sae import TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
+from typing_extensions import override
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+FINITE_CHECK_EVERY = 50  # steps between reads of the non-finite-loss flag on a GPU
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced a NaN or infinite loss (the message names the step and the last checkpoint)."""
 
 
 def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
@@ -41,6 +52,8 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         use_fused_adam(self.optimizer)
+        self._first_nonfinite_step = torch.zeros((), dtype=torch.long, device=self.cfg.device)
+        self.last_checkpoint: Path | None = None
 
     def step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> TrainStepOutput:
         if isinstance(batch, (tuple, list)):
@@ -64,4 +77,42 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
 
     def after_step(self, output: TrainStepOutput) -> None:
         """Called after each step, before any subclass looks at ``output`` (the distributed trainer
-        all-reduces the step's firing statistics here)."""
+        all-reduces the step's firing statistics here): notes a non-finite loss."""
+        self.note_nonfinite(~torch.isfinite(output.loss.detach()))
+
+    def note_nonfinite(self, bad: torch.Tensor) -> None:
+        """Record this step as the first with a bad loss if ``bad`` (a device bool), and check when due."""
+        step = self.n_training_steps + 1
+        first = self._first_nonfinite_step
+        self._first_nonfinite_step = torch.where(bad & (first == 0), step, first)
+        if self._first_nonfinite_step.device.type != "cuda" or step % FINITE_CHECK_EVERY == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if any step so far had a NaN or infinite loss."""
+        first = int(self._first_nonfinite_step)
+        if first:
+            kept = (
+                f"the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint
+                else ("no checkpoint was written before it")
+            )
+            raise NonFiniteLossError(
+                f"training stopped: the loss was NaN or infinite at step {first} (of "
+                f"{self.cfg.total_training_steps}); {kept}. Lower the learning rate, or check the inputs for "
+                "NaN or infinite values"
+            )
+
+    @override
+    def save_checkpoint(self, checkpoint_name: str, *args: Any, **kwargs: Any) -> None:
+        self.check_finite()  # never write weights trained on a bad loss
+        super().save_checkpoint(checkpoint_name, *args, **kwargs)
+        base = kwargs.get("base_path", args[0] if args else None) or self.cfg.checkpoint_path
+        if base is not None:
+            self.last_checkpoint = Path(base) / checkpoint_name
+
+    @override
+    def fit(self) -> Any:
+        sae = super().fit()
+        self.check_finite()
+        return sae

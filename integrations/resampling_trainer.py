@@ -8,7 +8,7 @@ schedule:
    ``dead_tokens``, for that many tokens (counted here);
 2. runs the configured strategy (:mod:`sdl_anchor.resampling.strategies`) on a pool of the last
    ``pool_size`` training inputs, writes the new encoder columns, encoder biases and decoder rows (and
-   resets a JumpReLU threshold to its initial value), and zeroes Adam's moments for exactly those latents;
+   resets the JumpReLU threshold of the latents that start afresh; a split latent that stays live keeps its own), and zeroes Adam's moments for exactly those latents;
 3. optionally ramps the learning rate back up over ``rewarm_steps``;
 4. logs ``resample/events``, ``resample/latents``, ``resample/dead_before``, ``resample/split``,
    ``resample/fallback``, ``resample/loss_before``, ``resample/loss_after`` (pool MSE around the event) and
@@ -22,14 +22,17 @@ coder's anchored latents are never resampled or split: their directions belong t
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import wandb
 from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import TrainStepOutput
+from typing_extensions import override
 
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.io import read_json, read_safetensors, write_json, write_safetensors
 from sdl_anchor.resampling import (
     ResamplePool,
     ResampleUpdate,
@@ -40,6 +43,9 @@ from sdl_anchor.resampling import (
     theory_resample,
 )
 from sdl_anchor.sparse_topk import latents_fired
+
+RESAMPLING_STATE_TENSORS = "resampling_state.safetensors"
+RESAMPLING_STATE_JSON = "resampling_state.json"
 
 # parameter name -> the dimension that indexes latents
 LATENT_DIMS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0}
@@ -68,6 +74,27 @@ class InputPool:
             self.targets[rows] = target[-self.capacity :].detach().to(self.targets.dtype)
         self.position = (self.position + x_in.shape[0]) % self.capacity
         self.size = min(self.capacity, self.size + x_in.shape[0])
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """``(tensors, counters)`` that :meth:`load_state` restores exactly (ring order included)."""
+        tensors = {} if self.inputs is None else {"pool_inputs": self.inputs}
+        if self.targets is not None:
+            tensors["pool_targets"] = self.targets
+        return tensors, {
+            "pool_size": self.size,
+            "pool_position": self.position,
+            "pool_capacity": self.capacity,
+        }
+
+    def load_state(self, tensors: dict[str, torch.Tensor], counters: dict[str, int], device: Any) -> None:
+        if counters["pool_capacity"] != self.capacity:
+            raise ValueError(
+                f"the checkpoint's resampling pool holds {counters['pool_capacity']} rows but this run's "
+                f"pool_size is {self.capacity}; resume with the same ResamplingConfig"
+            )
+        self.inputs = tensors["pool_inputs"].to(device) if "pool_inputs" in tensors else None
+        self.targets = tensors["pool_targets"].to(device) if "pool_targets" in tensors else None
+        self.size, self.position = counters["pool_size"], counters["pool_position"]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.inputs is None:
@@ -149,6 +176,36 @@ class ResamplingSAETrainer(PairedSAETrainer):
         self.resample_log: list[dict[str, float]] = []
         self._last_event_step: int | None = None
         self._generator = torch.Generator().manual_seed(self.resampling.seed)
+
+    @override
+    def save_trainer_state(self, checkpoint_path: Path) -> None:
+        """SAELens's trainer state, plus the resampler's: dead-latent token counters, events so far, the last
+        event's step, the generator and the input pool (``resampling_state.*``), so a resumed run continues
+        exactly as an uninterrupted one."""
+        super().save_trainer_state(checkpoint_path)
+        tensors, counters = self.pool.state()
+        tensors = {**tensors, "tokens_since_fired": self.tokens_since_fired,
+                   "generator_state": self._generator.get_state()}  # fmt: skip
+        write_safetensors(Path(checkpoint_path) / RESAMPLING_STATE_TENSORS, tensors)
+        meta = {**counters, "last_event_step": self._last_event_step, "resample_log": self.resample_log}
+        write_json(Path(checkpoint_path) / RESAMPLING_STATE_JSON, meta)
+
+    @override
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        super().load_trainer_state(checkpoint_path)
+        folder = Path(checkpoint_path)
+        if not (folder / RESAMPLING_STATE_JSON).exists():
+            raise FileNotFoundError(
+                f"{folder} has no {RESAMPLING_STATE_JSON}: it was not written by a resampling trainer, so the "
+                "resampler's state cannot be restored; resume without resampling, or from a resampling run"
+            )
+        meta = read_json(folder / RESAMPLING_STATE_JSON, "resampling state")
+        tensors = read_safetensors(folder / RESAMPLING_STATE_TENSORS, "resampling state")
+        self.pool.load_state(tensors, meta, self.sae.device)
+        self.tokens_since_fired = tensors["tokens_since_fired"].to(self.tokens_since_fired.device)
+        self._generator.set_state(tensors["generator_state"].cpu())
+        self._last_event_step = meta["last_event_step"]
+        self.resample_log = list(meta["resample_log"])
 
     def step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> TrainStepOutput:
         output = super().step(batch)
@@ -262,7 +319,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
         sae.W_dec[latents] = update.decoder.to(sae.W_dec.dtype)
         threshold = getattr(sae, "threshold", None)
         if isinstance(threshold, torch.nn.Parameter) and threshold.shape == (sae.cfg.d_sae,):
-            threshold[latents] = float(sae.cfg.jumprelu_init_threshold)
+            threshold[latents[update.fresh().to(latents.device)]] = float(sae.cfg.jumprelu_init_threshold)
         named = dict(sae.named_parameters())
         params = [(named[name], dim) for name, dim in LATENT_DIMS.items() if name in named]
         reset_adam_state(self.optimizer, params, latents)

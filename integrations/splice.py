@@ -39,13 +39,22 @@ def coder_hook_names(coder: Any, hook_names: list[str] | None) -> list[str]:
     return list(recorded)
 
 
-def coder_output(coder: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(output, feature_acts)`` of a coder on ``x [..., d_in]``, with a transcoder's skip term if it has one."""
+def coder_output(
+    coder: Any, x: torch.Tensor, activation_scaler: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output, feature_acts)`` of a coder on ``x [..., d_in]``, with a transcoder's skip term if it has one.
+    With SAELens's ``activation_scaler`` (a coder mid-training with ``normalize_activations`` set, before
+    the trainer folds the scaling into its weights), the input is scaled in and the output unscaled, as
+    SAELens's own evals do."""
+    if activation_scaler is not None:
+        x = activation_scaler.scale(x)
     feature_acts = coder.encode(x)
     output = coder.decode(feature_acts)
     w_skip = getattr(coder, "W_skip", None)
     if w_skip is not None:
         output = output + x.to(w_skip.dtype) @ w_skip.T
+    if activation_scaler is not None:
+        output = activation_scaler.unscale(output)
     return output, feature_acts
 
 
@@ -64,9 +73,11 @@ def evaluate_spliced(
     model: Any,
     token_batches: torch.Tensor | Iterable[torch.Tensor],
     hook_names: list[str] | None = None,
+    activation_scaler: Any = None,
 ) -> dict[str, dict[str, float]]:
     """Splice ``coder`` into ``model`` on each ``[batch, seq]`` token batch and return SAELens-named metrics
-    (module docstring). ``hook_names`` default to those recorded in the coder's metadata."""
+    (module docstring). ``hook_names`` default to those recorded in the coder's metadata; pass the trainer's
+    ``activation_scaler`` when the coder is mid-training (:func:`coder_output`)."""
     kind = coder_kind(coder)
     hook_names = coder_hook_names(coder, hook_names)
     check_coder_hooks(model, hook_names, coder.cfg, kind)
@@ -95,11 +106,11 @@ def evaluate_spliced(
                 x = torch.cat([acts[name] for name in hook_names], dim=-1)
             else:
                 x = acts[hook_names[0]]
-            output, feature_acts = coder_output(coder, x.to(coder.device))
+            output, feature_acts = coder_output(coder, x.to(coder.device), activation_scaler)
             reconstructions = dict(
                 zip(sources, output.split(output.shape[-1] // len(sources), dim=-1), strict=True)
             )
-            hooks = _splice_hooks(coder, kind, hook_names, reconstructions)
+            hooks = _splice_hooks(coder, kind, hook_names, reconstructions, activation_scaler)
             totals["spliced"] += _ce_loss(model, tokens, hooks)
             totals["ablated"] += _ce_loss(model, tokens, [(name, _zero) for name in sources])
             for name in sources:
@@ -136,7 +147,11 @@ def evaluate_spliced(
 
 
 def _splice_hooks(
-    coder: Any, kind: str, hook_names: list[str], reconstructions: dict[str, torch.Tensor]
+    coder: Any,
+    kind: str,
+    hook_names: list[str],
+    reconstructions: dict[str, torch.Tensor],
+    activation_scaler: Any = None,
 ) -> list[tuple[str, Any]]:
     """Forward hooks that write the coder's output into the model (module docstring)."""
     if kind != "transcoder":
@@ -148,7 +163,7 @@ def _splice_hooks(
         return activation
 
     def write_output(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-        output, _ = coder_output(coder, seen["x_in"].to(coder.device))
+        output, _ = coder_output(coder, seen["x_in"].to(coder.device), activation_scaler)
         return output.to(activation.device, activation.dtype).reshape(activation.shape)
 
     return [(hook_names[0], read_input), (hook_names[1], write_output)]

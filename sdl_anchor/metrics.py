@@ -118,6 +118,13 @@ def _weights(sae: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(
             f"W_enc {tuple(w_enc.shape)} and W_dec {tuple(w_dec.shape)} are not [d_in, d_sae] and [d_sae, d_out]"
         )
+    for name, weight in (("W_enc", w_enc), ("W_dec", w_dec)):
+        if not bool(torch.isfinite(weight).all()):
+            bad = int((~torch.isfinite(weight)).sum())
+            raise ValueError(
+                f"the SAE's {name} holds {bad} NaN or infinite values, so its recovery cannot be scored; "
+                "training diverged (lower the learning rate) or the weights were corrupted"
+            )
     return w_enc.detach(), w_dec.detach()
 
 

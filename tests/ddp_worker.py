@@ -2,7 +2,7 @@
 rows of every batch). ``tests/test_distributed.py`` compares the two.
 
 ``torchrun --nproc_per_node 2 tests/ddp_worker.py ARCHITECTURE OUT_DIR [--resampling S] [--batch B]
-[--config-seed N]``: every rank saves its final weights and resampling log to ``OUT_DIR/rank<r>.pt``."""
+[--config-seed N] [--resume-at S]``: every rank saves its final weights and resampling log to ``OUT_DIR/rank<r>.pt``."""
 
 import argparse
 import sys
@@ -63,8 +63,11 @@ def build(architecture: str):
     return sae
 
 
-def train(architecture: str, batch_size: int, resampling: str, context=None):
-    """Returns the trained coder and the trainer."""
+def train(
+    architecture: str, batch_size: int, resampling: str, context=None, resume_at=None, out=None, nan_at=None
+):
+    """Returns the trained coder and the trainer. With ``resume_at``, trains that many steps, saves a
+    checkpoint under ``out``, and finishes in a fresh trainer resumed from it."""
     kind = (
         "transcoder"
         if "transcoder" in architecture
@@ -88,9 +91,14 @@ def train(architecture: str, batch_size: int, resampling: str, context=None):
         lr_end=3e-3,
         device="cpu",
         dead_feature_window=4,
+        checkpoint_path=None if out is None else str(out / "checkpoints"),
         logger=LoggingConfig(log_to_wandb=False),
     )
-    kwargs = {"cfg": config, "sae": sae, "data_provider": iter(shard(b) for b in batches(kind, batch_size))}
+    data = [shard(b) for b in batches(kind, batch_size)]
+    if nan_at is not None and (context is None or context.rank == context.world_size - 1):
+        data[nan_at - 1] = data[nan_at - 1].clone()
+        data[nan_at - 1][0, 0] = float("nan")  # the last rank's rows only
+    kwargs = {"cfg": config, "sae": sae, "data_provider": iter(data)}
     if resampling != "none":
         kwargs["resampling"] = ResamplingConfig(
             strategy=resampling, every_n_steps=6, dead_steps=3, pool_size=4 * batch_size, max_events=1
@@ -102,8 +110,26 @@ def train(architecture: str, batch_size: int, resampling: str, context=None):
             DistributedResamplingSAETrainer if resampling != "none" else DistributedPairedSAETrainer
         )
         trainer = trainer_class(**kwargs, context=context)
-    trainer.fit()
-    return sae, trainer
+    if resume_at is None:
+        trainer.fit()
+        return sae, trainer
+    run_steps(trainer, data[:resume_at])
+    trainer.save_checkpoint("paused")
+    fresh = build(architecture)
+    extra = {} if context is None else {"context": context}
+    trainer = type(trainer)(**{**kwargs, "sae": fresh}, **extra)
+    trainer.load_trainer_state(out / "checkpoints" / "paused")
+    fresh.load_weights_from_checkpoint(out / "checkpoints" / "paused")
+    run_steps(trainer, data[resume_at:])
+    return fresh, trainer
+
+
+def run_steps(trainer, data) -> None:
+    """What ``SAETrainer.fit`` does around each step."""
+    for batch in data:
+        trainer.maybe_reset_sparsity()
+        trainer.step(batch)
+        trainer.n_training_steps += 1
 
 
 def main(argv: list[str]) -> None:
@@ -113,6 +139,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--resampling", default="none")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--config-seed", type=int, default=None, help="differs per rank when 'rank'")
+    parser.add_argument("--resume-at", type=int, default=None, help="save after this many steps, then resume")
+    parser.add_argument("--nan-at", type=int, default=None, help="a NaN in the last rank's rows at this step")
     args = parser.parse_args(argv)
     context = init_distributed("cpu")
     assert context is not None, "run me under torchrun"
@@ -120,7 +148,13 @@ def main(argv: list[str]) -> None:
     if args.config_seed is not None:
         config["seed"] = args.config_seed + context.rank
     check_same_config(config, context)
-    sae, trainer = train(args.architecture, args.batch, args.resampling, context)
+    try:
+        sae, trainer = train(
+            args.architecture, args.batch, args.resampling, context, args.resume_at, args.out, args.nan_at
+        )
+    except ValueError as err:
+        print(f"rank {context.rank}: {err}", file=sys.stderr)
+        sys.exit(3)
     state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
     log = getattr(trainer, "resample_log", [])
     torch.save(

@@ -55,7 +55,8 @@ def test_planted_absorption_is_exact(bench):
     a0, a2 = codes[child2, 0], codes[child2, 2]
     silenced = (a0 <= a2).float().mean()
     firing = a0 > a2
-    weaker = 1 - ((a0[firing] - a2[firing]) / a0[firing]).mean()
+    # partial absorption: one minus the least-squares slope of a_0 on c_0 (through 0) where latent 0 fires
+    weaker = 1 - ((a0[firing] - a2[firing]) * a0[firing]).sum() / a0[firing].pow(2).sum()
 
     assert pairs[0, 1]["absorption"] == 1.0 and pairs[0, 1]["absorbing_latents"] == [1]
     assert pairs[0, 2]["absorption"] == pytest.approx(float(silenced), abs=1e-6)
@@ -172,3 +173,40 @@ def test_sae_lens_synthetic_model_with_hierarchy_nodes():
     assert pairs[0, 1]["absorption"] == 1.0 and pairs[0, 1]["absorbing_latents"] == [1]
     assert pairs[0, 2]["absorption"] == 0.0 and pairs[4, 5]["absorption"] == 0.0
     assert sa.hierarchy_absorption(sae, model, n_samples=20_000) == result  # repeatable
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_true_sae_scores_no_absorption_even_with_magnitudes_near_zero(seed):
+    """c_min = 0: parent magnitudes come arbitrarily close to 0, where the other features' interference keeps
+    a_0 away from 0 and a mean of a_0 / c_0 blows up (it gave this SAE 0.07 to 0.12). The parent and its
+    children are orthogonal, so the true SAE (encoder = features) absorbs nothing; features 4..7 interfere
+    with the parent only."""
+    generated = sa.LinearRepresentationBench(
+        n_features=8, d_in=16, sparsity=0.8, c_min=0.0, hierarchy={0: [1, 2, 3]}, seed=seed
+    )
+    features = torch.eye(16)[:8]
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0])[:, None]
+    features[4:] = F.normalize(features[4:] + 0.3 * sign * features[0], dim=1)
+    bench = sa.LinearRepresentationBench.from_features(generated.config, features)
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=16, d_sae=8, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        sae.W_enc.copy_(bench.features_in.T)
+        sae.W_dec.copy_(bench.features_in)
+        sae.b_enc.fill_(-0.05)
+        sae.b_dec.zero_()
+    result = sa.hierarchy_absorption(sae, bench, n_samples=20_000, seed=seed)
+    for pair in result["pairs"]:
+        assert pair["absorption"] == pytest.approx(0.0, abs=0.02)
+        assert pair["partial_absorption"] == pytest.approx(0.0, abs=0.02)
+    assert result["mean_absorption"] == pytest.approx(0.0, abs=0.02)
+
+
+def test_a_parent_no_latent_represents_is_not_measurable(bench):
+    sae = planted_sae(bench)
+    with torch.no_grad():
+        sae.W_enc[:, 0] = -bench.features_in[0]  # the parent's latent never fires; nothing else reads w_0
+    result = sa.hierarchy_absorption(sae, bench, n_samples=10_000)
+    for pair in result["pairs"]:
+        assert pair["absorption"] is None and pair["partial_absorption"] is None
+        assert "no latent represents parent 0" in pair["reason"] and "F1" in pair["reason"]
+    assert result["mean_absorption"] is None and "no latent represents parent 0" in result["reason"]

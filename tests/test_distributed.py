@@ -36,7 +36,7 @@ def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 def test_two_ranks_train_what_one_process_trains_on_the_global_batches(tmp_path, architecture, resampling):
     done = torchrun(str(TESTS / "ddp_worker.py"), architecture, str(tmp_path), "--resampling", resampling)
     assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     sae, trainer = train(architecture, 64, resampling)  # one process, batches of 64
     for name, reference in sae.state_dict().items():
         for rank in ranks:
@@ -59,7 +59,7 @@ def test_batchtopk_ranks_stay_identical(tmp_path):
     """BatchTopK selects over each rank's rows (so it differs from one process), but the ranks agree."""
     done = torchrun(str(TESTS / "ddp_worker.py"), "batchtopk", str(tmp_path), "--resampling", "theory")
     assert done.returncode == 0, done.stderr[-3000:]
-    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     for name, tensor in first["state"].items():
         assert torch.equal(tensor, second["state"][name]), name
     assert first["resample_log"][0]["resample/latents"] == second["resample_log"][0]["resample/latents"] > 0
@@ -131,3 +131,28 @@ def test_sdl_anchor_train_batch_that_does_not_split_exits_2_on_every_rank(worksp
     assert done.returncode != 0
     assert done.stderr.count("sdl-anchor: error: the batch of 255 does not split over 2 ranks") == 2
     assert not (out / "sae").exists() and not (out / "train.json").exists()
+
+
+def test_two_ranks_resumed_from_a_checkpoint_train_what_one_process_trains(tmp_path):
+    """Saved after 4 steps (every rank's pool rows kept), resumed in fresh trainers, with the theory event at
+    step 6 after the resume: the same weights, counters and event as one uninterrupted process."""
+    done = torchrun(
+        str(TESTS / "ddp_worker.py"), "topk", str(tmp_path), "--resampling", "theory", "--resume-at", "4"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "paused" / "resampling_pool.rank1.safetensors").exists()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    sae, trainer = train("topk", 64, "theory")
+    for name, reference in sae.state_dict().items():
+        for rank in ranks:
+            assert torch.allclose(rank["state"][name], reference, rtol=1e-6, atol=1e-9), name
+    for rank in ranks:
+        assert torch.equal(rank["passes_since_fired"], trainer.n_forward_passes_since_fired)
+        assert rank["resample_log"][0]["resample/step"] == 6 == trainer.resample_log[0]["resample/step"]
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_without_hanging(tmp_path):
+    done = torchrun(str(TESTS / "ddp_worker.py"), "topk", str(tmp_path), "--nan-at", "5")
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: training stopped: the loss was NaN or infinite at step 5" in done.stderr

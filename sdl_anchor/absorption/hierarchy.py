@@ -13,11 +13,18 @@ directly, for every (parent, child) pair:
    ``absorption = max(0, s_c - s_alone) / (1 - s_alone)``: the share of the samples on which ``L_p`` would
    fire that the child silences (1: it never fires with the child; 0: the child does not matter).
 3. **Partial absorption**: on child samples where ``L_p`` still fires, how much weaker it is per unit of
-   parent, ``1 - E[a_Lp / c_p | c, fires] / E[a_Lp / c_p | p alone, fires]`` clipped to ``[0, 1]``.
+   parent, ``1 - slope(c, fires) / slope(p alone, fires)`` clipped to ``[0, 1]``, where ``slope`` is the
+   least-squares slope of ``a_Lp`` on ``c_p`` through the origin, ``sum a c / sum c^2``. (A mean of
+   ``a / c`` would be dominated by the smallest parent magnitudes: with ``c_min = 0`` its expectation is
+   infinite, and even the true SAE would score 0.07 to 0.14.)
 4. **Absorbing latents**: latents other than ``L_p`` that fire on at least half of the child samples where
    ``L_p`` is silent or under half its usual strength (and at least twice as often there as on all
    samples, so they belong to the child), and whose decoder carries the parent direction (cosine with the
    parent's output-side feature at least ``parent_cosine``).
+
+A parent whose best latent detects it with F1 under ``MIN_PARENT_F1`` has no latent that represents it: its
+pairs are not measurable and report ``absorption`` None with a ``reason`` naming the best F1, and the means
+leave them out.
 
 Inputs are streamed in batches twice with the same seed (once to pick ``L_p``, once to measure), so memory
 does not grow with ``n_samples``.
@@ -40,6 +47,8 @@ WEAK = 0.5
 MIN_ABSORBING_RATE = 0.5
 # ...and at least this many times as often as on samples at large (it belongs to the child)
 MIN_LIFT = 2.0
+# below this F1 at detecting its parent, the best latent does not represent the parent: not measurable
+MIN_PARENT_F1 = 0.25
 
 Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]  # -> (codes, x_in)
 
@@ -187,7 +196,8 @@ def hierarchy_absorption(
     # pass 1: pick each parent's latent by F1 on "alone" vs "inactive"; its activation per unit of parent
     hits = torch.zeros(len(parents), d_sae, device=device)
     false_alarms = torch.zeros(len(parents), d_sae, device=device)
-    ratio_sums = torch.zeros(len(parents), d_sae, device=device)
+    ac_alone = torch.zeros(len(parents), d_sae, device=device)  # sum of a * c_p where p is alone
+    cc_alone = torch.zeros(len(parents), d_sae, device=device)  # sum of c_p^2 where p is alone and a fires
     n_alone = torch.zeros(len(parents), device=device)
     for codes, x_in in _batches(source, n_samples, batch_size, seed):
         codes = codes.to(device).float()
@@ -196,14 +206,15 @@ def hierarchy_absorption(
         active, alone = _masks(codes, parents, tree)
         hits += alone.float().T @ fires
         false_alarms += (~active).float().T @ fires
-        per_unit = alone.float() / codes[:, parents].clamp(min=1e-12)
-        ratio_sums += per_unit.T @ acts
+        magnitude = alone.float() * codes[:, parents]
+        ac_alone += magnitude.T @ acts
+        cc_alone += magnitude.pow(2).T @ fires
         n_alone += alone.sum(dim=0)
     f1 = 2 * hits / (hits + n_alone[:, None] + false_alarms).clamp(min=1)
     parent_latent = f1.argmax(dim=1)
     rows = torch.arange(len(parents), device=device)
     alone_hits = hits[rows, parent_latent]
-    usual_ratio = ratio_sums[rows, parent_latent] / alone_hits.clamp(min=1)
+    usual_slope = ac_alone[rows, parent_latent] / cc_alone[rows, parent_latent].clamp(min=1e-12)
 
     # pass 2: silence and strength of each parent latent on child samples; who fires instead
     pair_parent = torch.tensor([row_of[p] for p, _ in pairs], device=device)
@@ -211,7 +222,8 @@ def hierarchy_absorption(
     n_child = torch.zeros(len(pairs), device=device)
     silent_child = torch.zeros(len(pairs), device=device)
     fired_child = torch.zeros(len(pairs), device=device)
-    ratio_child = torch.zeros(len(pairs), device=device)
+    ac_child = torch.zeros(len(pairs), device=device)
+    cc_child = torch.zeros(len(pairs), device=device)
     absorbed = torch.zeros(len(pairs), device=device)
     absorber_fires = torch.zeros(len(pairs), d_sae, device=device)
     all_fires = torch.zeros(d_sae, device=device)
@@ -222,12 +234,12 @@ def hierarchy_absorption(
         parent_codes = codes[:, torch.tensor(parents, device=device)[pair_parent]]
         latent_acts = acts[:, parent_latent[pair_parent]]  # [B, pairs]
         fires = latent_acts > 0
-        ratio = latent_acts / parent_codes.clamp(min=1e-12)
-        weak = child & (ratio < WEAK * usual_ratio[pair_parent])
+        weak = child & (latent_acts < WEAK * usual_slope[pair_parent] * parent_codes)
         n_child += child.sum(dim=0)
         silent_child += (child & ~fires).sum(dim=0)
         fired_child += (child & fires).sum(dim=0)
-        ratio_child += torch.where(child & fires, ratio, 0.0).sum(dim=0)
+        ac_child += torch.where(child & fires, latent_acts * parent_codes, 0.0).sum(dim=0)
+        cc_child += torch.where(child & fires, parent_codes.pow(2), 0.0).sum(dim=0)
         absorbed += weak.sum(dim=0)
         absorber_fires += weak.float().T @ (acts > 0).float()
         all_fires += (acts > 0).sum(dim=0)
@@ -236,13 +248,27 @@ def hierarchy_absorption(
     silent_with_child = silent_child / n_child.clamp(min=1)
     gap = (silent_with_child - silent_alone[pair_parent]).clamp(min=0)
     absorption = (gap / (1 - silent_alone[pair_parent]).clamp(min=1e-12)).clamp(max=1)
-    strength = (ratio_child / fired_child.clamp(min=1)) / usual_ratio[pair_parent].clamp(min=1e-12)
+    strength = (ac_child / cc_child.clamp(min=1e-12)) / usual_slope[pair_parent].clamp(min=1e-12)
     partial = torch.where(fired_child > 0, (1 - strength).clamp(0, 1), 0.0)
     features_out = F.normalize(source.features_out.to(device).float(), dim=1)
     decoder_cosine = F.normalize(sae.W_dec.float(), dim=1) @ features_out.T  # [d_sae, n_features]
     results = []
     for i, (p, c) in enumerate(pairs):
         latent = int(parent_latent[row_of[p]])
+        best_f1 = float(f1[row_of[p], latent])
+        record: dict[str, Any] = {
+            "parent": p,
+            "child": c,
+            "parent_latent": latent,
+            "parent_latent_f1": best_f1,
+            "n_child_samples": int(n_child[i]),
+            "n_parent_alone_samples": int(n_alone[row_of[p]]),
+        }
+        reason = _unmeasurable(best_f1, latent, p, record)
+        if reason is not None:
+            results.append({**record, "absorption": None, "partial_absorption": None, "absorbing_latents": [],
+                            "reason": reason})  # fmt: skip
+            continue
         rate = absorber_fires[i] / absorbed[i].clamp(min=1)
         lift = rate / (all_fires / n_samples).clamp(min=1e-12)
         candidates = (
@@ -252,29 +278,34 @@ def hierarchy_absorption(
         order = torch.argsort(rate[candidates], descending=True)
         results.append(
             {
-                "parent": p,
-                "child": c,
+                **record,
                 "absorption": float(absorption[i]),
                 "partial_absorption": float(partial[i]),
                 "absorbing_latents": torch.nonzero(candidates).flatten()[order].tolist(),
-                "parent_latent": latent,
-                "parent_latent_f1": float(f1[row_of[p], latent]),
                 "silent_alone": float(silent_alone[row_of[p]]),
                 "silent_with_child": float(silent_with_child[i]),
-                "n_child_samples": int(n_child[i]),
-                "n_parent_alone_samples": int(n_alone[row_of[p]]),
             }
         )
-    measured = [r for r in results if r["n_child_samples"] > 0 and r["n_parent_alone_samples"] > 0]
+    measured = [r for r in results if r["absorption"] is not None]
+    summary: dict[str, Any] = {"n_samples": n_samples, "parent_cosine": parent_cosine, "pairs": results}
     if not measured:
-        raise ValueError(
-            f"no (parent, child) pair had both child samples and parent-alone samples in {n_samples} "
-            "samples; raise n_samples or lower the bench's sparsity"
+        reasons = sorted({r["reason"] for r in results})
+        summary.update(mean_absorption=None, mean_partial_absorption=None, reason="; ".join(reasons))
+        return summary
+    summary["mean_absorption"] = sum(r["absorption"] for r in measured) / len(measured)
+    summary["mean_partial_absorption"] = sum(r["partial_absorption"] for r in measured) / len(measured)
+    return summary
+
+
+def _unmeasurable(best_f1: float, latent: int, parent: int, record: dict[str, Any]) -> str | None:
+    """Why a pair cannot be measured (None when it can)."""
+    if record["n_parent_alone_samples"] == 0:
+        return f"parent {parent} never fired without its children; raise n_samples"
+    if record["n_child_samples"] == 0:
+        return f"child {record['child']} never fired; raise n_samples"
+    if best_f1 < MIN_PARENT_F1:
+        return (
+            f"no latent represents parent {parent}: the best, latent {latent}, detects it with F1 "
+            f"{best_f1:.3f} < {MIN_PARENT_F1}"
         )
-    return {
-        "pairs": results,
-        "mean_absorption": sum(r["absorption"] for r in measured) / len(measured),
-        "mean_partial_absorption": sum(r["partial_absorption"] for r in measured) / len(measured),
-        "n_samples": n_samples,
-        "parent_cosine": parent_cosine,
-    }
+    return None

@@ -18,7 +18,12 @@ from sdl_anchor.io import read_safetensors, write_safetensors
 
 
 class AnchorSet:
-    """``k`` anchor directions ``[k, d_in]`` and ``[k, d_out]`` (the latter defaults to the former)."""
+    """``k`` anchor directions ``[k, d_in]`` and ``[k, d_out]`` (the latter defaults to the former).
+
+    An anchor is a direction: rows are normalised to unit norm on construction, so the anchor loss (Eq. 22,
+    ``||W_enc[:, :k] - A_p||^2 + ||W_dec[:k] - A_r||^2``) ties the anchored latents to unit vectors whatever
+    scale the anchors were given at (class means of activations of norm 50 and probe weights of norm 0.01
+    anchor the same way), and ``anchor_init`` points the latents along them."""
 
     def __init__(
         self,
@@ -103,4 +108,4 @@ def _check_directions(directions: torch.Tensor, name: str) -> torch.Tensor:
     if (norms < 1e-8).any():
         bad = torch.nonzero(norms < 1e-8).flatten().tolist()[:5]
         raise ValueError(f"{name} has zero-norm anchors at rows {bad}; every anchor needs a direction")
-    return directions
+    return directions / norms[:, None]

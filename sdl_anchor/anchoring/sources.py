@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -26,7 +27,8 @@ def class_mean_anchors(
 
     ``labels [N]`` are integer class ids 0..C-1, every class present. With ``center=True`` the global
     mean is subtracted first, so the anchor is what distinguishes the class rather than what all
-    activations share. ``output_activations [N, d_out]`` (a transcoder's targets) give the output side;
+    activations share; with exactly two classes that makes the two anchors antipodal (a warning says so),
+    and ``center=False`` keeps the raw means. ``output_activations [N, d_out]`` (a transcoder's targets) give the output side;
     by default it equals the input side.
     """
     acts = _check_activations(activations, "activations")
@@ -46,6 +48,13 @@ def class_mean_anchors(
         )
     if names is not None and len(names) != n_classes:
         raise ValueError(f"names must hold {n_classes} class names, got {len(names)}")
+    if center and n_classes == 2:
+        warnings.warn(
+            "with two classes, class means centred on the global mean are exactly antipodal (the weighted "
+            "means sum to zero), so the two anchors are one direction and its opposite; pass center=False "
+            "(or --uncentred) for two distinct directions, or add classes",
+            stacklevel=2,
+        )
     directions_in = _class_means(acts, labels, n_classes, counts, center)
     directions_out = None
     if output_activations is not None:

@@ -37,6 +37,11 @@ def add_parser(commands: Any) -> None:
     means.add_argument("--hook", required=True, help="the hook to read, e.g. blocks.8.hook_resid_post")
     means.add_argument("--prompts", type=Path, required=True, help='JSON: {"class": ["prompt", ...], ...}')
     means.add_argument("--device", default="cpu")
+    means.add_argument(
+        "--uncentred",
+        action="store_true",
+        help="raw class means, not centred on the global mean (two classes centred are antipodal)",
+    )
     probe = anchors.add_parser("probe", help="the rows of a probe's weight matrix")
     probe.add_argument("--weights", type=Path, required=True, help="a safetensors file with a [k, d] tensor")
     probe.add_argument("--key", help="the tensor's name in the file (needed when it holds several)")
@@ -69,7 +74,7 @@ def _class_means(args: argparse.Namespace) -> Any:
     ):
         raise ValueError(f'--prompts {args.prompts} must hold {{"class": ["prompt", ...], ...}}')
     model = load_model(args.model, args.model_path, args.device)
-    return class_mean_anchors_from_prompts(model, prompts, args.hook)
+    return class_mean_anchors_from_prompts(model, prompts, args.hook, center=not args.uncentred)
 
 
 def _probe(args: argparse.Namespace) -> Any:

@@ -77,6 +77,12 @@ def check_feasible(n: int, d: int, max_interference: float, interference: str) -
             )
     else:
         simplex = -1.0 / (n - 1) if n > 1 else -1.0
+        if max_interference < 0 and n > d + 1:
+            raise ValueError(
+                f"max_interference={max_interference} asks for {n} pairwise obtuse unit vectors in R^{d}, but "
+                f"at most d + 1 = {d + 1} unit vectors can have all pairwise cosines below 0; use "
+                f"max_interference >= 0, at most {d + 1} features, or d >= {n - 1}"
+            )
         if max_interference < simplex or (n > 2 * d and max_interference <= 0):
             need = "a positive value" if n > 2 * d else f"at least {simplex:.4g}"
             raise ValueError(

@@ -131,6 +131,14 @@ class ResampleUpdate:
     n_dead_resampled: int = 0
     n_split: int = 0  # theory: polysemantic latents split
     n_fallback: int = 0  # theory: dead latents given the anthropic recipe
+    kept_live: torch.Tensor | None = None  # [m] bool: a split latent that stays live (None: none is)
+
+    def fresh(self) -> torch.Tensor:
+        """``[m]`` bool: the latents that start afresh (dead ones given a direction), not the split latents
+        that stay live, whose JumpReLU thresholds were tuned on their inputs and are kept."""
+        if self.kept_live is None:
+            return torch.ones_like(self.latents, dtype=torch.bool)
+        return ~self.kept_live
 
     @classmethod
     def concat(
@@ -152,6 +160,7 @@ class ResampleUpdate:
             sum(u.n_dead_resampled for u in updates),
             sum(u.n_split for u in updates),
             sum(u.n_fallback for u in updates),
+            torch.cat([~u.fresh() for u in updates]),
         )
 
 
@@ -388,6 +397,7 @@ def theory_resample(
                 ).T,
                 b_enc[split_latents].clone(),  # their thresholds were tuned on these inputs
                 decoder_dirs.view(-1, W_dec.shape[1])[kept] * W_dec[split_latents].norm(dim=1)[:, None],
+                kept_live=torch.ones(split_latents.numel(), dtype=torch.bool, device=device),
             )
         )
         new = torch.tensor(new_slots, device=device)
