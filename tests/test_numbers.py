@@ -143,7 +143,9 @@ def test_anchors_are_directions_whatever_their_scale():
     sae = sa.AnchoredTopKTrainingSAE(sa.AnchoredTopKTrainingSAEConfig(d_in=D, d_sae=D_SAE, k=3))
     sae.set_anchors(scaled)
     loss = anchor_loss("mse", sae.W_enc, sae.W_dec, sae.anchor_directions_in, sae.anchor_directions_out)
-    assert float(loss.detach()) < 2 * 5  # unit anchors against SAELens's 0.1-norm columns, not 5-norm ones (~3,470)
+    assert (
+        float(loss.detach()) < 2 * 5
+    )  # unit anchors against SAELens's 0.1-norm columns, not 5-norm ones (~3,470)
     cos = torch.nn.functional.cosine_similarity(sae.W_enc[:, :5].T, unit.directions_in, dim=1)
     torch.testing.assert_close(cos, torch.ones(5))
 
