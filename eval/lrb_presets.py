@@ -98,19 +98,28 @@ class LRBPreset:
 
 
 def _settings(
-    k: int, l1: float, l0: float, widths: list[int], jumprelu_lr: float, dense_steps: int | None = None
+    k: int,
+    l1: float,
+    l0: float,
+    widths: list[int],
+    jumprelu_lr: float,
+    dense_steps: int | None = None,
+    coder_steps: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Each method's settings; ``dense_steps`` caps the steps of the methods SAELens trains densely (ReLU,
-    JumpReLU), whose steps cost several times the TopK family's sparse ones."""
+    """Each method's settings. ``dense_steps`` caps the steps of the methods SAELens trains densely (ReLU,
+    JumpReLU), whose steps cost several times the TopK family's sparse ones; ``coder_steps`` those of the
+    transcoder and crosscoder (the crosscoder's input is ``n_sources`` times wider), whose recovery curves
+    flatten sooner."""
     dense = {} if dense_steps is None else {"n_steps": dense_steps}
+    coder = {} if coder_steps is None else {"n_steps": coder_steps}
     return {
         "standard": {"l1_coefficient": l1, **dense},
         "jumprelu": {"l0_coefficient": l0, "lr": jumprelu_lr, **dense},
         "topk": {"k": k},
         "batchtopk": {"k": k},
         "matryoshka_batchtopk": {"k": k, "matryoshka_widths": widths},
-        "transcoder": {"k": k},
-        "crosscoder": {"k": k},
+        "transcoder": {"k": k, **coder},
+        "crosscoder": {"k": k, **coder},
     }
 
 
@@ -175,7 +184,13 @@ PRESETS: dict[str, LRBPreset] = {
         lr=3e-4,
         recovery_points=6,
         method_settings=_settings(
-            k=32, l1=1.0, l0=1.0, widths=[1000, 4000, 16_000], jumprelu_lr=1e-3, dense_steps=400
+            k=32,
+            l1=1.0,
+            l0=1.0,
+            widths=[1000, 4000, 16_000],
+            jumprelu_lr=1e-3,
+            dense_steps=400,
+            coder_steps=400,
         ),
     ),
     "paper": LRBPreset(
