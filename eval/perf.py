@@ -8,6 +8,8 @@ warm-up, as a median of repeats (CUDA-synchronised on a GPU), because these mach
    take the dense step, so the row shows what the anchor loss costs.
    ``sparse``: the TopK family's sparse-backward step against SAELens's dense step (SAELens's own
    trainer), and our TopK step against EleutherAI sparsify's ``SparseCoder`` step (when installed).
+   ``transcoder_set``: a transcoder set of L layers against L single-layer runs (model forward passes, wall
+   time).
 2. ``coder``: transcoder and crosscoder steps against a stock SAELens SAE with the same latent count.
 3. ``sampling`` / ``feed``: LRB sampling against SAELens's ``ActivationGenerator`` + ``FeatureDictionary``
    (higher is better), and drawing one LRB batch against the SAE training step it feeds.
@@ -43,6 +45,7 @@ SECTIONS = (
     "anchor",
     "sparse",
     "coder",
+    "transcoder_set",
     "sampling",
     "feed",
     "resampling",
@@ -57,6 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "anchor": {"d_in": 256, "d_sae": 4096, "batch_size": 1024, "k": 100, "steps": 30},
         "sparse": {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 1024, "steps": 6},
         "coder": {"d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 10, "n_sources": 2},
+        "transcoder_set": {"n_layers": 4, "d_model": 128, "n_ctx": 64, "d_sae": 512, "k": 16, "training_tokens": 32_768},
         "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 5},
         "feed": {"n_features": 4096, "d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 5},
         "resampling": {"d_in": 256, "d_sae": 16_384, "batch_size": 4096, "steps": 3, "total_steps": 10_000},
@@ -83,6 +87,7 @@ TARGETS = {
     "anchor": 1.03,  # the anchor loss must cost nothing noticeable
     "sparse": 1.0,  # the sparse-backward step must beat SAELens's dense step, and sparsify's
     "transcoder": 1.05,  # same matmul FLOPs as the stock SAE: only the paired data path may cost
+    "transcoder_set_time": 0.6,  # a set of L layers: well under the wall time of L single-layer runs
     "crosscoder_per_flop": 1.05,  # n_sources times the FLOPs: at most that many times the time
     "sampling": 5.0,
     "feed": 0.10,
@@ -148,6 +153,22 @@ def sparse_rows(preset: dict[str, Any], device: str) -> tuple[list[dict[str, Any
         row = measure_against_sparsify(preset, device)
         rows.append(_row(row.pop("name"), "sparse", row.pop("ratio"), TARGETS["sparse"], "lower", **row))
     return rows, reason
+
+
+def transcoder_set_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """A transcoder set of L layers against L single-layer runs: model forward passes (at most 1/L) and wall
+    time (on the CPU: the set's own section, whatever the preset's device)."""
+    from sdl_anchor.eval.transcoder_set_time import measure_set_against_single_runs
+
+    row = measure_set_against_single_runs(preset)
+    n = row["n_layers"]
+    details = {k: v for k, v in row.items() if not k.endswith("_ratio")}
+    return [
+        _row(f"transcoder set of {n} layers / {n} single-layer runs: model forward passes", "transcoder_set",
+             row["passes_ratio"], 1 / n, "lower", **details),
+        _row(f"transcoder set of {n} layers / {n} single-layer runs: wall time", "transcoder_set",
+             row["seconds_ratio"], TARGETS["transcoder_set_time"], "lower", **details),
+    ]  # fmt: skip
 
 
 def coder_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
@@ -364,6 +385,7 @@ def run_perf(
     measure = {
         "anchor": anchor_rows,
         "coder": coder_rows,
+        "transcoder_set": transcoder_set_rows,
         "sampling": sampling_rows,
         "feed": feed_rows,
         "resampling": resampling_rows,

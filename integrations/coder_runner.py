@@ -138,20 +138,39 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
                 TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict()).to_dict()
             )
         self.kind = coder_kind(self.sae)
-        if override_model is None:
-            self.model = load_model(
-                cfg.model_class_name,
-                cfg.model_name,
-                device=cfg.llm_device,
-                model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
-                hook_names=cfg.hook_names,
-            )
-        else:
-            self.model = override_model
+        self.model = self._load_model(override_model)
         hook_d_ins = check_coder_hooks(self.model, cfg.hook_names, self.sae.cfg, self.kind)
         compile_llm_if_needed(self)
-        # under torchrun: the same config everywhere, this rank's rows of each batch, this rank's shard
         self.context = init_distributed(cfg.device)
+        self.activations_store = self._activation_store(override_dataset, hook_d_ins)
+        self.sae.to(cfg.device)
+        self.evaluator = SplicedCoderEvaluator(  # type: ignore[assignment]
+            model=self.model,
+            activations_store=self.activations_store,
+            hook_names=cfg.hook_names,
+            n_eval_batches=cfg.n_eval_batches,
+            eval_batch_size_prompts=cfg.eval_batch_size_prompts,
+        )
+
+    def _load_model(self, override_model: HookedRootModule | None) -> Any:
+        """The model: ``override_model``, or SAELens's ``load_model`` of the config's model."""
+        if override_model is not None:
+            return override_model
+        cfg = self.cfg
+        return load_model(
+            cfg.model_class_name,
+            cfg.model_name,
+            device=cfg.llm_device,
+            model_from_pretrained_kwargs=cfg.model_from_pretrained_kwargs,
+            hook_names=cfg.hook_names,
+        )
+
+    def _activation_store(
+        self, override_dataset: HfDataset | None, hook_d_ins: dict[str, int]
+    ) -> ActivationsStore:
+        """SAELens's multi-hook store over ``cfg.hook_names`` (one model pass fills every hook); under
+        torchrun, this rank's shard and rows, after every rank checked it got the same config."""
+        cfg = self.cfg
         store_batch_size = cfg.train_batch_size_tokens
         dataset: Any = override_dataset if override_dataset is not None else cfg.dataset_path
         if self.context is not None:
@@ -160,7 +179,11 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             dist.broadcast_object_list(shared, src=0)
             cfg.checkpoint_path = shared[0]
             check_same_config(
-                {"runner": cfg.to_dict(), "resampling": resampling, "world_size": self.context.world_size},
+                {
+                    "runner": cfg.to_dict(),
+                    "resampling": self.resampling,
+                    "world_size": self.context.world_size,
+                },
                 self.context,
             )
             store_batch_size = local_batch_size(cfg.train_batch_size_tokens, self.context.world_size)
@@ -175,7 +198,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
         exclude = cfg.exclude_special_tokens
         if exclude is True:
             exclude = get_special_token_ids(self.model.tokenizer)  # type: ignore[arg-type]
-        self.activations_store = ActivationsStore.from_config_multi_hook(
+        return ActivationsStore.from_config_multi_hook(
             self.model,
             dataset=dataset,
             hook_names=cfg.hook_names,
@@ -198,14 +221,6 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             sequence_separator_token=cfg.sequence_separator_token,
             activations_mixing_fraction=cfg.activations_mixing_fraction,
             use_chat_formatting=cfg.use_chat_formatting,
-        )
-        self.sae.to(cfg.device)
-        self.evaluator = SplicedCoderEvaluator(  # type: ignore[assignment]
-            model=self.model,
-            activations_store=self.activations_store,
-            hook_names=cfg.hook_names,
-            n_eval_batches=cfg.n_eval_batches,
-            eval_batch_size_prompts=cfg.eval_batch_size_prompts,
         )
 
     def run(self) -> TrainingSAE[Any]:

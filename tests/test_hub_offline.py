@@ -156,3 +156,40 @@ def test_bad_hub_input_exits_2_with_a_message_and_writes_nothing(hub, tmp_path, 
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_transcoder_set_trains_by_model_name_and_exports_for_circuit_tracer(hub, tmp_path):
+    data = tmp_path / "text"
+    data.mkdir()
+    (data / "corpus.txt").write_text(
+        "\n".join(" ".join(hub.words[i : i + 12]) for i in range(0, len(hub.words), 4))
+    )
+    d = str(hub.d_model)
+    common = [
+        "--architecture", "jumprelu_transcoder", "--model_name", "gpt2", "--dataset_path", str(data),
+        "--d_in", d, "--d_out", d, "--d_sae", "64", "--context_size", "16", "--training_tokens", "2048",
+        "--train_batch_size_tokens", "256", "--store_batch_size_prompts", "16", "--n_batches_in_buffer", "32",
+        "--log_to_wandb", "False",
+    ]  # fmt: skip
+    trained = run(
+        hub, "-m", "sdl_anchor", "train", "--out", str(tmp_path / "run"), "--layers", "all", *common
+    )
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["layers"] == [0, 1] and summary["kind"] == "transcoder_set"
+    assert {"set/ce_loss_score", "layer_0/ce_loss_score", "layer_1/explained_variance"} <= set(
+        summary["eval"]
+    )
+    exported = run(hub, "-m", "sdl_anchor", "export", "circuit-tracer", str(tmp_path / "run" / "set"), "--out",
+                   str(tmp_path / "ct"))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in (tmp_path / "ct").iterdir()) == [
+        "config.yaml",
+        "layer_0.safetensors",
+        "layer_1.safetensors",
+    ]
+    missing = run(
+        hub, "-m", "sdl_anchor", "train", "--out", str(tmp_path / "bad"), "--layers", "0,5", *common
+    )
+    assert missing.returncode == 2 and "layers 0..1, not [5]" in missing.stderr
+    assert not (tmp_path / "bad" / "set").exists() and not (tmp_path / "bad" / "train.json").exists()

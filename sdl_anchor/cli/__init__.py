@@ -3,7 +3,8 @@ table and writes machine-readable JSON into ``--out``.
 
 ``bench lrb`` / ``bench perf`` (:mod:`sdl_anchor.cli.bench`, benchmarks in :mod:`sdl_anchor.eval`), ``audit
 absorption`` (:mod:`sdl_anchor.cli.audit`), ``train`` (:mod:`sdl_anchor.cli.train`), ``anchors``
-(:mod:`sdl_anchor.cli.anchors`). Bad input exits with code 2 and a message, and writes nothing.
+(:mod:`sdl_anchor.cli.anchors`), ``export circuit-tracer`` (:mod:`sdl_anchor.cli.export`). Bad input exits with
+code 2 and a message, and writes nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 
 from sdl_anchor._version import __version__
-from sdl_anchor.cli import anchors, audit, bench, train
+from sdl_anchor.cli import anchors, audit, bench, export, train
 from sdl_anchor.cli.common import EXIT_USAGE
 
 
@@ -33,6 +34,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "architectures, anchors, hooks and resampling (sdl-anchor train --help)",
     )
     anchors.add_parser(commands)
+    export.add_parsers(commands)
     return parser
 
 
@@ -49,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             ("bench", "lrb"): bench.bench_lrb,
             ("bench", "perf"): bench.bench_perf,
             ("audit", "absorption"): audit.audit_absorption,
+            ("export", "circuit-tracer"): export.export_circuit_tracer,
         }
-        return handlers[(args.command, getattr(args, "bench", None) or getattr(args, "audit", None))](args)
+        sub = getattr(args, "bench", None) or getattr(args, "audit", None) or getattr(args, "export", None)
+        return handlers[(args.command, sub)](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"sdl-anchor: error: {err}", file=sys.stderr)
         return EXIT_USAGE

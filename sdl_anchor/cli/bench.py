@@ -87,7 +87,7 @@ def add_parsers(commands: Any) -> None:
         "--sections",
         type=csv_list,
         default=None,
-        help="comma-separated subset of anchor,sparse,coder,sampling,feed,resampling,absorption,hardware,autocast,"
+        help="comma-separated subset of anchor,sparse,coder,transcoder_set,sampling,feed,resampling,absorption,hardware,autocast,"
         "compile",
     )
     perf.add_argument(

@@ -9,6 +9,10 @@ Every flag SAELens's ``LanguageModelSAETrainingRunner`` takes works as in SAELen
   --out DIR              where the trained coder (DIR/sae, SAELens's format) and DIR/train.json go
                          (or SAELens's --output_path DIR: the coder in DIR, with DIR/train.json)
   --hook-names A,B       a transcoder's input and output hooks, or a crosscoder's sources
+  --layers all|0,1,...   a transcoder set: one transcoder per layer, trained from the same forward passes
+                         (DIR/set: layer_<L>/ in SAELens's format and manifest.json)
+  --layer-hooks IN,OUT   the hooks inside each block a set's transcoders read and write
+                         (default ln2.hook_normalized,hook_mlp_out)
   --resampling S         dead-latent resampling: none (default), anthropic or theory
   --resample-every N     steps between resampling events (default: a schedule of the run's length)
   --model-path DIR       a local Hugging Face checkpoint (with its tokenizer) instead of the hub
@@ -45,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdl-anchor train", add_help=False)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--hook-names", type=lambda v: [h for h in v.split(",") if h])
+    parser.add_argument("--layers")
+    parser.add_argument("--layer-hooks", type=lambda v: [h for h in v.split(",") if h])
     parser.add_argument("--resampling", default="none")
     parser.add_argument("--resample-every", type=int)
     parser.add_argument("--model-path", type=Path)
@@ -78,7 +84,7 @@ def _destinations(ours: argparse.Namespace, runner_args: list[str]) -> tuple[Pat
     if ours.out is not None and output_path is not None:
         raise ValueError("give either --out (sdl-anchor) or --output_path (SAELens), not both")
     if ours.out is not None:
-        return ours.out / "sae", ours.out / "train.json"
+        return ours.out / ("set" if ours.layers is not None else "sae"), ours.out / "train.json"
     if not output_path:
         raise ValueError("give --out DIR (the trained coder goes to DIR/sae, its summary to DIR/train.json)")
     return Path(output_path), Path(output_path) / "train.json"
@@ -90,6 +96,17 @@ def _check_flags(
     """Contradictory flags and existing results, before anything is loaded."""
     if ours.hook_names is not None and _flag_value(runner_args, "--hook_name") is not None:
         raise ValueError("give either --hook-names or --hook_name, not both")
+    if ours.layers is not None and ours.hook_names is not None:
+        raise ValueError("--layers trains a set on each block's --layer-hooks; drop --hook-names")
+    if ours.layer_hooks is not None and (ours.layers is None or len(ours.layer_hooks) != 2):
+        raise ValueError("--layer-hooks IN,OUT (two hooks inside each block) goes with --layers")
+    if ours.layers is not None:
+        architecture = _flag_value(runner_args, "--architecture") or ""
+        if not architecture.endswith("_transcoder"):
+            raise ValueError(
+                f"--layers trains a transcoder set: give a transcoder --architecture (e.g. topk_transcoder), "
+                f"not {architecture or 'the default'}"
+            )
     if ours.resampling not in RESAMPLING:
         raise ValueError(f"unknown --resampling {ours.resampling!r}; use one of {', '.join(RESAMPLING)}")
     if ours.resample_every is not None and ours.resampling == "none":
@@ -197,6 +214,8 @@ def train(argv: list[str], usage: str) -> int:
         check_model_name(config.model_name)
     model = None if ours.model_path is None else load_model(config.model_name, ours.model_path, config.device)
     started = time.perf_counter()
+    if ours.layers is not None:
+        return _train_set(ours, coder_config, model, resampling, coder_path, summary_path, partial, started)
     try:
         runner = CoderTrainingRunner(coder_config, override_model=model, resampling=resampling)
         sae = runner.run()
@@ -235,3 +254,64 @@ def train(argv: list[str], usage: str) -> int:
         print(f"  {key}: {value:.4f}")
     print(f"wrote {path}")
     return 0
+
+
+def _train_set(
+    ours: argparse.Namespace,
+    config: Any,
+    model: Any,
+    resampling: Any,
+    set_path: Path,
+    summary_path: Path,
+    partial: Path,
+    started: float,
+) -> int:
+    """``sdl-anchor train --layers ...``: a transcoder set, saved to ``set_path``, and its summary."""
+    from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS, TranscoderSetRunner
+    from sdl_anchor.io import write_json
+
+    hooks = tuple(ours.layer_hooks or DEFAULT_LAYER_HOOKS)
+    try:
+        runner = TranscoderSetRunner(
+            config, layers=ours.layers, hooks=hooks, override_model=model, resampling=resampling
+        )
+        passes = count_forward_passes(runner.model)
+        transcoder_set = runner.run()
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    shutil.rmtree(set_path, ignore_errors=True)
+    partial.rename(set_path)  # the set is kept first: whatever fails below, it is on disk
+    print(f"wrote {set_path}")
+    summary = {
+        **transcoder_set.manifest(),
+        "kind": "transcoder_set",
+        "training_tokens": config.training_tokens,
+        "n_steps": config.training_tokens // config.train_batch_size_tokens,
+        "model_forward_passes": passes["count"],
+        "wall_seconds": seconds,
+        "set_path": str(set_path),
+        "eval": runner.set_evaluator(runner.saes, None, None, None),
+    }
+    path = write_json(summary_path, summary)
+    print(
+        f"trained {len(transcoder_set.layers)} {summary['architecture']} transcoders (layers "
+        f"{','.join(map(str, transcoder_set.layers))}) in {seconds:.1f} s from {passes['count']} model forward passes"
+    )
+    for key, value in summary["eval"].items():
+        print(f"  {key}: {value:.4f}")
+    print(f"wrote {path}")
+    return 0
+
+
+def count_forward_passes(model: Any) -> dict[str, int]:
+    """``{"count": n}``, kept up to date with the model's forward passes (a hook on its embedding)."""
+    counter = {"count": 0}
+
+    def count(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        counter["count"] += 1
+        return activation
+
+    model.add_perma_hook("hook_embed", count)
+    return counter

@@ -87,7 +87,13 @@ def _tokenizer_files(words: list[str]) -> dict[str, bytes]:
     tokenizer = word_level_tokenizer([" ".join(words + PROMPT_WORDS)], split_punctuation=True)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.save_pretrained(folder)
-        return {path.name: path.read_bytes() for path in Path(folder).iterdir() if path.is_file()}
+        files = {path.name: path.read_bytes() for path in Path(folder).iterdir() if path.is_file()}
+    # the class every transformers release knows (transformers 5 writes "TokenizersBackend", which the
+    # 4.x series that circuit-tracer pins cannot load)
+    config = json.loads(files["tokenizer_config.json"])
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
+    return files
 
 
 def _gpt2_config(d_model: int, n_layers: int, n_ctx: int, vocab_size: int, bos: int) -> dict[str, Any]:

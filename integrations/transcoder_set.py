@@ -1,0 +1,376 @@
+"""Transcoders for every layer of a model, trained in one run from the same forward passes.
+
+Circuit tracing (circuit-tracer's attribution graphs and replacement models) needs a transcoder at every
+layer. ``TranscoderSetRunner`` trains one per chosen layer, by default ``blocks.{L}.ln2.hook_normalized ->
+blocks.{L}.hook_mlp_out``, with every activation, anchoring and resampling our single-coder runner offers:
+
+* SAELens's multi-hook ``ActivationsStore`` reads every layer's input and output hook in *one* model pass per
+  batch of tokens (a run of L layers makes 1/L of the forward passes of L separate runs);
+* SAELens's ``MultiSAETrainer`` drives one of our trainers per layer (paired batches, fused Adam, NaN stops,
+  resampling), in lockstep, with its checkpoint layout;
+* the evaluator splices every layer's transcoder in at once, and each on its own, and reports the CE loss
+  recovered for the whole set and per layer (:func:`evaluate_spliced_set`).
+
+A set saves as a folder of SAELens-format transcoders, ``layer_{L}/``, plus ``manifest.json`` (layers, hooks,
+architecture, widths), written to a temporary folder and renamed when complete (:class:`TranscoderSet`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import wandb
+from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
+from sae_lens.training.multi_sae_trainer import MultiSAETrainer
+
+from sdl_anchor.integrations.coder_hooks import check_coder_hooks, coder_kind
+from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainingRunner, HfDataset
+from sdl_anchor.integrations.compat import set_sae_metadata
+from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+from sdl_anchor.integrations.splice import coder_output
+from sdl_anchor.integrations.wandb_env import wandb_env_settings
+from sdl_anchor.io import read_json, write_json
+from sdl_anchor.resampling import ResamplingConfig
+
+DEFAULT_LAYER_HOOKS = ("ln2.hook_normalized", "hook_mlp_out")
+MANIFEST = "manifest.json"
+SET_FORMAT_VERSION = 1
+
+
+def resolve_layers(layers: str | Sequence[int], n_layers: int) -> list[int]:
+    """``"all"``, ``"0,2,5"`` or a list of ints -> sorted layers, each checked against the model's
+    ``n_layers``."""
+    if isinstance(layers, str):
+        if layers.strip() == "all":
+            return list(range(n_layers))
+        try:
+            layers = [int(part) for part in layers.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"layers must be 'all' or comma-separated integers, got {layers!r}") from None
+    chosen = sorted(set(int(layer) for layer in layers))
+    if not chosen:
+        raise ValueError("no layers chosen; give 'all' or a list such as 0,1,2")
+    missing = [layer for layer in chosen if not 0 <= layer < n_layers]
+    if missing:
+        raise ValueError(f"the model has layers 0..{n_layers - 1}, not {missing}; choose among those")
+    return chosen
+
+
+def layer_hooks(layer: int, hooks: Sequence[str] = DEFAULT_LAYER_HOOKS) -> list[str]:
+    """``[blocks.{layer}.{input}, blocks.{layer}.{output}]``."""
+    return [f"blocks.{layer}.{hook}" for hook in hooks]
+
+
+@dataclasses.dataclass
+class TranscoderSet:
+    """One transcoder per layer, with the hooks each reads and writes (relative to ``blocks.{L}``)."""
+
+    transcoders: dict[int, Any]
+    hooks: tuple[str, str] = DEFAULT_LAYER_HOOKS
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.transcoders)
+
+    def save(self, folder: str | Path) -> Path:
+        """``folder/layer_{L}/`` (SAELens's inference format) and ``folder/manifest.json``, written to a
+        temporary folder beside ``folder`` and renamed into place only when complete."""
+        folder = Path(folder)
+        partial = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            for layer, coder in self.transcoders.items():
+                saver = getattr(coder, "save_inference_model", coder.save_model)
+                saver(str(partial / f"layer_{layer}"))
+            write_json(partial / MANIFEST, self.manifest())
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+        return folder
+
+    def manifest(self) -> dict[str, Any]:
+        first = self.transcoders[self.layers[0]]
+        return {
+            "format": "sdl-anchor transcoder set",
+            "version": SET_FORMAT_VERSION,
+            "layers": self.layers,
+            "input_hook": self.hooks[0],
+            "output_hook": self.hooks[1],
+            "architecture": first.cfg.architecture(),
+            "d_in": first.cfg.d_in,
+            "d_out": int(first.W_dec.shape[1]),
+            "d_sae": first.cfg.d_sae,
+            "model_name": first.cfg.metadata.model_name,
+        }
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> TranscoderSet:
+        """A saved set (``SAE.load_from_disk`` per layer); errors name a missing manifest or layer."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"transcoder set {folder} does not exist")
+        manifest = read_json(folder / MANIFEST, "transcoder set manifest")
+        missing = [
+            layer for layer in manifest["layers"] if not (folder / f"layer_{layer}" / "cfg.json").is_file()
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"transcoder set {folder} lists layers {manifest['layers']} but has no saved transcoder for "
+                f"{missing} (layer_<L>/cfg.json); train or copy them there"
+            )
+        import sdl_anchor  # noqa: F401  (registers topk_transcoder and the crosscoder classes)
+
+        transcoders = {
+            layer: SAE.load_from_disk(str(folder / f"layer_{layer}"), device=device)
+            for layer in manifest["layers"]
+        }
+        return cls(transcoders, (manifest["input_hook"], manifest["output_hook"]))
+
+
+class MultiCoderTrainer(MultiSAETrainer):
+    """SAELens's ``MultiSAETrainer`` with one of our trainers per coder (paired batches, fused Adam, NaN
+    stops, resampling). The data provider yields ``{name: (x_in, x_out)}`` and each coder's "hook" is its own
+    name, so SAELens's routing hands every trainer its pair."""
+
+    def __init__(self, *args: Any, resampling: ResamplingConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = next(iter(self.trainers.values())).cfg
+        trainer_class = PairedSAETrainer if resampling is None else ResamplingSAETrainer
+        extra = {} if resampling is None else {"resampling": resampling}
+        self.trainers = {
+            name: trainer_class(cfg=config, sae=sae, data_provider=iter(()), **extra)
+            for name, sae in self.saes.items()
+        }
+
+
+def set_batches(store: Any, layers: Sequence[int], hooks: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """``{"layer_L": (x_in, x_out)}`` per batch, every layer from the same model pass."""
+    for batch in store.get_multi_hook_data_loader():
+        yield {f"layer_{layer}": tuple(batch[name] for name in layer_hooks(layer, hooks)) for layer in layers}
+
+
+@torch.no_grad()
+def evaluate_spliced_set(
+    transcoders: dict[int, Any],
+    model: Any,
+    token_batches: torch.Tensor | Iterable[torch.Tensor],
+    hooks: Sequence[str] = DEFAULT_LAYER_HOOKS,
+) -> dict[str, Any]:
+    """CE loss recovered with every layer's transcoder spliced in at once (``"set"``), and with each on its
+    own (``"layers"``), against zero-ablating the same MLP outputs; explained variance per layer."""
+    if isinstance(token_batches, torch.Tensor):
+        token_batches = [token_batches]
+    layers = sorted(transcoders)
+    sums = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0}
+    per_layer = {
+        layer: {"spliced": 0.0, "ablated": 0.0, "sq_error": 0.0, "variance": 0.0} for layer in layers
+    }
+    n_batches = 0
+    device = next(model.parameters()).device
+    for tokens in token_batches:
+        tokens = tokens.to(device)
+        clean, cache = model.run_with_cache(
+            tokens,
+            return_type="loss",
+            names_filter=[n for layer in layers for n in layer_hooks(layer, hooks)],
+        )
+        sums["clean"] += float(clean)
+        sums["spliced"] += _loss(
+            model, tokens, [h for layer in layers for h in _splice(transcoders[layer], layer, hooks)]
+        )
+        sums["ablated"] += _loss(model, tokens, [(layer_hooks(layer, hooks)[1], _zero) for layer in layers])
+        for layer in layers:
+            x_in, x_out = (cache[name] for name in layer_hooks(layer, hooks))
+            output, _ = coder_output(transcoders[layer], x_in.to(transcoders[layer].device))
+            per_layer[layer]["sq_error"] += float((output.to(x_out) - x_out).pow(2).sum())
+            per_layer[layer]["variance"] += float((x_out - x_out.mean(dim=(0, 1))).pow(2).sum())
+            per_layer[layer]["spliced"] += _loss(model, tokens, _splice(transcoders[layer], layer, hooks))
+            per_layer[layer]["ablated"] += _loss(model, tokens, [(layer_hooks(layer, hooks)[1], _zero)])
+        n_batches += 1
+    if n_batches == 0:
+        raise ValueError("no token batches to evaluate on")
+
+    def recovered(spliced: float, ablated: float) -> float:
+        denominator = ablated - sums["clean"]
+        return (ablated - spliced) / denominator if denominator != 0 else float("nan")
+
+    return {
+        "set": {
+            "ce_loss_score": recovered(sums["spliced"], sums["ablated"]),
+            "ce_loss_with_set": sums["spliced"] / n_batches,
+            "ce_loss_without_set": sums["clean"] / n_batches,
+            "ce_loss_with_ablation": sums["ablated"] / n_batches,
+        },
+        "layers": {
+            str(layer): {
+                "ce_loss_score": recovered(values["spliced"], values["ablated"]),
+                "ce_loss_with_transcoder": values["spliced"] / n_batches,
+                "explained_variance": 1 - values["sq_error"] / max(values["variance"], 1e-12),
+            }
+            for layer, values in per_layer.items()
+        },
+    }
+
+
+@torch.no_grad()
+def spliced_logits(transcoder_set: TranscoderSet, model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's logits with every layer's output hook replaced by that layer's transcoder (the replacement
+    model circuit-tracer builds, without error terms)."""
+    hooks = [
+        h
+        for layer in transcoder_set.layers
+        for h in _splice(transcoder_set.transcoders[layer], layer, transcoder_set.hooks)
+    ]
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def _loss(model: Any, tokens: torch.Tensor, hooks: list[tuple[str, Any]]) -> float:
+    return float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks))
+
+
+def _zero(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+    return torch.zeros_like(activation)
+
+
+def _splice(coder: Any, layer: int, hooks: Sequence[str]) -> list[tuple[str, Any]]:
+    """Hooks that replace the layer's output by the transcoder's, computed from its input in the same pass."""
+    seen: dict[str, torch.Tensor] = {}
+    input_hook, output_hook = layer_hooks(layer, hooks)
+
+    def read(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        seen["x"] = activation
+        return activation
+
+    def write(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        output, _ = coder_output(coder, seen["x"].to(coder.device))
+        return output.to(activation.device, activation.dtype).reshape(activation.shape)
+
+    return [(input_hook, read), (output_hook, write)]
+
+
+@dataclasses.dataclass
+class TranscoderSetEvaluator:
+    """``MultiSAETrainer``'s evaluator: :func:`evaluate_spliced_set` on fresh token batches, flattened to
+    ``set/...`` and ``layer_L/...`` keys."""
+
+    model: Any
+    activations_store: Any
+    layers: list[int]
+    hooks: tuple[str, str]
+    n_eval_batches: int
+    eval_batch_size_prompts: int | None
+
+    def __call__(
+        self, saes: dict[str, Any], data_provider: Any, scalers: Any, hook_names: Any
+    ) -> dict[str, Any]:
+        size = self.eval_batch_size_prompts or self.activations_store.store_batch_size_prompts
+        batches = [self.activations_store.get_batch_tokens(size) for _ in range(self.n_eval_batches)]
+        transcoders = {layer: saes[f"layer_{layer}"] for layer in self.layers}
+        result = evaluate_spliced_set(transcoders, self.model, batches, self.hooks)
+        flat = {f"set/{k}": v for k, v in result["set"].items()}
+        for layer, values in result["layers"].items():
+            flat.update({f"layer_{layer}/{k}": v for k, v in values.items()})
+        return flat
+
+
+class TranscoderSetRunner(CoderTrainingRunner):
+    """Trains a :class:`TranscoderSet` (module docstring): ``cfg.sae`` is every layer's transcoder config,
+    ``layers`` the layers ("all" or a list), ``hooks`` the input and output hook inside each block."""
+
+    def __init__(
+        self,
+        cfg: CoderRunnerConfig,
+        layers: str | Sequence[int] = "all",
+        hooks: Sequence[str] = DEFAULT_LAYER_HOOKS,
+        override_dataset: HfDataset | None = None,
+        override_model: Any = None,
+        resampling: ResamplingConfig | None = None,
+    ) -> None:
+        if override_dataset is None and cfg.dataset_path == "":
+            raise ValueError("give a dataset: set dataset_path in the config or pass override_dataset")
+        self.cfg = cfg
+        self.resampling = resampling
+        self.hooks = (str(hooks[0]), str(hooks[1]))
+        template = TrainingSAE.from_dict(
+            TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict()).to_dict()
+        )
+        if coder_kind(template) != "transcoder":
+            raise ValueError(
+                f"a transcoder set needs a transcoder architecture (e.g. topk_transcoder), got "
+                f"{template.cfg.architecture()}"
+            )
+        cfg.hook_names = [cfg.hook_name]  # resolved below, once the model's layers are known
+        self.model = self._load_model(override_model)
+        self.layers = resolve_layers(layers, self.model.cfg.n_layers)
+        cfg.hook_names = [name for layer in self.layers for name in layer_hooks(layer, self.hooks)]
+        cfg.hook_name = cfg.hook_names[0]
+        hook_d_ins: dict[str, int] = {}
+        for layer in self.layers:
+            hook_d_ins |= check_coder_hooks(
+                self.model, layer_hooks(layer, self.hooks), template.cfg, "transcoder"
+            )
+        self.context = None
+        self.activations_store = self._activation_store(override_dataset, hook_d_ins)
+        self.saes: dict[str, Any] = {}
+        for layer in self.layers:
+            torch.manual_seed(cfg.seed + layer)
+            coder = TrainingSAE.from_dict(
+                TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict()).to_dict()
+            )
+            self.saes[f"layer_{layer}"] = coder.to(cfg.device)
+        self.set_evaluator = TranscoderSetEvaluator(
+            self.model, self.activations_store, self.layers, self.hooks, cfg.n_eval_batches,
+            cfg.eval_batch_size_prompts,
+        )  # fmt: skip
+
+    def run(self) -> TranscoderSet:  # type: ignore[override]
+        """Train every layer's transcoder (and save the set to ``cfg.output_path`` when set); return it."""
+        for layer in self.layers:
+            self.sae = self.saes[f"layer_{layer}"]
+            set_sae_metadata(self)
+            self.sae.cfg.metadata.hook_names = layer_hooks(layer, self.hooks)
+            self.sae.cfg.metadata.hook_name = layer_hooks(layer, self.hooks)[0]
+        if self.cfg.logger.log_to_wandb:
+            wandb.init(
+                project=self.cfg.logger.wandb_project,
+                entity=self.cfg.logger.wandb_entity,
+                config={**self.cfg.to_dict(), "layers": self.layers},
+                name=self.cfg.logger.run_name,
+                id=self.cfg.logger.wandb_id,
+                **wandb_env_settings(),
+            )
+        trainer = MultiCoderTrainer(
+            cfg=self.cfg.to_sae_trainer_config(),
+            saes=self.saes,
+            hook_names={name: name for name in self.saes},
+            data_provider=set_batches(self.activations_store, self.layers, self.hooks),
+            evaluator=self.set_evaluator,
+            resampling=self.resampling,
+        )
+        try:
+            trainer.fit()
+        finally:
+            if self.cfg.logger.log_to_wandb:
+                wandb.finish()
+        for name, layer_trainer in trainer.trainers.items():
+            layer_trainer.check_finite()
+            if isinstance(layer_trainer, ResamplingSAETrainer):
+                self.saes[name].cfg.metadata.resampling = {
+                    "strategy": layer_trainer.resampling.strategy,
+                    "events": layer_trainer.resample_log,
+                }
+        transcoder_set = TranscoderSet(
+            {layer: self.saes[f"layer_{layer}"] for layer in self.layers}, self.hooks
+        )
+        if self.cfg.output_path is not None:
+            transcoder_set.save(self.cfg.output_path)
+        return transcoder_set
