@@ -4,7 +4,7 @@
    is polysemantic for features ``2i`` and ``2i+1`` (encoder and decoder on their normalised sum) and every
    other latent is dead (encoder bias -10). Training continues with no resampling, AuxK (TopK only),
    ``anthropic`` or ``theory``; we report the final MSE and M_GT.
-2. ``lrb``: each SAE architecture from SAELens's normal initialisation on the LRB quick preset (the
+2. ``lrb``: each SAE architecture from SAELens's normal initialisation on the LRB small preset (the
    ``bench lrb`` table's runs), plain and anchored, with no resampling, ``anthropic`` or ``theory``; for the
    TopK family these runs switch SAELens's AuxK loss off so each row isolates one mechanism, and extra
    ``auxk`` rows keep it on (SAELens's default). M_GT (paper), M_GT over firing latents, dead fraction, MSE.
@@ -117,7 +117,7 @@ AUXK_METHODS = ("topk", "batchtopk", "matryoshka_batchtopk")  # SAELens gives th
 
 
 def lrb_experiment(
-    preset: str = "quick",
+    preset: str = "small",
     methods: tuple[str, ...] = LRB_METHODS,
     device: str = "cpu",
     n_steps: int | None = None,
@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.experiment == "lrb":
         rows = lrb_experiment(methods=tuple(args.methods.split(",")), device=args.device, n_steps=args.steps)
-        p = PRESETS["quick"]
+        p = PRESETS["small"]
         print(
-            f"LRB quick preset (n={p.n_features}, d={p.d_in}, width {p.d_sae}, {args.steps or p.n_steps} steps "
+            f"LRB small preset (n={p.n_features}, d={p.d_in}, width {p.d_sae}, {args.steps or p.n_steps} steps "
             f"of {p.batch_size}), anchors not scored; AuxK off except in the auxk rows"
         )
         print(format_lrb_rows(rows))

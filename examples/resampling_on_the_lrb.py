@@ -14,7 +14,7 @@ encoder was planted on a feature raises M_GT without recovering anything. It wri
 ``recovery_over_training.png`` (live M_GT and M_GT against the step, resampling events marked) and
 ``results.json`` to ``--out``.
 
-The default is the bench's ``quick`` preset (n=128 features in d=96, width 2048, 1000 steps) on CPU,
+The default is the bench's ``small`` preset (n=128 features in d=96, width 2048, 1000 steps) on CPU,
 about 1.5 minutes. The paper's size on a GPU:
 
     python examples/resampling_on_the_lrb.py --preset paper --device cuda
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="bench and SAE size")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="bench and SAE size")
     parser.add_argument(
         "--strategies", default=",".join(STRATEGIES), help="comma-separated, of " + ", ".join(STRATEGIES)
     )

@@ -15,7 +15,8 @@ PYTHON = os.environ.get("SDL_ANCHOR_CIRCUIT_TRACER_PYTHON")
 
 
 @pytest.mark.skipif(
-    not PYTHON, reason="needs circuit-tracer's own environment: set SDL_ANCHOR_CIRCUIT_TRACER_PYTHON (CI builds it)"
+    not PYTHON,
+    reason="needs circuit-tracer's own environment: set SDL_ANCHOR_CIRCUIT_TRACER_PYTHON (CI builds it)",
 )
 def test_circuit_tracer_loads_the_exported_set_and_traces_a_graph(tmp_path):
     record = check(PYTHON, tmp_path)

@@ -28,7 +28,7 @@ def quick_run(tmp_path_factory):
             "bench",
             "lrb",
             "--preset",
-            "quick",
+            "small",
             "--steps",
             "15",
             "--methods",
@@ -72,6 +72,8 @@ def test_bench_lrb_has_transcoder_and_crosscoder_rows(tmp_path):
     argv = [
         "bench",
         "lrb",
+        "--preset",
+        "small",
         "--steps",
         "10",
         "--methods",
@@ -93,7 +95,7 @@ def test_bench_lrb_has_transcoder_and_crosscoder_rows(tmp_path):
 
 
 def test_bench_lrb_resampling_rows(tmp_path, capsys):
-    argv = ["bench", "lrb", "--steps", "40", "--methods", "topk", "--variants", "plain"]
+    argv = ["bench", "lrb", "--preset", "small", "--steps", "40", "--methods", "topk", "--variants", "plain"]
     argv += ["--resampling", "none,theory", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
@@ -104,7 +106,7 @@ def test_bench_lrb_resampling_rows(tmp_path, capsys):
     for row in rows:
         assert 0 < row["n_live"] <= 2048 and row["M_GT_live"] <= row["M_GT"]
     table = capsys.readouterr().out
-    assert "TopK+theory" in table and "live M_GT" in table
+    assert "TopK k=2" in table and "theory" in table.splitlines()[1] and "live M_GT" in table
 
 
 def test_existing_results_are_not_overwritten(quick_run, capsys):
@@ -123,6 +125,10 @@ def test_existing_results_are_not_overwritten(quick_run, capsys):
         (["--steps", "0"], "--steps must be positive"),
         (["--variants", "frozen"], "unknown variant 'frozen'"),
         (["--resampling", "ghost"], "unknown resampling 'ghost'"),
+        (
+            ["--preset", "paper-cpu", "--k", "48"],
+            "--k 48 is not a TopK k of preset 'paper-cpu'; choose from 32,64,128",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, argv, message):
@@ -139,3 +145,34 @@ def test_console_script_help():
         check=True,
     )
     assert "--preset" in result.stdout and "--out" in result.stdout
+
+
+def test_the_smoke_preset_runs_the_whole_path_in_seconds(tmp_path, capsys):
+    assert main(["bench", "lrb", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["variant"], r["resampling"]) for r in results["rows"]] == [
+        ("plain", "none"), ("anchored", "none"), ("plain", "theory"), ("anchored", "theory"),
+    ]  # fmt: skip
+    assert results["rows"][1]["settings"]["self_anchor_coefficient"] == 0.1
+    assert all(r["train_seconds"] > 0 for r in results["rows"])
+    assert "Total wall time" in capsys.readouterr().out
+
+
+def test_the_paper_cpu_preset_is_the_paper_s_configuration():
+    from sdl_anchor.eval.lrb_presets import PRESETS
+
+    preset = PRESETS["paper-cpu"]
+    assert (preset.n_features, preset.d_in, preset.d_sae, preset.sparsity, preset.max_interference) == (
+        1000, 768, 16_000, 0.99, 0.1,
+    )  # fmt: skip
+    assert (preset.n_samples, preset.n_anchors, preset.anchor_coefficient) == (100_000, 100, 0.1)
+    assert preset.topk_ks == (32, 64, 128) and preset.ks_for("batchtopk") == (32,)
+    assert set(preset.methods) == {"standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk",
+                                   "transcoder", "crosscoder"}  # fmt: skip
+    assert (preset.variants, preset.resampling) == (("plain", "anchored"), ("none", "theory"))
+
+
+def test_a_k_that_is_not_a_number_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "lrb", "--k", "x", "--no-progress"])
+    assert exit_info.value.code == 2 and "expected comma-separated integers" in capsys.readouterr().err
