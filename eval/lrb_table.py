@@ -20,7 +20,9 @@ samples seen).
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -164,9 +166,15 @@ def run_lrb_bench(
     seed: int = 0,
     n_steps: int | None = None,
     progress: bool = True,
+    previous: dict[str, Any] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train and score every (interference, method, k, resampling, variant); return the results dict.
-    ``methods``, ``variants`` and ``resampling`` default to the preset's; ``ks`` selects TopK rows."""
+    ``methods``, ``variants`` and ``resampling`` default to the preset's; ``ks`` selects TopK rows.
+
+    ``previous`` (an earlier results dict of the same preset and settings) resumes: its rows are kept and
+    not rerun, and ``wall_seconds`` adds up over the runs. ``on_row`` receives the results so far after
+    each row, so an interrupted run loses at most the row in progress."""
     preset = resolve_preset(preset)
     if n_steps is not None:
         preset = replace(
@@ -184,11 +192,31 @@ def run_lrb_bench(
     _check_choices(resampling, RESAMPLING, "resampling")
     _check_choices(interference, ("bounded", "negative"), "interference")
     jobs = _jobs(preset, methods, ks, variants, interference, resampling)
+    config = {
+        **{key: value for key, value in asdict(preset).items() if key != "method_settings"},
+        "method_settings": preset.method_settings,
+        "device": device,
+        "seed": seed,
+        "tau": 0.95,
+    }
     rows: list[dict[str, Any]] = []
     benches: dict[str, dict[str, Any]] = {}
+    earlier_seconds = 0.0
+    if previous is not None:
+        _check_resumable(previous, config)
+        rows = list(previous["rows"])
+        benches = dict(previous["config"].get("benches", {}))
+        earlier_seconds = float(previous["config"].get("wall_seconds", 0.0))
+    done = {_row_key(r) for r in rows}
     prepared: dict[tuple[str, str], Any] = {}
     started_all = time.perf_counter()
-    bar = tqdm(jobs, desc=f"bench lrb ({preset.name})", disable=not progress, unit="run")
+
+    def results() -> dict[str, Any]:
+        wall = earlier_seconds + time.perf_counter() - started_all
+        return {"rows": rows, "config": {**config, "benches": benches, "wall_seconds": wall}}
+
+    todo = [job for job in jobs if job not in done]
+    bar = tqdm(todo, desc=f"bench lrb ({preset.name})", disable=not progress, unit="run")
     for mode, method, k, strategy, variant in bar:
         kind = CODER_KINDS.get(method, "sae")
         if (mode, kind) not in prepared:
@@ -207,18 +235,28 @@ def run_lrb_bench(
                 preset, bench, dataset, anchors, mode, method, k, strategy, variant, seed, device
             )
         )
-    return {
-        "rows": rows,
-        "config": {
-            **{key: value for key, value in asdict(preset).items() if key != "method_settings"},
-            "method_settings": preset.method_settings,
-            "device": device,
-            "seed": seed,
-            "tau": 0.95,
-            "benches": benches,
-            "wall_seconds": time.perf_counter() - started_all,
-        },
-    }
+        if on_row is not None:
+            on_row(results())
+    return results()
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, str, int | None, str, str]:
+    return (row["interference"], row["method"], row["k"], row["resampling"], row["variant"])
+
+
+def _check_resumable(previous: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse to resume from results made with other settings: their rows would not be comparable."""
+    if not isinstance(previous, dict) or "rows" not in previous or "config" not in previous:
+        raise ValueError("the results to resume from are not a bench lrb results.json (no 'rows'/'config')")
+    earlier = json.loads(json.dumps(previous["config"]))
+    current = json.loads(json.dumps(config))  # tuples become lists, as in the saved file
+    differing = [key for key in current if earlier.get(key) != current[key]]
+    if differing:
+        key = differing[0]
+        raise ValueError(
+            f"cannot resume: the results there were made with {key}={earlier.get(key)!r}, this run has "
+            f"{current[key]!r}; use another --out, or --overwrite to start again"
+        )
 
 
 def _train_and_score(

@@ -117,6 +117,41 @@ def test_existing_results_are_not_overwritten(quick_run, capsys):
     assert (out / "results.json").read_text() == before
 
 
+def test_bench_lrb_resume_keeps_finished_rows_and_refuses_other_settings(tmp_path, capsys):
+    argv = ["bench", "lrb", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--variants", "plain", "--resampling", "none"]) == 0
+    first = json.loads((tmp_path / "results.json").read_text())
+    assert main([*argv, "--variants", "plain,anchored", "--resampling", "none", "--resume"]) == 0
+    resumed = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["variant"], r["resampling"]) for r in resumed["rows"]] == [
+        ("plain", "none"),
+        ("anchored", "none"),
+    ]
+    assert resumed["rows"][0] == first["rows"][0]  # kept, not retrained
+    assert resumed["config"]["wall_seconds"] > first["config"]["wall_seconds"]
+    assert "anchored" in capsys.readouterr().out
+    assert main([*argv, "--resume", "--steps", "5"]) == 2
+    assert "cannot resume: the results there were made with n_steps=30" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--overwrite"]) == 2
+    assert json.loads((tmp_path / "results.json").read_text()) == resumed
+
+
+def test_bench_lrb_writes_results_after_every_row(tmp_path, monkeypatch):
+    from sdl_anchor.eval import lrb_table
+
+    seen = []
+    real = lrb_table._train_and_score
+
+    def recording(*args):
+        seen.append(len(json.loads((tmp_path / "results.json").read_text())["rows"]) if seen else 0)
+        return real(*args)
+
+    monkeypatch.setattr(lrb_table, "_train_and_score", recording)
+    argv = ["bench", "lrb", "--preset", "smoke", "--variants", "plain,anchored", "--resampling", "none"]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    assert seen == [0, 1]  # the first row was on disk before the second started
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

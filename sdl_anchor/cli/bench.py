@@ -65,6 +65,12 @@ def add_parsers(commands: Any) -> None:
     lrb.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
     lrb.add_argument("--seed", type=int, default=0)
     lrb.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    lrb.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in --out/results.json (same preset and settings) and run only the rest; "
+        "results.json is rewritten after every row",
+    )
     lrb.add_argument("--no-progress", action="store_true", help="hide progress bars")
     lrb.add_argument("--wandb-project", help=WANDB_HELP)
     perf = bench.add_parser(
@@ -100,10 +106,20 @@ def add_parsers(commands: Any) -> None:
 
 def bench_lrb(args: argparse.Namespace) -> int:
     from sdl_anchor.eval.lrb_table import format_table, run_lrb_bench, write_results
+    from sdl_anchor.io import read_json, write_json
 
     out = args.out if args.out is not None else Path("runs") / f"lrb-{args.preset}"
-    if (out / "results.json").exists() and not args.overwrite:
-        raise ValueError(f"{out / 'results.json'} already exists; pass --overwrite or choose another --out")
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite and --resume contradict each other; pass one")
+    previous = None
+    if (out / "results.json").exists():
+        if args.resume:
+            previous = read_json(out / "results.json", "bench lrb results")
+        elif not args.overwrite:
+            raise ValueError(
+                f"{out / 'results.json'} already exists; pass --resume to finish it, --overwrite to replace it, "
+                "or choose another --out"
+            )
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be positive, got {args.steps}")
     results = run_lrb_bench(
@@ -117,6 +133,8 @@ def bench_lrb(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_steps=args.steps,
         progress=not args.no_progress,
+        previous=previous,
+        on_row=lambda partial: write_json(out / "results.json", partial),
     )
     print(format_table(results))
     for path in write_results(results, out):
