@@ -134,14 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--circuit-tracer-python", required=True, help="python of a venv with circuit-tracer")
-    parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="working folder, kept (default: a temporary one, removed at the end)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max |logit difference| / max |logit|")
     args = parser.parse_args(argv)
     if not Path(args.circuit_tracer_python).exists():
         print(f"--circuit-tracer-python {args.circuit_tracer_python} does not exist", file=sys.stderr)
         return 2
-    work = args.work or Path(tempfile.mkdtemp(prefix="circuit_tracer_check_"))
-    record = check(args.circuit_tracer_python, work, args.tolerance)
+    if args.work is not None:
+        record = check(args.circuit_tracer_python, args.work, args.tolerance)
+    else:
+        with tempfile.TemporaryDirectory(prefix="circuit_tracer_check_") as work:
+            record = check(args.circuit_tracer_python, Path(work), args.tolerance)
     print(json.dumps(record, indent=2))
     return 0 if record["passed"] else 1
 

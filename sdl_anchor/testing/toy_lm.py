@@ -9,6 +9,8 @@ no hub access. With a real model online, use ``HookedTransformer.from_pretrained
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -47,6 +49,7 @@ def word_level_tokenizer(corpus: Sequence[str], split_punctuation: bool = False)
         tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
     )
     folder = tempfile.mkdtemp(prefix="sdl_anchor_toy_tokenizer_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # needed until the process ends, not after
     fast.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 
