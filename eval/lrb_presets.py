@@ -1,7 +1,7 @@
 """``bench lrb``'s presets: bench sizes, training budgets and each method's settings.
 
 * ``smoke``: seconds; a check that the whole path runs (CI's wheel stage).
-* ``quick``: the README's main job, about 3 minutes on 2 CPU cores: TopK as stock SAELens, anchored,
+* ``quick``: the README's main job, about 2 minutes on 2 CPU cores (under 3): TopK as stock SAELens, anchored,
   theory-resampled and both, at a size where the difference is real.
 * ``small``: the earlier quick preset (n=128, d=96, width 2048, k=2), which the resampling experiments use.
 * ``paper-cpu``: the paper's dimensions (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000, 100 anchors,

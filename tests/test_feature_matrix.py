@@ -64,8 +64,10 @@ def test_below_welch_bound_is_rejected(n, d):
 
 
 def test_negative_mode_rejects_impossible_targets():
-    with pytest.raises(ValueError, match="unreachable"):
+    with pytest.raises(ValueError, match="at most d \\+ 1 = 5 unit vectors"):
         make_feature_matrix(10, 4, -0.5, "negative")
+    with pytest.raises(ValueError, match="unreachable.*at least -0.3333"):  # below the simplex's -1/(n-1)
+        make_feature_matrix(4, 4, -0.5, "negative")
     with pytest.raises(ValueError, match="positive value"):
         make_feature_matrix(30, 4, 0.0, "negative")
 

@@ -13,7 +13,9 @@ from sdl_anchor.eval.step_timing import paired_ratio
 
 TINY = {
     "anchor": {"d_in": 16, "d_sae": 64, "batch_size": 32, "k": 4, "steps": 2},
+    "sparse": {"d_in": 16, "d_sae": 64, "k": 4, "batch_size": 32, "steps": 2},
     "coder": {"d": 16, "d_sae": 64, "batch_size": 32, "steps": 2, "n_sources": 2},
+    "transcoder_set": {"n_layers": 2, "d_model": 16, "n_ctx": 64, "d_sae": 32, "k": 4, "training_tokens": 2048},
     "sampling": {"n_features": 256, "d": 32, "sparsity": 0.99, "batch_size": 64, "repeats": 2},
     "feed": {"n_features": 256, "d": 32, "d_sae": 64, "batch_size": 64, "steps": 2},
     "resampling": {"d_in": 16, "d_sae": 256, "batch_size": 64, "steps": 2, "total_steps": 1000},
@@ -40,10 +42,13 @@ def test_every_section_reports_rows_that_keep_the_contract(tiny_results):
             row["ratio"] <= row["target"] if row["better"] == "lower" else row["ratio"] >= row["target"]
         )
     counts = {section: sum(row["section"] == section for row in rows) for section in SECTIONS}
-    # a noise-floor row and 5 activations; 4 transcoders and 4 crosscoders; 2 strategies; 2 dtypes
+    # a noise-floor row and 5 activations; 3 sparse-step architectures and sparsify's step (the dev extra
+    # installs it); 4 transcoders and 4 crosscoders; a set's passes and wall time; 2 strategies; 2 dtypes
     assert counts == {
         "anchor": 6,
+        "sparse": 4,
         "coder": 8,
+        "transcoder_set": 2,
         "sampling": 1,
         "feed": 1,
         "resampling": 2,

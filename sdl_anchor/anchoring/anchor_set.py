@@ -108,4 +108,6 @@ def _check_directions(directions: torch.Tensor, name: str) -> torch.Tensor:
     if (norms < 1e-8).any():
         bad = torch.nonzero(norms < 1e-8).flatten().tolist()[:5]
         raise ValueError(f"{name} has zero-norm anchors at rows {bad}; every anchor needs a direction")
-    return directions / norms[:, None]
+    # rows already unit norm (within float rounding) are kept bit for bit, so save/load round trips exactly
+    already_unit = (norms - 1.0).abs() <= 1e-6
+    return torch.where(already_unit[:, None], directions, directions / norms[:, None])

@@ -27,7 +27,7 @@ def add_parsers(commands: Any) -> None:
         "--preset",
         default="quick",
         choices=list(PRESETS),
-        help="smoke: seconds; quick (default): the main job, ~3 minutes on 2 CPU cores; small: n=128; "
+        help="smoke: seconds; quick (default): the main job, ~2 minutes on 2 CPU cores; small: n=128; "
         "paper-cpu: the paper's dimensions, each run under 10 minutes on 2 CPU cores; paper: for a GPU",
     )
     lrb.add_argument("--out", type=Path, default=None, help="output folder (default: runs/lrb-PRESET)")
