@@ -34,6 +34,7 @@ def _config(sizes: dict[str, Any], hook_names: list[str] | None = None) -> Any:
         n_batches_in_buffer=32,
         device="cpu",
         logger=LoggingConfig(log_to_wandb=False),
+        output_path=None,  # timing only: SAELens's default would save into ./output
     )
 
 

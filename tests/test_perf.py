@@ -15,7 +15,14 @@ TINY = {
     "anchor": {"d_in": 16, "d_sae": 64, "batch_size": 32, "k": 4, "steps": 2},
     "sparse": {"d_in": 16, "d_sae": 64, "k": 4, "batch_size": 32, "steps": 2},
     "coder": {"d": 16, "d_sae": 64, "batch_size": 32, "steps": 2, "n_sources": 2},
-    "transcoder_set": {"n_layers": 2, "d_model": 16, "n_ctx": 64, "d_sae": 32, "k": 4, "training_tokens": 2048},
+    "transcoder_set": {
+        "n_layers": 2,
+        "d_model": 16,
+        "n_ctx": 64,
+        "d_sae": 32,
+        "k": 4,
+        "training_tokens": 2048,
+    },
     "sampling": {"n_features": 256, "d": 32, "sparsity": 0.99, "batch_size": 64, "repeats": 2},
     "feed": {"n_features": 256, "d": 32, "d_sae": 64, "batch_size": 64, "steps": 2},
     "resampling": {"d_in": 16, "d_sae": 256, "batch_size": 64, "steps": 2, "total_steps": 1000},
@@ -27,8 +34,13 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def tiny_results():
-    return run_perf(TINY)
+def tiny_results(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("perf_cwd")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        results = run_perf(TINY)
+    assert list(cwd.iterdir()) == []  # timing writes nothing where it runs (SAELens's default ./output)
+    return results
 
 
 def test_every_section_reports_rows_that_keep_the_contract(tiny_results):
