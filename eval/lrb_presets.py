@@ -193,7 +193,8 @@ PRESETS: dict[str, LRBPreset] = {
             l0=1.0,
             widths=[1000, 4000, 16_000],
             jumprelu_lr=1e-3,
-            # where each method's recovery curves flatten (README, "Results"), within 10 minutes a run
+            # where each method's recovery curves flatten (docs/results.md; JumpReLU's still rises), within
+            # 10 minutes a run on 2 idle cores
             steps={
                 "standard": 250,
                 "jumprelu": 250,

@@ -425,7 +425,8 @@ def format_table(results: dict[str, Any]) -> str:
         )
     lines.append(
         f"dec M_GT, live M_GT (latents that fire), FVU, L0: the '{_column_name(*last)}' column (a row without "
-        "it: its first run). paper = arXiv 2512.05534 (TopK at k=32/64/128: Table 7, M_GT only; the rest: Table 1), not rerun here. "
+        "it: its first run). paper = arXiv 2512.05534 (TopK at k=32/64/128: Table 7, M_GT only; the rest: "
+        "Table 1), not rerun here. "
         f"Total wall time {config.get('wall_seconds', 0.0):.0f} s."
     )
     return "\n".join(lines)

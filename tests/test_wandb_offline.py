@@ -54,27 +54,9 @@ def test_bench_lrb_logs_its_table_and_plot(wandb_dir):
     from sdl_anchor.cli import main
 
     out = wandb_dir / "bench"
-    argv = [
-        "bench",
-        "lrb",
-        "--steps",
-        "10",
-        "--methods",
-        "topk",
-        "--variants",
-        "plain",
-        "--resampling",
-        "none",
-    ]
-    argv += [
-        "--interference",
-        "bounded",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--wandb-project",
-        "sdl-anchor-test",
-    ]
+    argv = ["bench", "lrb", "--steps", "10", "--methods", "topk", "--variants", "plain"]
+    argv += ["--resampling", "none", "--interference", "bounded", "--out", str(out), "--no-progress"]
+    argv += ["--wandb-project", "sdl-anchor-test"]
     assert main(argv) == 0
     (run,) = offline_runs(out)
     history = logged_history(run)
