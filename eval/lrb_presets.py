@@ -14,7 +14,8 @@ The paper states no learning rate, step count or Table 1 k; those are ours, and 
 settings it ran with. ``anchored`` means the ground-truth anchors on the first ``n_anchors`` latents
 (``anchor_coefficient``) plus self-anchoring of every other latent (``self_anchor_coefficient``): to its
 decoder direction, or for transcoders, whose encoder and decoder live in different spaces, to the mean input
-it fires on.
+it fires on. At the paper's size ReLU and JumpReLU are anchored by the anchors alone: self-anchoring stalls
+their training there (``SAE_PENALTY_METHODS``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ K_METHODS = ("topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crossco
 VARIANTS = ("plain", "init_only", "anchored")
 RESAMPLING = ("none", "anthropic", "theory")
 TRAINING_KEYS = ("lr", "n_steps", "batch_size")  # per-method overrides of the preset's training budget
+# per-method overrides of the anchored rows' self-anchoring
+SELF_ANCHOR_KEYS = ("self_anchor_coefficient", "self_anchor_target")
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,10 @@ class LRBPreset:
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def settings_for(self, method: str) -> dict[str, Any]:
-        """The SAELens config fields for ``method`` (its training-budget overrides excluded)."""
-        return {k: v for k, v in self.method_settings.get(method, {}).items() if k not in TRAINING_KEYS}
+        """The SAELens config fields for ``method`` (its training-budget and self-anchoring overrides
+        excluded)."""
+        overrides = self.method_settings.get(method, {})
+        return {k: v for k, v in overrides.items() if k not in TRAINING_KEYS + SELF_ANCHOR_KEYS}
 
     def training_for(self, method: str) -> dict[str, Any]:
         """``{"lr", "n_steps", "batch_size"}`` of ``method``: the preset's, or the method's overrides."""
@@ -84,7 +89,7 @@ class LRBPreset:
 
     def anchor_settings(self, variant: str, method: str) -> dict[str, Any]:
         """The anchoring config fields of ``variant``: none for ``plain``, lambda 0 for ``init_only``, and
-        anchors plus self-anchoring for ``anchored``."""
+        anchors plus self-anchoring for ``anchored`` (the preset's coefficient, or the method's override)."""
         if variant == "plain":
             return {}
         settings: dict[str, Any] = {
@@ -93,8 +98,13 @@ class LRBPreset:
             "anchor_init": True,
         }
         if variant == "anchored":
-            settings["self_anchor_coefficient"] = self.self_anchor_coefficient
-            settings["self_anchor_target"] = "inputs" if method == "transcoder" else "decoder"
+            overrides = self.method_settings.get(method, {})
+            settings["self_anchor_coefficient"] = overrides.get(
+                "self_anchor_coefficient", self.self_anchor_coefficient
+            )
+            settings["self_anchor_target"] = overrides.get(
+                "self_anchor_target", "inputs" if method == "transcoder" else "decoder"
+            )
         return settings
 
 
@@ -105,10 +115,12 @@ def _settings(
     widths: list[int],
     jumprelu_lr: float,
     steps: dict[str, int] | None = None,
+    without_self_anchoring: tuple[str, ...] = (),
 ) -> dict[str, dict[str, Any]]:
     """Each method's settings. ``steps`` overrides the preset's step count per method: the methods SAELens
     trains densely (ReLU, JumpReLU) cost several times the TopK family's sparse steps, and each method's
-    recovery curve flattens at its own point."""
+    recovery curve flattens at its own point. ``without_self_anchoring``: methods whose anchored rows use
+    the anchors alone (self-anchoring coefficient 0)."""
     steps = steps or {}
     settings: dict[str, dict[str, Any]] = {
         "standard": {"l1_coefficient": l1},
@@ -124,8 +136,15 @@ def _settings(
         raise ValueError(f"step overrides for unknown methods: {sorted(unknown)}")
     for method, n_steps in steps.items():
         settings[method]["n_steps"] = n_steps
+    for method in without_self_anchoring:
+        settings[method]["self_anchor_coefficient"] = 0.0
     return settings
 
+
+# ReLU and JumpReLU: self-anchoring, at any coefficient from 0.1 down to 0.001 (to the decoder or to the
+# firing inputs), stalls their training at the paper's size (docs/results.md), so their anchored rows use the
+# anchors alone, the paper's form of anchoring.
+SAE_PENALTY_METHODS = ("standard", "jumprelu")
 
 PAPER_SIZE: dict[str, Any] = {
     "n_features": 1000,
@@ -202,6 +221,7 @@ PRESETS: dict[str, LRBPreset] = {
                 "matryoshka_batchtopk": 500,
                 "crosscoder": 300,
             },
+            without_self_anchoring=SAE_PENALTY_METHODS,
         ),
     ),
     "paper": LRBPreset(
@@ -211,6 +231,13 @@ PRESETS: dict[str, LRBPreset] = {
         batch_size=4096,
         lr=3e-4,
         recovery_points=10,
-        method_settings=_settings(k=32, l1=1.0, l0=1.0, widths=[1000, 4000, 16_000], jumprelu_lr=1e-3),
+        method_settings=_settings(
+            k=32,
+            l1=1.0,
+            l0=1.0,
+            widths=[1000, 4000, 16_000],
+            jumprelu_lr=1e-3,
+            without_self_anchoring=SAE_PENALTY_METHODS,
+        ),
     ),
 }

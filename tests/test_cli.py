@@ -205,6 +205,27 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert set(preset.methods) == {"standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk",
                                    "transcoder", "crosscoder"}  # fmt: skip
     assert (preset.variants, preset.resampling) == (("plain", "anchored"), ("none", "theory"))
+    # ReLU and JumpReLU are anchored by the anchors alone; the rest add self-anchoring
+    assert [preset.anchor_settings("anchored", m)["self_anchor_coefficient"] for m in preset.methods] == [
+        0.0 if m in ("standard", "jumprelu") else 0.1 for m in preset.methods
+    ]
+    assert PRESETS["paper"].method_settings["standard"]["self_anchor_coefficient"] == 0.0
+
+
+def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
+    from dataclasses import replace
+
+    from sdl_anchor.eval.lrb_presets import PRESETS
+    from sdl_anchor.eval.lrb_table import build_bench, build_sae
+
+    smoke = PRESETS["smoke"]
+    settings = {**smoke.method_settings, "standard": {"l1_coefficient": 1.0, "self_anchor_coefficient": 0.0}}
+    preset = replace(smoke, method_settings=settings)
+    bench = build_bench(preset, "sae", "bounded", 0, "cpu")
+    assert build_sae("standard", preset, bench, "cpu", "anchored").cfg.self_anchor_coefficient == 0.0
+    assert build_sae("topk", preset, bench, "cpu", "anchored").cfg.self_anchor_coefficient == 0.1
+    plain = build_sae("standard", preset, bench, "cpu", "plain")  # a stock config: no anchoring field
+    assert not hasattr(plain.cfg, "self_anchor_coefficient") and plain.cfg.l1_coefficient == 1.0
 
 
 def test_a_k_that_is_not_a_number_is_an_argparse_error(capsys):
