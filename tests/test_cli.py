@@ -228,6 +228,20 @@ def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
     assert not hasattr(plain.cfg, "self_anchor_coefficient") and plain.cfg.l1_coefficient == 1.0
 
 
+def test_the_self_anchor_sweep_trains_plain_anchors_only_and_each_coefficient(capsys):
+    from sdl_anchor.eval.self_anchor_sweep import format_rows, self_anchor_sweep
+
+    rows = self_anchor_sweep(
+        "standard", "smoke", d_sae=None, n_steps=5, coefficients=(0.1,), targets=("decoder",)
+    )
+    assert [(r["variant"], r["self_anchor_coefficient"]) for r in rows] == [
+        ("plain", 0.0), ("anchored", 0.0), ("anchored", 0.1),
+    ]  # fmt: skip
+    assert rows[1]["M_IP"] != rows[2]["M_IP"]  # the coefficient reached the training
+    assert all(0.0 <= r["fvu"] and r["l0"] > 0 for r in rows)
+    assert "self-anchor" in format_rows(rows)
+
+
 def test_a_k_that_is_not_a_number_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "lrb", "--k", "x", "--no-progress"])
