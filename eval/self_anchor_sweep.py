@@ -26,16 +26,20 @@ def self_anchor_sweep(
     n_steps: int = 120,
     coefficients: tuple[float, ...] = DEFAULT_COEFFICIENTS,
     targets: tuple[str, ...] = ("decoder", "inputs"),
+    start_step: int = 0,
     device: str = "cpu",
 ) -> list[dict[str, Any]]:
-    """One row for plain, one for the anchors alone, and one per (target, coefficient)."""
+    """One row for plain, one for the anchors alone, and one per (target, coefficient), self-anchoring from
+    ``start_step`` on."""
     base = PRESETS[preset]
     runs: list[tuple[str, float, str]] = [("plain", 0.0, "-"), ("anchored", 0.0, "-")]
     runs += [("anchored", c, t) for t in targets for c in coefficients]
     rows = []
     for variant, coefficient, target in runs:
         settings = {m: dict(s) for m, s in base.method_settings.items()}
-        settings[method].update(n_steps=n_steps, self_anchor_coefficient=coefficient)
+        settings[method].update(
+            n_steps=n_steps, self_anchor_coefficient=coefficient, self_anchor_start_step=start_step
+        )
         if target != "-":
             settings[method]["self_anchor_target"] = target
         sized = replace(
@@ -50,6 +54,7 @@ def self_anchor_sweep(
                 "variant": variant,
                 "self_anchor_coefficient": coefficient,
                 "self_anchor_target": target,
+                "self_anchor_start_step": start_step,
                 **{key: row[key] for key in ("M_GT", "M_IP", "M_GT_dec", "M_IP_dec", "l0", "fvu")},
                 "seconds": row["train_seconds"],
             }
@@ -77,9 +82,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="paper-cpu")
     parser.add_argument("--d-sae", type=int, default=4000, help="width (default 4000; 0: the preset's)")
     parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--start-step", type=int, default=0, help="the step self-anchoring starts at")
+    parser.add_argument("--coefficients", default="0.1,0.01,0.001")
+    parser.add_argument("--targets", default="decoder,inputs")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    rows = self_anchor_sweep(args.method, args.preset, args.d_sae, args.steps, device=args.device)
+    rows = self_anchor_sweep(
+        args.method,
+        args.preset,
+        args.d_sae,
+        args.steps,
+        coefficients=tuple(float(c) for c in args.coefficients.split(",")),
+        targets=tuple(args.targets.split(",")),
+        start_step=args.start_step,
+        device=args.device,
+    )
     print(format_rows(rows))
 
 

@@ -13,7 +13,9 @@ Config fields:
 * ``self_anchor_coefficient``: self-anchoring of every other latent, its encoder column tied to a direction
   of its own (:func:`~sdl_anchor.anchoring.loss.self_anchor_loss`; 0 = off), ``self_anchor_target``: its
   decoder row (``"decoder"``) or the centred mean input it fired on over the last ~50 steps (``"inputs"``,
-  :class:`~sdl_anchor.anchoring.firing_inputs.FiringInputMeans`; the transcoders' choice).
+  :class:`~sdl_anchor.anchoring.firing_inputs.FiringInputMeans`; the transcoders' choice);
+  ``self_anchor_start_step``: the training step self-anchoring starts at (0: from the start; later lets the
+  decoder find the features first, for the L1/L0-penalty SAEs whose training a tie to a random decoder stalls).
 
 ``losses["anchor_loss"]`` and ``losses["self_anchor_loss"]`` join the architecture's own losses (SAELens logs
 them as ``losses/anchor_loss`` and ``losses/self_anchor_loss``), with the metrics ``anchor_cosine`` and
@@ -51,6 +53,7 @@ class AnchorConfigFields:
     anchor_init: bool = True
     self_anchor_coefficient: float = 0.0
     self_anchor_target: str = "decoder"
+    self_anchor_start_step: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]
@@ -63,6 +66,12 @@ class AnchorConfigFields:
         if not self.self_anchor_coefficient >= 0:
             raise ValueError(
                 f"self_anchor_coefficient must be non-negative, got {self.self_anchor_coefficient!r}"
+            )
+        if isinstance(self.self_anchor_start_step, bool) or not (
+            isinstance(self.self_anchor_start_step, int) and self.self_anchor_start_step >= 0
+        ):
+            raise ValueError(
+                f"self_anchor_start_step must be a non-negative integer, got {self.self_anchor_start_step!r}"
             )
         if self.self_anchor_target not in SELF_ANCHOR_TARGETS:
             raise ValueError(
@@ -165,7 +174,9 @@ class AnchoredMixin:
                 self.W_enc, self.W_dec, self.anchor_directions_in, self.anchor_directions_out
             )
         if self.cfg.self_anchor_coefficient > 0:
-            tie = self._self_anchor_loss(step_input, output)
+            tie = self._self_anchor_loss(step_input, output)  # before the start too: firing means warm up
+            if step_input.n_training_steps < self.cfg.self_anchor_start_step:
+                return output
             output.losses["self_anchor_loss"] = self.cfg.self_anchor_coefficient * tie
             output.loss = output.loss + output.losses["self_anchor_loss"]
             unanchored = self.cfg.d_sae - self.anchor_k

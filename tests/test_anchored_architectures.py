@@ -177,6 +177,19 @@ def test_saved_model_is_stock_sae_lens_without_anchors(activation, bench, anchor
     assert torch.allclose(torch.tensor(loaded["out"]), expected, atol=1e-5)
 
 
+def test_self_anchoring_starts_at_its_start_step(bench):
+    sae = make("standard", self_anchor_coefficient=0.1, self_anchor_start_step=3)
+    x = bench.sample(64).x_in
+    before = sae.training_forward_pass(step_input(sae, x, step=2))
+    at_start = sae.training_forward_pass(step_input(sae, x, step=3))
+    assert "self_anchor_loss" not in before.losses
+    tie = at_start.losses["self_anchor_loss"]
+    assert tie > 0
+    torch.testing.assert_close(at_start.loss, before.loss + tie)
+    with pytest.raises(ValueError, match="self_anchor_start_step must be a non-negative integer"):
+        make("standard", self_anchor_start_step=-1)
+
+
 def test_bad_anchor_inputs(bench, anchor_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="names anchor_path=.*does not exist"):
         make("topk", tmp_path / "gone.safetensors")

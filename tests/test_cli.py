@@ -205,11 +205,15 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert set(preset.methods) == {"standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk",
                                    "transcoder", "crosscoder"}  # fmt: skip
     assert (preset.variants, preset.resampling) == (("plain", "anchored"), ("none", "theory"))
-    # ReLU and JumpReLU are anchored by the anchors alone; the rest add self-anchoring
-    assert [preset.anchor_settings("anchored", m)["self_anchor_coefficient"] for m in preset.methods] == [
-        0.0 if m in ("standard", "jumprelu") else 0.1 for m in preset.methods
-    ]
-    assert PRESETS["paper"].method_settings["standard"]["self_anchor_coefficient"] == 0.0
+    # ReLU's and JumpReLU's self-anchoring starts late (half and 80% of their steps); the rest's at step 0
+    anchored = {m: preset.anchor_settings("anchored", m) for m in preset.methods}
+    assert {m: a["self_anchor_coefficient"] for m, a in anchored.items()} == {
+        m: 0.01 if m in ("standard", "jumprelu") else 0.1 for m in preset.methods
+    }
+    assert {m: a.get("self_anchor_start_step", 0) for m, a in anchored.items()} == {
+        m: {"standard": 125, "jumprelu": 200}.get(m, 0) for m in preset.methods
+    }
+    assert PRESETS["paper"].anchor_settings("anchored", "standard")["self_anchor_start_step"] == 2000
 
 
 def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
