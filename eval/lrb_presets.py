@@ -5,7 +5,7 @@
   theory-resampled and both, at a size where the difference is real.
 * ``small``: the earlier quick preset (n=128, d=96, width 2048, k=2), which the resampling experiments use.
 * ``paper-cpu``: the paper's dimensions (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000, 100 anchors,
-  lambda 0.1), every run under 10 minutes on 2 otherwise idle CPU cores (125 to 540 s measured); each
+  lambda 0.1), every run under 10 minutes on 2 otherwise idle CPU cores (120 to 558 s measured); each
   method's budget ends after its recovery curves flatten, except JumpReLU's, whose M_IP is still rising
   (docs/results.md).
 * ``paper``: the same method settings at the paper's dimensions with a longer budget, for a GPU.
