@@ -32,7 +32,8 @@ VARIANTS = ("plain", "init_only", "anchored")
 RESAMPLING = ("none", "anthropic", "theory")
 TRAINING_KEYS = ("lr", "n_steps", "batch_size")  # per-method overrides of the preset's training budget
 # per-method overrides of the anchored rows' self-anchoring
-SELF_ANCHOR_KEYS = ("self_anchor_coefficient", "self_anchor_target", "self_anchor_start_step")
+# (``self_anchor_start``: the fraction of the method's steps after which self-anchoring starts)
+SELF_ANCHOR_KEYS = ("self_anchor_coefficient", "self_anchor_target", "self_anchor_start")
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,9 @@ class LRBPreset:
             settings["self_anchor_target"] = overrides.get(
                 "self_anchor_target", "inputs" if method == "transcoder" else "decoder"
             )
-            if "self_anchor_start_step" in overrides:
-                settings["self_anchor_start_step"] = overrides["self_anchor_start_step"]
+            if "self_anchor_start" in overrides:
+                n_steps = self.training_for(method)["n_steps"]
+                settings["self_anchor_start_step"] = round(overrides["self_anchor_start"] * n_steps)
         return settings
 
 
@@ -118,7 +120,6 @@ def _settings(
     jumprelu_lr: float,
     steps: dict[str, int] | None = None,
     late_self_anchoring: dict[str, tuple[float, float]] | None = None,
-    n_steps: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each method's settings. ``steps`` overrides the preset's step count per method: the methods SAELens
     trains densely (ReLU, JumpReLU) cost several times the TopK family's sparse steps, and each method's
@@ -141,10 +142,8 @@ def _settings(
     for method, n_steps in steps.items():
         settings[method]["n_steps"] = n_steps
     for method, (coefficient, start) in (late_self_anchoring or {}).items():
-        if n_steps is None:
-            raise ValueError("late self-anchoring needs the preset's n_steps")
         settings[method]["self_anchor_coefficient"] = coefficient
-        settings[method]["self_anchor_start_step"] = int(start * settings[method].get("n_steps", n_steps))
+        settings[method]["self_anchor_start"] = start
     return settings
 
 
@@ -233,7 +232,6 @@ PRESETS: dict[str, LRBPreset] = {
                 "crosscoder": 300,
             },
             late_self_anchoring=LATE_SELF_ANCHORING,
-            n_steps=300,
         ),
     ),
     "paper": LRBPreset(
@@ -250,7 +248,6 @@ PRESETS: dict[str, LRBPreset] = {
             widths=[1000, 4000, 16_000],
             jumprelu_lr=1e-3,
             late_self_anchoring=LATE_SELF_ANCHORING,
-            n_steps=4000,
         ),
     ),
 }

@@ -1,8 +1,8 @@
 """Self-anchoring coefficients against one method at the paper's dimensions, on a short budget.
 
-Why ``paper-cpu`` anchors ReLU and JumpReLU by the anchors alone: with self-anchoring on, their training
-stalls (the decoder stays near its random start, L0 in the hundreds or thousands, FVU near 0.9). This script
-measures that: each coefficient and target trains the method from the same start, next to a plain run and an
+Why ``paper-cpu`` starts ReLU's and JumpReLU's self-anchoring late: on from the first step, it stalls their
+training (the decoder stays near its random start, L0 in the hundreds or thousands, FVU near 0.9). This
+script measures that, and a later start (``--start-step``): each coefficient and target trains the method from the same start, next to a plain run and an
 anchors-only run (coefficient 0), and prints encoder and decoder M_IP, M_GT, L0 and FVU.
 
 ``python -m sdl_anchor.eval.self_anchor_sweep --method standard --d-sae 4000 --steps 120``
@@ -38,7 +38,7 @@ def self_anchor_sweep(
     for variant, coefficient, target in runs:
         settings = {m: dict(s) for m, s in base.method_settings.items()}
         settings[method].update(
-            n_steps=n_steps, self_anchor_coefficient=coefficient, self_anchor_start_step=start_step
+            n_steps=n_steps, self_anchor_coefficient=coefficient, self_anchor_start=start_step / n_steps
         )
         if target != "-":
             settings[method]["self_anchor_target"] = target

@@ -214,6 +214,16 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
         m: {"standard": 125, "jumprelu": 200}.get(m, 0) for m in preset.methods
     }
     assert PRESETS["paper"].anchor_settings("anchored", "standard")["self_anchor_start_step"] == 2000
+    from dataclasses import replace
+
+    # the start is a fraction of the run: a shorter budget (bench lrb's n_steps override) moves it
+    short = {m: {k: v for k, v in s.items() if k != "n_steps"} for m, s in preset.method_settings.items()}
+    assert (
+        replace(preset, n_steps=100, method_settings=short).anchor_settings("anchored", "jumprelu")[
+            "self_anchor_start_step"
+        ]
+        == 80
+    )
 
 
 def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
