@@ -59,6 +59,7 @@ class LRBPreset:
     coder_activation: str = "topk"  # the transcoder's and crosscoder's activation
     n_sources: int = 2  # the crosscoder's sources
     topk_ks: tuple[int, ...] = ()  # one TopK row per k (bench lrb --k selects)
+    topk_training: dict[int, dict[str, Any]] = field(default_factory=dict)  # a TopK k's training overrides
     methods: tuple[str, ...] = METHODS
     variants: tuple[str, ...] = ("plain", "anchored")
     resampling: tuple[str, ...] = ("none", "theory")
@@ -67,15 +68,26 @@ class LRBPreset:
     recovery_points: int = 0  # recovery-curve points per run (0: none)
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for k, overrides in self.topk_training.items():
+            if k not in self.topk_ks:
+                raise ValueError(f"topk_training has k={k}, which is not among topk_ks {self.topk_ks}")
+            unknown = set(overrides) - set(TRAINING_KEYS)
+            if unknown:
+                raise ValueError(f"topk_training[{k}] may set {TRAINING_KEYS} only, not {sorted(unknown)}")
+
     def settings_for(self, method: str) -> dict[str, Any]:
         """The SAELens config fields for ``method`` (its training-budget and self-anchoring overrides
         excluded)."""
         overrides = self.method_settings.get(method, {})
         return {k: v for k, v in overrides.items() if k not in TRAINING_KEYS + SELF_ANCHOR_KEYS}
 
-    def training_for(self, method: str) -> dict[str, Any]:
-        """``{"lr", "n_steps", "batch_size"}`` of ``method``: the preset's, or the method's overrides."""
-        overrides = self.method_settings.get(method, {})
+    def training_for(self, method: str, k: int | None = None) -> dict[str, Any]:
+        """``{"lr", "n_steps", "batch_size"}`` of ``method`` (at ``k``): the preset's, overridden by the
+        method's, overridden for TopK by that k's (``topk_training``)."""
+        overrides = dict(self.method_settings.get(method, {}))
+        if method == "topk" and k is not None:
+            overrides.update(self.topk_training.get(k, {}))
         return {key: overrides.get(key, getattr(self, key)) for key in TRAINING_KEYS}
 
     def lr_for(self, method: str) -> float:
@@ -88,7 +100,7 @@ class LRBPreset:
         k = self.method_settings.get(method, {}).get("k")
         return (k,) if method in K_METHODS else (None,)
 
-    def anchor_settings(self, variant: str, method: str) -> dict[str, Any]:
+    def anchor_settings(self, variant: str, method: str, k: int | None = None) -> dict[str, Any]:
         """The anchoring config fields of ``variant``: none for ``plain``, lambda 0 for ``init_only``, and
         anchors plus self-anchoring for ``anchored`` (the preset's coefficient, or the method's override)."""
         if variant == "plain":
@@ -107,7 +119,7 @@ class LRBPreset:
                 "self_anchor_target", "inputs" if method == "transcoder" else "decoder"
             )
             if "self_anchor_start" in overrides:
-                n_steps = self.training_for(method)["n_steps"]
+                n_steps = self.training_for(method, k)["n_steps"]
                 settings["self_anchor_start_step"] = round(overrides["self_anchor_start"] * n_steps)
         return settings
 
@@ -132,7 +144,7 @@ def _settings(
         "jumprelu": {"l0_coefficient": l0, "lr": jumprelu_lr},
         "topk": {"k": k},
         "batchtopk": {"k": k},
-        "matryoshka_batchtopk": {"k": k, "matryoshka_widths": widths},
+        "matryoshka_batchtopk": {"k": k, "matryoshka_widths": list(widths)},
         "transcoder": {"k": k},
         "crosscoder": {"k": k},
     }
@@ -155,6 +167,13 @@ def _settings(
 # encoder M_GT 60.7% against 0% for plain and anchors-only, FVU 0.21 against 0.20 plain. (coefficient, start
 # as a fraction of the method's steps)
 LATE_SELF_ANCHORING = {"standard": (0.01, 0.5), "jumprelu": (0.01, 0.8)}
+
+# Matryoshka at the paper's size: each inner width adds a loss asking its prefix to reconstruct alone. With an
+# innermost width of 1,000 (the feature count, 100 of its slots anchors), anchored + theory peaked at 96.9%
+# M_GT (step 249) and ended at 78.0% as live latents fell (our reading: the inner loss absorbs the features
+# resampled beyond latent 1,000 back into the prefix). With the innermost width at 4,000, where the prefix
+# can hold every feature: 94.3% at the end (docs/results.md).
+MATRYOSHKA_PAPER_WIDTHS = [4000, 16_000]
 
 PAPER_SIZE: dict[str, Any] = {
     "n_features": 1000,
@@ -215,12 +234,14 @@ PRESETS: dict[str, LRBPreset] = {
         n_steps=300,
         batch_size=1024,
         lr=3e-4,
+        # TopK at k=128 is still rising at 300 steps; at 600 its curve peaks (step 400) and falls
+        topk_training={128: {"n_steps": 600}},
         recovery_points=6,
         method_settings=_settings(
             k=32,
             l1=1.0,
             l0=1.0,
-            widths=[1000, 4000, 16_000],
+            widths=MATRYOSHKA_PAPER_WIDTHS,
             jumprelu_lr=1e-3,
             # where each method's recovery curves flatten (docs/results.md; JumpReLU's still rises), within
             # 10 minutes a run on 2 idle cores
@@ -245,7 +266,7 @@ PRESETS: dict[str, LRBPreset] = {
             k=32,
             l1=1.0,
             l0=1.0,
-            widths=[1000, 4000, 16_000],
+            widths=MATRYOSHKA_PAPER_WIDTHS,
             jumprelu_lr=1e-3,
             late_self_anchoring=LATE_SELF_ANCHORING,
         ),

@@ -110,7 +110,7 @@ def build_sae(
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    settings = {**preset.settings_for(method), **preset.anchor_settings(variant, method)}
+    settings = {**preset.settings_for(method), **preset.anchor_settings(variant, method, k)}
     if k is not None:
         settings["k"] = k
     if bench.kind == "transcoder":
@@ -182,6 +182,10 @@ def run_lrb_bench(
             n_steps=n_steps,
             method_settings={
                 m: {k: v for k, v in s.items() if k != "n_steps"} for m, s in preset.method_settings.items()
+            },
+            topk_training={
+                k: {key: v for key, v in s.items() if key != "n_steps"}
+                for k, s in preset.topk_training.items()
             },
         )
     methods = methods or preset.methods
@@ -276,7 +280,7 @@ def _train_and_score(
     sae = build_sae(method, preset, bench, device, variant, k)
     if variant != "plain":
         sae.set_anchors(anchors)
-    training = preset.training_for(method)
+    training = preset.training_for(method, k)
     points = preset.recovery_points
     started = time.perf_counter()
     train_on_bench(
@@ -331,7 +335,7 @@ def _row(
     if k is not None:
         settings["k"] = k
     if variant != "plain":
-        settings.update(n_anchors=preset.n_anchors, **preset.anchor_settings(variant, method))
+        settings.update(n_anchors=preset.n_anchors, **preset.anchor_settings(variant, method, k))
     if strategy != "none":
         settings["resampling"] = sae.cfg.metadata.resampling  # the strategy and each event's record
     curve = getattr(sae.cfg.metadata, "recovery_curve", None)

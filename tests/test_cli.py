@@ -214,6 +214,9 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
         m: {"standard": 125, "jumprelu": 200}.get(m, 0) for m in preset.methods
     }
     assert PRESETS["paper"].anchor_settings("anchored", "standard")["self_anchor_start_step"] == 2000
+    # TopK k=128 trains twice as long as k=32 and 64; Matryoshka's innermost width holds every feature
+    assert [preset.training_for("topk", k)["n_steps"] for k in preset.topk_ks] == [300, 300, 600]
+    assert preset.settings_for("matryoshka_batchtopk")["matryoshka_widths"][0] >= preset.n_features
     from dataclasses import replace
 
     # the start is a fraction of the run: a shorter budget (bench lrb's n_steps override) moves it
@@ -240,6 +243,28 @@ def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
     assert build_sae("topk", preset, bench, "cpu", "anchored").cfg.self_anchor_coefficient == 0.1
     plain = build_sae("standard", preset, bench, "cpu", "plain")  # a stock config: no anchoring field
     assert not hasattr(plain.cfg, "self_anchor_coefficient") and plain.cfg.l1_coefficient == 1.0
+
+
+def test_a_topk_k_s_training_override_reaches_its_rows_only(tmp_path):
+    from dataclasses import replace
+
+    from sdl_anchor.eval.lrb_presets import PRESETS
+    from sdl_anchor.eval.lrb_table import run_lrb_bench
+
+    preset = replace(PRESETS["smoke"], topk_ks=(2, 4), topk_training={4: {"n_steps": 5, "lr": 1e-3}})
+    rows = run_lrb_bench(preset, variants=("plain",), resampling=("none",), progress=False)["rows"]
+    assert [(r["k"], r["settings"]["n_steps"], r["settings"]["lr"]) for r in rows] == [
+        (2, 30, 3e-4),
+        (4, 5, 1e-3),
+    ]
+    assert [r["samples_seen"] for r in rows] == [30 * 128, 5 * 128]
+    # bench lrb's --steps override replaces every step count, this one included
+    shortened = run_lrb_bench(preset, variants=("plain",), resampling=("none",), n_steps=3, progress=False)
+    assert [r["settings"]["n_steps"] for r in shortened["rows"]] == [3, 3]
+    with pytest.raises(ValueError, match="not among topk_ks"):
+        replace(preset, topk_training={8: {"n_steps": 5}})
+    with pytest.raises(ValueError, match="may set"):
+        replace(preset, topk_training={4: {"k": 5}})
 
 
 def test_the_self_anchor_sweep_trains_plain_anchors_only_and_each_coefficient(capsys):
