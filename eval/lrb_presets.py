@@ -20,7 +20,7 @@ found the features: from the first step it stalls their training (``LATE_SELF_AN
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sdl_anchor.integrations.anchor_mixin import DEFAULT_ANCHOR_LOSS
@@ -76,6 +76,16 @@ class LRBPreset:
             if unknown:
                 raise ValueError(f"topk_training[{k}] may set {TRAINING_KEYS} only, not {sorted(unknown)}")
 
+    def with_steps(self, n_steps: int) -> LRBPreset:
+        """This preset with every run ``n_steps`` long (``bench lrb --steps``): the methods' and the TopK
+        k's own step counts dropped."""
+        return replace(
+            self,
+            n_steps=n_steps,
+            method_settings={m: _without_steps(s) for m, s in self.method_settings.items()},
+            topk_training={k: _without_steps(s) for k, s in self.topk_training.items()},
+        )
+
     def settings_for(self, method: str) -> dict[str, Any]:
         """The SAELens config fields for ``method`` (its training-budget and self-anchoring overrides
         excluded)."""
@@ -122,6 +132,10 @@ class LRBPreset:
                 n_steps = self.training_for(method, k)["n_steps"]
                 settings["self_anchor_start_step"] = round(overrides["self_anchor_start"] * n_steps)
         return settings
+
+
+def _without_steps(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in overrides.items() if key != "n_steps"}
 
 
 def _settings(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -177,17 +177,7 @@ def run_lrb_bench(
     each row, so an interrupted run loses at most the row in progress."""
     preset = resolve_preset(preset)
     if n_steps is not None:
-        preset = replace(
-            preset,
-            n_steps=n_steps,
-            method_settings={
-                m: {k: v for k, v in s.items() if k != "n_steps"} for m, s in preset.method_settings.items()
-            },
-            topk_training={
-                k: {key: v for key, v in s.items() if key != "n_steps"}
-                for k, s in preset.topk_training.items()
-            },
-        )
+        preset = preset.with_steps(n_steps)
     methods = methods or preset.methods
     variants = variants or preset.variants
     resampling = resampling or preset.resampling

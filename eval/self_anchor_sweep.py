@@ -2,8 +2,9 @@
 
 Why ``paper-cpu`` starts ReLU's and JumpReLU's self-anchoring late: on from the first step, it stalls their
 training (the decoder stays near its random start, L0 in the hundreds or thousands, FVU near 0.9). This
-script measures that, and a later start (``--start-step``): each coefficient and target trains the method from the same start, next to a plain run and an
-anchors-only run (coefficient 0), and prints encoder and decoder M_IP, M_GT, L0 and FVU.
+script measures that, and a later start (``--start-step``): each coefficient and target trains the method
+from the same start, next to a plain run and an anchors-only run (coefficient 0), and prints encoder and
+decoder M_IP, M_GT, L0 and FVU.
 
 ``python -m sdl_anchor.eval.self_anchor_sweep --method standard --d-sae 4000 --steps 120``
 """

@@ -217,16 +217,8 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     # TopK k=128 trains twice as long as k=32 and 64; Matryoshka's innermost width holds every feature
     assert [preset.training_for("topk", k)["n_steps"] for k in preset.topk_ks] == [300, 300, 600]
     assert preset.settings_for("matryoshka_batchtopk")["matryoshka_widths"][0] >= preset.n_features
-    from dataclasses import replace
-
     # the start is a fraction of the run: a shorter budget (bench lrb's n_steps override) moves it
-    short = {m: {k: v for k, v in s.items() if k != "n_steps"} for m, s in preset.method_settings.items()}
-    assert (
-        replace(preset, n_steps=100, method_settings=short).anchor_settings("anchored", "jumprelu")[
-            "self_anchor_start_step"
-        ]
-        == 80
-    )
+    assert preset.with_steps(100).anchor_settings("anchored", "jumprelu")["self_anchor_start_step"] == 80
 
 
 def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
