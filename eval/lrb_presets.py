@@ -30,7 +30,9 @@ CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder"}  # the LR
 K_METHODS = ("topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")  # methods with a k
 VARIANTS = ("plain", "init_only", "anchored")
 RESAMPLING = ("none", "anthropic", "theory")
-TRAINING_KEYS = ("lr", "n_steps", "batch_size")  # per-method overrides of the preset's training budget
+# per-method overrides of the preset's training budget (``lr_decay_fraction``: the last fraction of the steps
+# over which the learning rate decays linearly to a tenth, SAELens's ``lr_decay_steps``)
+TRAINING_KEYS = ("lr", "n_steps", "batch_size", "lr_decay_fraction")
 # per-method overrides of the anchored rows' self-anchoring
 # (``self_anchor_start``: the fraction of the method's steps after which self-anchoring starts)
 SELF_ANCHOR_KEYS = ("self_anchor_coefficient", "self_anchor_target", "self_anchor_start")
@@ -52,6 +54,7 @@ class LRBPreset:
     n_steps: int = 2000
     batch_size: int = 1024
     lr: float = 3e-4
+    lr_decay_fraction: float = 0.2
     n_anchors: int = 100
     anchor_coefficient: float = 0.1
     anchor_loss: str = DEFAULT_ANCHOR_LOSS
@@ -69,6 +72,17 @@ class LRBPreset:
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        budgets = {
+            "the preset": {"lr_decay_fraction": self.lr_decay_fraction},
+            **self.method_settings,
+            **{f"topk_training[{k}]": overrides for k, overrides in self.topk_training.items()},
+        }
+        for owner, overrides in budgets.items():
+            fraction = overrides.get("lr_decay_fraction", 0.0)
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(
+                    f"{owner}'s lr_decay_fraction must be a fraction of the steps, got {fraction!r}"
+                )
         for k, overrides in self.topk_training.items():
             if k not in self.topk_ks:
                 raise ValueError(f"topk_training has k={k}, which is not among topk_ks {self.topk_ks}")
@@ -93,8 +107,8 @@ class LRBPreset:
         return {k: v for k, v in overrides.items() if k not in TRAINING_KEYS + SELF_ANCHOR_KEYS}
 
     def training_for(self, method: str, k: int | None = None) -> dict[str, Any]:
-        """``{"lr", "n_steps", "batch_size"}`` of ``method`` (at ``k``): the preset's, overridden by the
-        method's, overridden for TopK by that k's (``topk_training``)."""
+        """``{"lr", "n_steps", "batch_size", "lr_decay_fraction"}`` of ``method`` (at ``k``): the preset's,
+        overridden by the method's, overridden for TopK by that k's (``topk_training``)."""
         overrides = dict(self.method_settings.get(method, {}))
         if method == "topk" and k is not None:
             overrides.update(self.topk_training.get(k, {}))
@@ -146,12 +160,14 @@ def _settings(
     jumprelu_lr: float,
     steps: dict[str, int] | None = None,
     late_self_anchoring: dict[str, tuple[float, float]] | None = None,
+    lr_decay: dict[str, float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each method's settings. ``steps`` overrides the preset's step count per method: the methods SAELens
     trains densely (ReLU, JumpReLU) cost several times the TopK family's sparse steps, and each method's
     recovery curve flattens at its own point. ``late_self_anchoring``: ``{method: (coefficient, start)}``
     for methods whose self-anchoring starts late, at that fraction of their steps (the preset's coefficient
-    from step 0 otherwise)."""
+    from step 0 otherwise). ``lr_decay``: ``{method: fraction}`` for methods whose learning rate decays over
+    a longer tail of their steps than the preset's."""
     steps = steps or {}
     settings: dict[str, dict[str, Any]] = {
         "standard": {"l1_coefficient": l1},
@@ -170,6 +186,8 @@ def _settings(
     for method, (coefficient, start) in (late_self_anchoring or {}).items():
         settings[method]["self_anchor_coefficient"] = coefficient
         settings[method]["self_anchor_start"] = start
+    for method, fraction in (lr_decay or {}).items():
+        settings[method]["lr_decay_fraction"] = fraction
     return settings
 
 
@@ -188,6 +206,12 @@ LATE_SELF_ANCHORING = {"standard": (0.01, 0.5), "jumprelu": (0.01, 0.8)}
 # resampled beyond latent 1,000 back into the prefix). With the innermost width at 4,000, where the prefix
 # can hold every feature: 94.3% at the end (docs/results.md).
 MATRYOSHKA_PAPER_WIDTHS = [4000, 16_000]
+
+# The TopK family at the paper's size, anchored + theory: with the learning rate constant until the last
+# fifth, M_GT peaks after the last resampling event (half-way) and then falls (Matryoshka 97.7% at step 249 ->
+# 94.3% at 500, TopK k=128 72.2% at step 400 -> 53.4% at 600). Decayed over the half after the last event, it
+# holds near the peak: Matryoshka 96.8%, TopK k=128 71.9% (docs/results.md).
+LATE_LR_DECAY = 0.5
 
 PAPER_SIZE: dict[str, Any] = {
     "n_features": 1000,
@@ -248,8 +272,8 @@ PRESETS: dict[str, LRBPreset] = {
         n_steps=300,
         batch_size=1024,
         lr=3e-4,
-        # TopK at k=128 is still rising at 300 steps; at 600 its curve peaks (step 400) and falls
-        topk_training={128: {"n_steps": 600}},
+        # TopK at k=128 is still rising at 300 steps; over 600 it peaks at step 400
+        topk_training={128: {"n_steps": 600, "lr_decay_fraction": LATE_LR_DECAY}},
         recovery_points=6,
         method_settings=_settings(
             k=32,
@@ -267,6 +291,7 @@ PRESETS: dict[str, LRBPreset] = {
                 "crosscoder": 300,
             },
             late_self_anchoring=LATE_SELF_ANCHORING,
+            lr_decay={"matryoshka_batchtopk": LATE_LR_DECAY},
         ),
     ),
     "paper": LRBPreset(
@@ -276,6 +301,7 @@ PRESETS: dict[str, LRBPreset] = {
         batch_size=4096,
         lr=3e-4,
         recovery_points=10,
+        topk_training={128: {"lr_decay_fraction": LATE_LR_DECAY}},
         method_settings=_settings(
             k=32,
             l1=1.0,
@@ -283,6 +309,7 @@ PRESETS: dict[str, LRBPreset] = {
             widths=MATRYOSHKA_PAPER_WIDTHS,
             jumprelu_lr=1e-3,
             late_self_anchoring=LATE_SELF_ANCHORING,
+            lr_decay={"matryoshka_batchtopk": LATE_LR_DECAY},
         ),
     ),
 }

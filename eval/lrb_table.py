@@ -279,6 +279,7 @@ def _train_and_score(
         n_steps=training["n_steps"],
         batch_size=training["batch_size"],
         lr=training["lr"],
+        lr_decay_steps=round(training["lr_decay_fraction"] * training["n_steps"]),
         dataset=dataset,
         seed=seed,
         device=device,

@@ -216,6 +216,12 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert PRESETS["paper"].anchor_settings("anchored", "standard")["self_anchor_start_step"] == 2000
     # TopK k=128 trains twice as long as k=32 and 64; Matryoshka's innermost width holds every feature
     assert [preset.training_for("topk", k)["n_steps"] for k in preset.topk_ks] == [300, 300, 600]
+    # the lr decays over the half after the last resampling event where the curves fell after it, else the
+    # last fifth (SAELens's default)
+    assert [preset.training_for("topk", k)["lr_decay_fraction"] for k in preset.topk_ks] == [0.2, 0.2, 0.5]
+    assert {m: preset.training_for(m)["lr_decay_fraction"] for m in preset.methods} == {
+        m: 0.5 if m == "matryoshka_batchtopk" else 0.2 for m in preset.methods
+    }
     assert preset.settings_for("matryoshka_batchtopk")["matryoshka_widths"][0] >= preset.n_features
     # the start is a fraction of the run: a shorter budget (bench lrb's n_steps override) moves it
     assert preset.with_steps(100).anchor_settings("anchored", "jumprelu")["self_anchor_start_step"] == 80
@@ -237,19 +243,30 @@ def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
     assert not hasattr(plain.cfg, "self_anchor_coefficient") and plain.cfg.l1_coefficient == 1.0
 
 
-def test_a_topk_k_s_training_override_reaches_its_rows_only(tmp_path):
+def test_a_topk_k_s_training_override_reaches_its_rows_only(monkeypatch):
     from dataclasses import replace
 
+    import sdl_anchor.eval.lrb_table as lrb_table
     from sdl_anchor.eval.lrb_presets import PRESETS
     from sdl_anchor.eval.lrb_table import run_lrb_bench
 
-    preset = replace(PRESETS["smoke"], topk_ks=(2, 4), topk_training={4: {"n_steps": 5, "lr": 1e-3}})
+    decay_steps = []  # what the trainer is asked for: SAELens decays the lr over the last lr_decay_steps
+    train = lrb_table.train_on_bench
+
+    def recording_train(*args, **kwargs):
+        decay_steps.append(kwargs["lr_decay_steps"])
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(lrb_table, "train_on_bench", recording_train)
+    overrides = {"n_steps": 10, "lr": 1e-3, "lr_decay_fraction": 0.5}
+    preset = replace(PRESETS["smoke"], topk_ks=(2, 4), topk_training={4: overrides})
     rows = run_lrb_bench(preset, variants=("plain",), resampling=("none",), progress=False)["rows"]
     assert [(r["k"], r["settings"]["n_steps"], r["settings"]["lr"]) for r in rows] == [
         (2, 30, 3e-4),
-        (4, 5, 1e-3),
+        (4, 10, 1e-3),
     ]
-    assert [r["samples_seen"] for r in rows] == [30 * 128, 5 * 128]
+    assert [r["settings"]["lr_decay_fraction"] for r in rows] == [0.2, 0.5] and decay_steps == [6, 5]
+    assert [r["samples_seen"] for r in rows] == [30 * 128, 10 * 128]
     # bench lrb's --steps override replaces every step count, this one included
     shortened = run_lrb_bench(preset, variants=("plain",), resampling=("none",), n_steps=3, progress=False)
     assert [r["settings"]["n_steps"] for r in shortened["rows"]] == [3, 3]
@@ -257,6 +274,8 @@ def test_a_topk_k_s_training_override_reaches_its_rows_only(tmp_path):
         replace(preset, topk_training={8: {"n_steps": 5}})
     with pytest.raises(ValueError, match="may set"):
         replace(preset, topk_training={4: {"k": 5}})
+    with pytest.raises(ValueError, match=r"topk_training\[4\]'s lr_decay_fraction must be a fraction"):
+        replace(preset, topk_training={4: {"lr_decay_fraction": 1.5}})
 
 
 def test_the_self_anchor_sweep_trains_plain_anchors_only_and_each_coefficient(capsys):
