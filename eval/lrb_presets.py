@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sdl_anchor.integrations.anchor_mixin import DEFAULT_ANCHOR_LOSS
+from sdl_anchor.resampling import ResamplingConfig
 
 METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")
 CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder"}  # the LRB kind of non-SAE methods
@@ -33,6 +34,9 @@ RESAMPLING = ("none", "anthropic", "theory")
 # per-method overrides of the preset's training budget (``lr_decay_fraction``: the last fraction of the steps
 # over which the learning rate decays linearly to a tenth, SAELens's ``lr_decay_steps``)
 TRAINING_KEYS = ("lr", "n_steps", "batch_size", "lr_decay_fraction")
+# a TopK k's overrides (``topk_training``): its training budget and its resampling schedule
+# (``resampling_settings``: ResamplingConfig fields over the preset's)
+TOPK_K_KEYS = (*TRAINING_KEYS, "resampling_settings")
 # per-method overrides of the anchored rows' self-anchoring
 # (``self_anchor_start``: the fraction of the method's steps after which self-anchoring starts)
 SELF_ANCHOR_KEYS = ("self_anchor_coefficient", "self_anchor_target", "self_anchor_start")
@@ -62,7 +66,7 @@ class LRBPreset:
     coder_activation: str = "topk"  # the transcoder's and crosscoder's activation
     n_sources: int = 2  # the crosscoder's sources
     topk_ks: tuple[int, ...] = ()  # one TopK row per k (bench lrb --k selects)
-    topk_training: dict[int, dict[str, Any]] = field(default_factory=dict)  # a TopK k's training overrides
+    topk_training: dict[int, dict[str, Any]] = field(default_factory=dict)  # a TopK k's overrides
     methods: tuple[str, ...] = METHODS
     variants: tuple[str, ...] = ("plain", "anchored")
     resampling: tuple[str, ...] = ("none", "theory")
@@ -86,9 +90,13 @@ class LRBPreset:
         for k, overrides in self.topk_training.items():
             if k not in self.topk_ks:
                 raise ValueError(f"topk_training has k={k}, which is not among topk_ks {self.topk_ks}")
-            unknown = set(overrides) - set(TRAINING_KEYS)
+            unknown = set(overrides) - set(TOPK_K_KEYS)
             if unknown:
-                raise ValueError(f"topk_training[{k}] may set {TRAINING_KEYS} only, not {sorted(unknown)}")
+                raise ValueError(f"topk_training[{k}] may set {TOPK_K_KEYS} only, not {sorted(unknown)}")
+            try:  # the fields and their values are ResamplingConfig's to check
+                ResamplingConfig(**self.resampling_for("topk", k))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"topk_training[{k}]'s resampling_settings: {error}") from None
 
     def with_steps(self, n_steps: int) -> LRBPreset:
         """This preset with every run ``n_steps`` long (``bench lrb --steps``): the methods' and the TopK
@@ -113,6 +121,14 @@ class LRBPreset:
         if method == "topk" and k is not None:
             overrides.update(self.topk_training.get(k, {}))
         return {key: overrides.get(key, getattr(self, key)) for key in TRAINING_KEYS}
+
+    def resampling_for(self, method: str, k: int | None = None) -> dict[str, Any]:
+        """The ``ResamplingConfig`` fields of ``method``'s resampled rows (at ``k``): the preset's, updated for
+        TopK by that k's ``resampling_settings``."""
+        settings = dict(self.resampling_settings)
+        if method == "topk" and k is not None:
+            settings.update(self.topk_training.get(k, {}).get("resampling_settings", {}))
+        return settings
 
     def lr_for(self, method: str) -> float:
         return float(self.training_for(method)["lr"])
@@ -209,9 +225,17 @@ MATRYOSHKA_PAPER_WIDTHS = [4000, 16_000]
 
 # The TopK family at the paper's size, anchored + theory: with the learning rate constant until the last
 # fifth, M_GT peaks after the last resampling event (half-way) and then falls (Matryoshka 97.7% at step 249 ->
-# 94.3% at 500, TopK k=128 72.2% at step 400 -> 53.4% at 600). Decayed over the half after the last event, it
-# holds near the peak: Matryoshka 96.8%, TopK k=128 71.9% (docs/results.md).
+# 94.3% at 500, TopK k=128 72.2% at step 400 -> 53.4% at 600). Decayed over the second half, from the default
+# schedule's last event on, it holds near the peak: Matryoshka 96.8%, TopK k=128 71.9% (docs/results.md).
 LATE_LR_DECAY = 0.5
+
+# TopK at k=128 keeps most latents live (12,000 of 16,000), so each theory event finds few dead latents to
+# resample (6, 271, 699 and 444 at the four default events of 600 steps); six events, to step 450, split more
+# polysemantic latents: anchored + theory 78.3% against 71.9% (both with the late lr decay).
+TOPK_128_OVERRIDES: dict[str, Any] = {
+    "lr_decay_fraction": LATE_LR_DECAY,
+    "resampling_settings": {"max_events": 7, "stop_fraction": 0.2},
+}
 
 PAPER_SIZE: dict[str, Any] = {
     "n_features": 1000,
@@ -273,7 +297,7 @@ PRESETS: dict[str, LRBPreset] = {
         batch_size=1024,
         lr=3e-4,
         # TopK at k=128 is still rising at 300 steps; over 600 it peaks at step 400
-        topk_training={128: {"n_steps": 600, "lr_decay_fraction": LATE_LR_DECAY}},
+        topk_training={128: {"n_steps": 600, **TOPK_128_OVERRIDES}},
         recovery_points=6,
         method_settings=_settings(
             k=32,
@@ -301,7 +325,7 @@ PRESETS: dict[str, LRBPreset] = {
         batch_size=4096,
         lr=3e-4,
         recovery_points=10,
-        topk_training={128: {"lr_decay_fraction": LATE_LR_DECAY}},
+        topk_training={128: TOPK_128_OVERRIDES},
         method_settings=_settings(
             k=32,
             l1=1.0,

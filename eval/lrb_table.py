@@ -287,7 +287,7 @@ def _train_and_score(
         dead_feature_window=preset.dead_feature_window,
         resampling=None
         if strategy == "none"
-        else ResamplingConfig(strategy=strategy, seed=seed, **preset.resampling_settings),
+        else ResamplingConfig(strategy=strategy, seed=seed, **preset.resampling_for(method, k)),
         recovery_every=max(1, training["n_steps"] // points) if points else None,
     )
     train_seconds = time.perf_counter() - started

@@ -222,9 +222,27 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert {m: preset.training_for(m)["lr_decay_fraction"] for m in preset.methods} == {
         m: 0.5 if m == "matryoshka_batchtopk" else 0.2 for m in preset.methods
     }
+    # TopK k=128's theory rows resample six times (to step 450 of 600), the rest four (to half their steps)
+    assert preset.resampling_for("topk", 128) == {"max_events": 7, "stop_fraction": 0.2}
+    assert all(
+        preset.resampling_for(m, k) == {} for m in preset.methods for k in preset.ks_for(m) if k != 128
+    )
     assert preset.settings_for("matryoshka_batchtopk")["matryoshka_widths"][0] >= preset.n_features
     # the start is a fraction of the run: a shorter budget (bench lrb's n_steps override) moves it
     assert preset.with_steps(100).anchor_settings("anchored", "jumprelu")["self_anchor_start_step"] == 80
+
+
+def test_the_committed_paper_size_table_was_made_with_the_paper_cpu_preset_and_has_every_row():
+    """docs/assets/paper-cpu/results.json (the README's table): a resume from it with the preset as it is
+    now is accepted (same settings) and trains nothing (no row missing)."""
+    from pathlib import Path
+
+    from sdl_anchor.eval.lrb_table import run_lrb_bench
+
+    committed = json.loads((Path(__file__).parents[1] / "docs/assets/paper-cpu/results.json").read_text())
+    resumed = run_lrb_bench("paper-cpu", previous=committed, progress=False)
+    assert len(resumed["rows"]) == len(committed["rows"]) == 36
+    assert resumed["config"]["wall_seconds"] == pytest.approx(committed["config"]["wall_seconds"], abs=5)
 
 
 def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
@@ -276,6 +294,17 @@ def test_a_topk_k_s_training_override_reaches_its_rows_only(monkeypatch):
         replace(preset, topk_training={4: {"k": 5}})
     with pytest.raises(ValueError, match=r"topk_training\[4\]'s lr_decay_fraction must be a fraction"):
         replace(preset, topk_training={4: {"lr_decay_fraction": 1.5}})
+    with pytest.raises(ValueError, match=r"topk_training\[4\]'s resampling_settings: max_events must be"):
+        replace(preset, topk_training={4: {"resampling_settings": {"max_events": 0}}})
+    # a k's resampling schedule reaches its theory rows only (the preset's: one event, at step 10)
+    resampled = replace(
+        preset, topk_training={4: {**overrides, "resampling_settings": {"every_n_steps": 2, "max_events": 2}}}
+    )
+    rows = run_lrb_bench(resampled, variants=("plain",), resampling=("theory",), progress=False)["rows"]
+    assert [[e["resample/step"] for e in r["settings"]["resampling"]["events"]] for r in rows] == [
+        [10],
+        [2, 4],
+    ]
 
 
 def test_the_self_anchor_sweep_trains_plain_anchors_only_and_each_coefficient(capsys):
