@@ -232,16 +232,17 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert preset.with_steps(100).anchor_settings("anchored", "jumprelu")["self_anchor_start_step"] == 80
 
 
-def test_the_committed_paper_size_table_was_made_with_the_paper_cpu_preset_and_has_every_row():
-    """docs/assets/paper-cpu/results.json (the README's table): a resume from it with the preset as it is
-    now is accepted (same settings) and trains nothing (no row missing)."""
+@pytest.mark.parametrize(("preset", "n_rows"), [("quick", 4), ("paper-cpu", 36)])
+def test_a_committed_table_was_made_with_its_preset_as_it_is_and_has_every_row(preset, n_rows):
+    """docs/assets/PRESET/results.json (the README's tables): a resume from it with the preset as it is now
+    is accepted (same settings) and trains nothing (no row missing)."""
     from pathlib import Path
 
     from sdl_anchor.eval.lrb_table import run_lrb_bench
 
-    committed = json.loads((Path(__file__).parents[1] / "docs/assets/paper-cpu/results.json").read_text())
-    resumed = run_lrb_bench("paper-cpu", previous=committed, progress=False)
-    assert len(resumed["rows"]) == len(committed["rows"]) == 36
+    committed = json.loads((Path(__file__).parents[1] / f"docs/assets/{preset}/results.json").read_text())
+    resumed = run_lrb_bench(preset, previous=committed, progress=False)
+    assert len(resumed["rows"]) == len(committed["rows"]) == n_rows
     assert resumed["config"]["wall_seconds"] == pytest.approx(committed["config"]["wall_seconds"], abs=5)
 
 
