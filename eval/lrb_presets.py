@@ -5,7 +5,7 @@
   theory-resampled and both, at a size where the difference is real.
 * ``small``: the earlier quick preset (n=128, d=96, width 2048, k=2), which the resampling experiments use.
 * ``paper-cpu``: the paper's dimensions (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000, 100 anchors,
-  lambda 0.1), every run under 10 minutes on 2 otherwise idle CPU cores (120 to 558 s measured); each
+  lambda 0.1), every run within 10 minutes on 2 otherwise idle CPU cores (120 to 600 s measured); each
   method's budget ends after its recovery curves flatten, except JumpReLU's, whose M_IP is still rising
   (docs/results.md).
 * ``paper``: the same method settings at the paper's dimensions with a longer budget, for a GPU.
@@ -220,7 +220,7 @@ LATE_SELF_ANCHORING = {"standard": (0.01, 0.5), "jumprelu": (0.01, 0.8)}
 # innermost width of 1,000 (the feature count, 100 of its slots anchors), anchored + theory peaked at 96.9%
 # M_GT (step 249) and ended at 78.0% as live latents fell (our reading: the inner loss absorbs the features
 # resampled beyond latent 1,000 back into the prefix). With the innermost width at 4,000, where the prefix
-# can hold every feature: 94.3% at the end (docs/results.md).
+# can hold every feature: 94.3% at the end, 96.8% with ``LATE_LR_DECAY`` (docs/results.md).
 MATRYOSHKA_PAPER_WIDTHS = [4000, 16_000]
 
 # The TopK family at the paper's size, anchored + theory: with the learning rate constant until the last

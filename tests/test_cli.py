@@ -238,12 +238,16 @@ def test_a_committed_table_was_made_with_its_preset_as_it_is_and_has_every_row(p
     is accepted (same settings) and trains nothing (no row missing)."""
     from pathlib import Path
 
-    from sdl_anchor.eval.lrb_table import run_lrb_bench
+    from sdl_anchor.eval.lrb_table import format_table, run_lrb_bench
 
     committed = json.loads((Path(__file__).parents[1] / f"docs/assets/{preset}/results.json").read_text())
     resumed = run_lrb_bench(preset, previous=committed, progress=False)
     assert len(resumed["rows"]) == len(committed["rows"]) == n_rows
     assert resumed["config"]["wall_seconds"] == pytest.approx(committed["config"]["wall_seconds"], abs=5)
+    # and the README shows that table, row for row
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = [line for line in format_table(committed).splitlines() if line.startswith("bounded")]
+    assert len(rows) == n_rows // 4 and all(row in readme for row in rows)
 
 
 def test_a_method_s_self_anchoring_override_reaches_its_anchored_rows_only():
