@@ -117,18 +117,17 @@ class LRBPreset:
     def training_for(self, method: str, k: int | None = None) -> dict[str, Any]:
         """``{"lr", "n_steps", "batch_size", "lr_decay_fraction"}`` of ``method`` (at ``k``): the preset's,
         overridden by the method's, overridden for TopK by that k's (``topk_training``)."""
-        overrides = dict(self.method_settings.get(method, {}))
-        if method == "topk" and k is not None:
-            overrides.update(self.topk_training.get(k, {}))
+        overrides = {**self.method_settings.get(method, {}), **self._k_overrides(method, k)}
         return {key: overrides.get(key, getattr(self, key)) for key in TRAINING_KEYS}
 
     def resampling_for(self, method: str, k: int | None = None) -> dict[str, Any]:
         """The ``ResamplingConfig`` fields of ``method``'s resampled rows (at ``k``): the preset's, updated for
         TopK by that k's ``resampling_settings``."""
-        settings = dict(self.resampling_settings)
-        if method == "topk" and k is not None:
-            settings.update(self.topk_training.get(k, {}).get("resampling_settings", {}))
-        return settings
+        return {**self.resampling_settings, **self._k_overrides(method, k).get("resampling_settings", {})}
+
+    def _k_overrides(self, method: str, k: int | None) -> dict[str, Any]:
+        """A TopK k's own overrides (``topk_training``); none for the other methods."""
+        return self.topk_training.get(k, {}) if method == "topk" else {}
 
     def lr_for(self, method: str) -> float:
         return float(self.training_for(method)["lr"])
