@@ -42,6 +42,7 @@ from sdl_anchor.resampling import (
     reset_adam_state,
     theory_resample,
 )
+from sdl_anchor.resampling.duplicates import FiringStats, duplicate_pairs, merge_duplicates, parking_bias
 from sdl_anchor.sparse_topk import latents_fired
 
 RESAMPLING_STATE_TENSORS = "resampling_state.safetensors"
@@ -126,13 +127,17 @@ def pool_loss(sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: int = 4
 
 
 @torch.no_grad()
-def pool_statistics(sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: int = 4096) -> ResamplePool:
+def pool_statistics(
+    sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: int = 4096, firing: FiringStats | None = None
+) -> ResamplePool:
     """Run the coder over the pool in chunks: encoder inputs, targets minus ``b_dec``, errors, and the
     latents that own each input (activation >= ``DOMINANCE`` x the input's largest): with TopK every input
     fires k latents, and a latent's clusters are read from the inputs it answers for, not those where it is
-    a distant runner-up."""
+    a distant runner-up. ``firing`` also counts every latent's firing on the same pass."""
     encoder_inputs, targets, losses, rows, latents = [], [], [], [], []
     for start, x, t, acts, loss in _coder_chunks(sae, x_in, target, chunk):
+        if firing is not None:
+            firing.add(acts)
         encoder_inputs.append(sae.process_sae_in(x))
         targets.append(t - sae.b_dec)
         losses.append(loss)
@@ -263,11 +268,15 @@ class ResamplingSAETrainer(PairedSAETrainer):
             "resample/events": float(len(self.resample_log) + 1),
             "resample/dead_before": float(dead.numel()),
         }
-        pool = pool_statistics(self.sae, x_in, target)
+        firing = self._duplicate_candidates(dead)
+        pool = pool_statistics(self.sae, x_in, target, firing=firing)
         # before / after on the same leading rows of the pool: a diagnostic, so a sample is enough
         n_scored = min(LOSS_SAMPLE, x_in.shape[0])
         record["resample/loss_before"] = float(pool.loss[:n_scored].mean())
-        update = self._strategy_update(dead, pool) if dead.numel() else None
+        if firing is not None:
+            update = self._merge_and_split(dead, pool, firing, record)
+        else:
+            update = self._strategy_update(dead, pool) if dead.numel() else None
         if update is not None and update.latents.numel():
             self._apply(update)
             record["resample/loss_after"] = pool_loss(self.sae, x_in[:n_scored], target[:n_scored])
@@ -287,7 +296,50 @@ class ResamplingSAETrainer(PairedSAETrainer):
             wandb.log(record, step=self.n_training_steps)
         return record
 
-    def _strategy_update(self, dead: torch.Tensor, pool: ResamplePool) -> ResampleUpdate:
+    def _duplicate_candidates(self, dead: torch.Tensor) -> FiringStats | None:
+        """With ``duplicate_cosine`` set: firing counters for the pairs of live, unanchored latents whose
+        decoder rows are that close (the pool pass fills them)."""
+        cosine = self.resampling.duplicate_cosine
+        if cosine is None:
+            return None
+        eligible = torch.ones(self.sae.cfg.d_sae, dtype=torch.bool, device=self.sae.W_dec.device)
+        eligible[dead] = False
+        eligible[: self.anchored_latents] = False
+        pairs = duplicate_pairs(self.sae.W_dec.detach(), eligible, cosine)
+        return FiringStats(pairs, self.sae.cfg.d_sae, self.sae.W_dec)
+
+    def _merge_and_split(
+        self, dead: torch.Tensor, pool: ResamplePool, firing: FiringStats, record: dict[str, float]
+    ) -> ResampleUpdate:
+        """Merge each feature's co-firing copies into one latent, split polysemantic latents into the dead
+        and freed ones, and park the freed latents no split took."""
+        sae = self.sae
+        W_enc, b_enc, W_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach()
+        merge = merge_duplicates(firing, W_enc, b_enc, W_dec, self.resampling.duplicate_cofiring)
+        split = self._strategy_update(dead, pool, spare=merge.freed, protected=merge.keepers)
+        parked = merge.freed[~torch.isin(merge.freed, split.latents)]
+        record["resample/merged"] = float(merge.freed.numel())
+        record["resample/parked"] = float(parked.numel())
+        kept = torch.ones(merge.keepers.numel() + parked.numel(), dtype=torch.bool, device=W_dec.device)
+        merged = ResampleUpdate(
+            torch.cat([merge.keepers, parked]),
+            torch.cat([merge.encoder, W_enc[:, parked]], dim=1),
+            torch.cat([merge.encoder_bias, parking_bias(pool.encoder_inputs, W_enc, parked)]),
+            torch.cat([merge.decoder, W_dec[parked]]),
+            kept_live=kept,  # thresholds stay: parked latents are silenced by their bias
+        )
+        update = ResampleUpdate.concat([merged, split], W_enc.shape[0], W_dec.shape[1], W_dec)
+        update.n_dead_resampled, update.n_split = split.n_dead_resampled, split.n_split
+        update.n_fallback = split.n_fallback
+        return update
+
+    def _strategy_update(
+        self,
+        dead: torch.Tensor,
+        pool: ResamplePool,
+        spare: torch.Tensor | None = None,
+        protected: torch.Tensor | None = None,
+    ) -> ResampleUpdate:
         config = self.resampling
         W_enc, W_dec = self.sae.W_enc.detach(), self.sae.W_dec.detach()
         if config.strategy == "theory":
@@ -303,6 +355,8 @@ class ResamplingSAETrainer(PairedSAETrainer):
                 encoder_scale=config.encoder_scale,
                 generator=self._generator,
                 frozen=self.anchored_latents,
+                spare=spare,
+                protected=protected,
             )
         live = torch.ones(W_dec.shape[0], dtype=torch.bool, device=W_dec.device)
         live[dead] = False

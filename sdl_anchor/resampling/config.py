@@ -14,6 +14,11 @@ from dataclasses import dataclass
 STRATEGIES = ("anthropic", "theory")
 
 
+def _is_fraction(value: object) -> bool:
+    """A real number (not a bool), so that range checks on it can run."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class ResamplingSchedule:
     """A config resolved for a run of ``total_steps``: the steps after which an event runs."""
@@ -40,6 +45,10 @@ class ResamplingConfig:
         inputs (clusters tried, cosine above which two directions are one, smallest cluster kept). The
         default 2 splits a latent in two per event (a latent with more features splits again at a later
         event): with 3, inputs where other features fire beside the latent's own form spurious clusters.
+    duplicate_cosine / duplicate_cofiring: the theory strategy's step 0 (None: off): live latents whose
+        decoder rows have cosine above ``duplicate_cosine`` and that fire together (on at least
+        ``duplicate_cofiring`` of the rarer one's inputs) are one feature's copies, and merge into one
+        (:mod:`sdl_anchor.resampling.duplicates`); the latents this frees take splits, or are parked.
     """
 
     strategy: str = "theory"
@@ -54,6 +63,8 @@ class ResamplingConfig:
     n_clusters: int = 2
     merge_cosine: float = 0.9
     min_cluster_fraction: float = 0.05
+    duplicate_cosine: float | None = None
+    duplicate_cofiring: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +90,16 @@ class ResamplingConfig:
             raise ValueError(f"encoder_scale must be positive, got {self.encoder_scale!r}")
         if not 0.0 < self.merge_cosine < 1.0 or not 0.0 <= self.min_cluster_fraction < 0.5:
             raise ValueError("merge_cosine must be in (0, 1) and min_cluster_fraction in [0, 0.5)")
+        if self.duplicate_cosine is not None:
+            if self.strategy != "theory":
+                raise ValueError(
+                    "duplicate_cosine merges duplicated latents, the theory strategy's step 0; use "
+                    f"strategy='theory' or leave duplicate_cosine None (strategy is {self.strategy!r})"
+                )
+            if not _is_fraction(self.duplicate_cosine) or not 0.0 < self.duplicate_cosine < 1.0:
+                raise ValueError(f"duplicate_cosine must be in (0, 1) or None, got {self.duplicate_cosine!r}")
+        if not _is_fraction(self.duplicate_cofiring) or not 0.0 < self.duplicate_cofiring <= 1.0:
+            raise ValueError(f"duplicate_cofiring must be in (0, 1], got {self.duplicate_cofiring!r}")
 
     def schedule(self, total_steps: int) -> ResamplingSchedule:
         """The event steps of a run of ``total_steps`` (ValueError if none falls inside training)."""

@@ -295,23 +295,31 @@ def theory_resample(
     max_members: int = 4096,
     generator: torch.Generator | None = None,
     frozen: int = 0,
+    spare: torch.Tensor | None = None,
+    protected: torch.Tensor | None = None,
 ) -> ResampleUpdate:
     """Split polysemantic live latents into ``dead_latents`` (module docstring); the update also re-points
     each split latent at the cluster it keeps. Leftover dead latents get ``anthropic_resample``. The first
-    ``frozen`` latents (an anchored SAE's anchored latents) are never split.
+    ``frozen`` latents (an anchored SAE's anchored latents) and the ``protected`` ones are never split.
+    ``spare`` latents (freed by :func:`~sdl_anchor.resampling.duplicates.merge_duplicates`) take splits after
+    the dead ones and are never given the fallback: those the update leaves out are the caller's to park.
 
     Steps 1-2 run for every candidate at once (:mod:`~sdl_anchor.resampling.clustering`); only the
     assignment of dead latents (step 4, which depends on earlier assignments) walks the split candidates."""
     pool = pool.finite()
     d_sae, device = W_dec.shape[0], W_dec.device
     dead_latents = _check_dead(dead_latents, d_sae)
+    spare = _check_dead(spare if spare is not None else dead_latents[:0], d_sae)
+    slots = torch.cat([dead_latents, spare])  # the latents splits may take, dead ones first
     live = torch.ones(d_sae, dtype=torch.bool, device=device)
-    live[dead_latents] = False
+    live[slots] = False
     encoder_norm, decoder_norm = mean_live_norms(W_enc, W_dec, live)
     energy = pool.energy()
     energy[~live] = -1.0
     energy[:frozen] = -1.0
-    ranked = torch.argsort(energy, descending=True)[: min(int(live.sum()), 2 * dead_latents.numel())]
+    if protected is not None:
+        energy[protected] = -1.0
+    ranked = torch.argsort(energy, descending=True)[: min(int(live.sum()), 2 * slots.numel())]
     candidates = ranked[energy[ranked] > 0]
     rows, segments = _candidate_pairs(pool, candidates, max_members, generator)
     enough = torch.bincount(segments, minlength=candidates.numel()) >= 4  # fewer cannot form two clusters
@@ -352,7 +360,7 @@ def theory_resample(
         [segments.new_zeros(1), torch.bincount(segments, minlength=candidates.numel()).cumsum(0)]
     )
     offsets = offsets.tolist()
-    n_free = dead_latents.numel()
+    n_free = slots.numel()
     assigned = decoder_dirs.new_zeros(2 * n_free + 1, decoder_dirs.shape[-1])
     n_assigned = 0
     split_segments, new_slots, new_biases = [], [], []
@@ -403,14 +411,14 @@ def theory_resample(
         new = torch.tensor(new_slots, device=device)
         updates.append(
             ResampleUpdate(
-                dead_latents[: new.numel()],
+                slots[: new.numel()],
                 (encoder_dirs.view(-1, W_enc.shape[0])[new] * encoder_norm).T,
                 torch.stack(new_biases).to(b_enc.dtype),
                 decoder_dirs.view(-1, W_dec.shape[1])[new] * decoder_norm,
                 n_dead_resampled=new.numel(),
             )
         )
-    free = dead_latents[len(new_slots) :]
+    free = dead_latents[len(new_slots) :]  # spare latents left over get no fallback
     if free.numel():
         fallback = anthropic_resample(free, pool, encoder_norm, decoder_norm, encoder_scale, generator)
         fallback.n_fallback = fallback.n_dead_resampled

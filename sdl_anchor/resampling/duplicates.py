@@ -1,0 +1,151 @@
+"""Merging duplicated latents: one feature written by several co-firing latents (the ``theory`` strategy's
+step 0, when ``ResamplingConfig.duplicate_cosine`` is set).
+
+The other face of the paper's polysemantic latent (several features on one latent, Theorem 3.5) is one
+feature on several latents. With many active slots (TopK at k=128 on the LRB, where about ten features fire
+per input) nothing pushes such copies apart or together: ``m`` latents whose decoders all sit near ``w_a``
+and fire together split ``a``'s coefficient between them, ``sum_j f_j W_dec[j] ~ c_a w_a``, and each fits a
+little of the noise, so none of them points at ``w_a`` (measured at k=128: a feature's five or six copies at
+cosine 0.90-0.95 each, their activation-weighted mean at 0.98). The copies of a feature are latents whose
+decoder rows have cosine above ``duplicate_cosine`` and that fire together: on at least ``cofiring`` of the
+inputs where the rarer of the two fires, the other fires too (two latents with near directions that fire on
+different inputs are two features, and stay).
+
+A group of copies (connected through such pairs) merges into the latent with the largest summed activation
+on the pool. It takes the group's sum, so that it answers for the whole coefficient: its decoder row is
+``sum_j A_j W_dec[j] / sum_j A_j`` (``A_j``: latent ``j``'s summed activation on the pool) and its encoder
+column and bias are the sums of the group's, so its activation is the sum of theirs wherever they all fire.
+The others are freed: the same event may give them to splits, and those left over are *parked* (their
+encoder bias set below anything the pool reaches, so they stay silent and count as dead at the next event).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# pairs of latents whose co-firing is counted per block of the pool chunk (bounded memory)
+PAIR_BLOCK = 16_384
+
+
+def duplicate_pairs(
+    W_dec: torch.Tensor, eligible: torch.Tensor, cosine: float, block: int = 2048
+) -> torch.Tensor:
+    """``[E, 2]`` (i < j): pairs of ``eligible`` latents (``[d_sae]`` bool) whose decoder rows have cosine
+    above ``cosine``."""
+    index = torch.nonzero(eligible).flatten()
+    units = F.normalize(W_dec[index].float(), dim=1)
+    pairs = []
+    for start in range(0, index.numel(), block):
+        similarity = units[start : start + block] @ units.T
+        rows, cols = torch.nonzero(similarity > cosine, as_tuple=True)
+        rows = rows + start
+        upper = rows < cols
+        pairs.append(torch.stack([index[rows[upper]], index[cols[upper]]], dim=1))
+    return torch.cat(pairs) if pairs else index.new_zeros(0, 2)
+
+
+class FiringStats:
+    """Per-latent firing counts and summed activations over the pool, and how often each of ``pairs``
+    fires together; filled one chunk of activations at a time (:meth:`add`)."""
+
+    def __init__(self, pairs: torch.Tensor, d_sae: int, like: torch.Tensor) -> None:
+        self.pairs = pairs.to(like.device)
+        self.fire_counts = torch.zeros(d_sae, dtype=torch.long, device=like.device)
+        self.activation_sums = torch.zeros(d_sae, dtype=torch.float32, device=like.device)
+        self.both_fire = torch.zeros(pairs.shape[0], dtype=torch.long, device=like.device)
+
+    @torch.no_grad()
+    def add(self, acts: torch.Tensor) -> None:
+        fired = acts > 0
+        self.fire_counts += fired.sum(dim=0)
+        self.activation_sums += acts.float().clamp_min(0).sum(dim=0)
+        for start in range(0, self.pairs.shape[0], PAIR_BLOCK):
+            pair = self.pairs[start : start + PAIR_BLOCK]
+            self.both_fire[start : start + PAIR_BLOCK] += (fired[:, pair[:, 0]] & fired[:, pair[:, 1]]).sum(0)
+
+
+@dataclass
+class Merge:
+    """The outcome of :func:`merge_duplicates`: ``keepers`` (one per group) take ``encoder [d_in, g]``,
+    ``encoder_bias [g]`` and ``decoder [g, d_out]``; ``freed`` are the group's other latents."""
+
+    keepers: torch.Tensor
+    encoder: torch.Tensor
+    encoder_bias: torch.Tensor
+    decoder: torch.Tensor
+    freed: torch.Tensor
+
+
+def _components(pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components (of two or more latents) of the graph whose edges are ``pairs``."""
+    parent: dict[int, int] = {}
+
+    def root(a: int) -> int:
+        parent.setdefault(a, a)
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for a in parent:
+        groups.setdefault(root(a), []).append(a)
+    return [sorted(group) for group in groups.values() if len(group) > 1]
+
+
+@torch.no_grad()
+def merge_duplicates(
+    stats: FiringStats, W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, cofiring: float
+) -> Merge:
+    """Group the co-firing copies among ``stats.pairs`` and merge each group (module docstring)."""
+    counts = stats.fire_counts
+    rarer = torch.minimum(counts[stats.pairs[:, 0]], counts[stats.pairs[:, 1]])
+    together = (rarer > 0) & (stats.both_fire >= cofiring * rarer)
+    groups = _components([tuple(pair) for pair in stats.pairs[together].tolist()])
+    device = W_dec.device
+    if not groups:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return Merge(
+            empty,
+            W_enc.new_zeros(W_enc.shape[0], 0),
+            b_enc.new_zeros(0),
+            W_dec.new_zeros(0, W_dec.shape[1]),
+            empty,
+        )
+    keepers, freed, encoders, biases, decoders = [], [], [], [], []
+    for group in groups:
+        members = torch.tensor(group, device=device)
+        weights = stats.activation_sums[members].to(W_dec.dtype)
+        keeper = int(members[weights.argmax()])
+        keepers.append(keeper)
+        freed.extend(m for m in group if m != keeper)
+        encoders.append(W_enc[:, members].sum(dim=1))
+        biases.append(b_enc[members].sum())
+        decoders.append((weights[:, None] * W_dec[members]).sum(0) / weights.sum().clamp_min(1e-12))
+    return Merge(
+        torch.tensor(keepers, device=device),
+        torch.stack(encoders, dim=1),
+        torch.stack(biases),
+        torch.stack(decoders),
+        torch.tensor(freed, device=device),
+    )
+
+
+@torch.no_grad()
+def parking_bias(encoder_inputs: torch.Tensor, W_enc: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """``[m]``: an encoder bias under which ``latents`` fire on no pool input: twice the largest
+    pre-activation the pool gives each of them, negated, minus one."""
+    if latents.numel() == 0:
+        return W_enc.new_zeros(0)
+    largest = torch.full((latents.numel(),), float("-inf"), device=W_enc.device, dtype=W_enc.dtype)
+    for start in range(0, encoder_inputs.shape[0], 4096):
+        projection = encoder_inputs[start : start + 4096].to(W_enc.dtype) @ W_enc[:, latents]
+        largest = torch.maximum(largest, projection.abs().amax(dim=0))
+    return -(2.0 * largest + 1.0)
