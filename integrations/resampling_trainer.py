@@ -42,7 +42,7 @@ from sdl_anchor.resampling import (
     reset_adam_state,
     theory_resample,
 )
-from sdl_anchor.resampling.duplicates import FiringStats, duplicate_pairs, merge_duplicates, parking_bias
+from sdl_anchor.resampling.duplicates import FiringStats, duplicate_pairs, merge_duplicates, parked_weights
 from sdl_anchor.sparse_topk import latents_fired
 
 RESAMPLING_STATE_TENSORS = "resampling_state.safetensors"
@@ -178,6 +178,8 @@ class ResamplingSAETrainer(PairedSAETrainer):
         self.schedule = self.resampling.schedule(cfg.total_training_steps)
         self.pool = InputPool(self.resampling.pool_size)
         self.tokens_since_fired = torch.zeros(sae.cfg.d_sae, device=cfg.device, dtype=torch.long)
+        # latents merged away as copies and not yet given a split (duplicate_cosine): silent, not dead
+        self.parked = torch.zeros(sae.cfg.d_sae, device=cfg.device, dtype=torch.bool)
         self.resample_log: list[dict[str, float]] = []
         self._last_event_step: int | None = None
         self._generator = torch.Generator().manual_seed(self.resampling.seed)
@@ -189,7 +191,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
         exactly as an uninterrupted one."""
         super().save_trainer_state(checkpoint_path)
         tensors, counters = self.pool.state()
-        tensors = {**tensors, "tokens_since_fired": self.tokens_since_fired,
+        tensors = {**tensors, "tokens_since_fired": self.tokens_since_fired, "parked": self.parked,
                    "generator_state": self._generator.get_state()}  # fmt: skip
         write_safetensors(Path(checkpoint_path) / RESAMPLING_STATE_TENSORS, tensors)
         meta = {**counters, "last_event_step": self._last_event_step, "resample_log": self.resample_log}
@@ -208,6 +210,8 @@ class ResamplingSAETrainer(PairedSAETrainer):
         tensors = read_safetensors(folder / RESAMPLING_STATE_TENSORS, "resampling state")
         self.pool.load_state(tensors, meta, self.sae.device)
         self.tokens_since_fired = tensors["tokens_since_fired"].to(self.tokens_since_fired.device)
+        if "parked" in tensors:  # checkpoints from before duplicate merging have none
+            self.parked = tensors["parked"].to(self.parked.device)
         self._generator.set_state(tensors["generator_state"].cpu())
         self._last_event_step = meta["last_event_step"]
         self.resample_log = list(meta["resample_log"])
@@ -242,12 +246,14 @@ class ResamplingSAETrainer(PairedSAETrainer):
         return int(getattr(self.sae, "anchor_k", 0))
 
     def dead_latents(self) -> torch.Tensor:
-        """Indices of the unanchored latents that count as dead now (steps, or tokens with ``dead_tokens``)."""
+        """Indices of the unanchored latents that count as dead now (steps, or tokens with ``dead_tokens``);
+        parked latents are silent on purpose and do not count."""
         if self.schedule.dead_tokens is not None:
             dead = self.tokens_since_fired >= self.schedule.dead_tokens
         else:
             dead = self.n_forward_passes_since_fired >= self.schedule.dead_steps
         dead[: self.anchored_latents] = False
+        dead &= ~self.parked
         return torch.nonzero(dead).flatten()
 
     @torch.no_grad()
@@ -305,6 +311,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
         eligible = torch.ones(self.sae.cfg.d_sae, dtype=torch.bool, device=self.sae.W_dec.device)
         eligible[dead] = False
         eligible[: self.anchored_latents] = False
+        eligible[self.parked] = False
         pairs = duplicate_pairs(self.sae.W_dec.detach(), eligible, cosine)
         return FiringStats(pairs, self.sae.cfg.d_sae, self.sae.W_dec)
 
@@ -312,25 +319,43 @@ class ResamplingSAETrainer(PairedSAETrainer):
         self, dead: torch.Tensor, pool: ResamplePool, firing: FiringStats, record: dict[str, float]
     ) -> ResampleUpdate:
         """Merge each feature's co-firing copies into one latent, split polysemantic latents into the dead
-        and freed ones, and park the freed latents no split took."""
+        latents, then the freed and earlier parked ones, and park every one of those no split took. Parked
+        latents wait for a split at a later event: none gets the ``anthropic`` fallback, whose latents at
+        k=128 die again or become new copies."""
         sae = self.sae
         W_enc, b_enc, W_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach()
-        merge = merge_duplicates(firing, W_enc, b_enc, W_dec, self.resampling.duplicate_cofiring)
-        split = self._strategy_update(dead, pool, spare=merge.freed, protected=merge.keepers)
-        parked = merge.freed[~torch.isin(merge.freed, split.latents)]
+        merge = merge_duplicates(
+            firing,
+            W_enc,
+            b_enc,
+            W_dec,
+            self.resampling.duplicate_cofiring,
+            pool.encoder_inputs,
+            bool(getattr(sae.cfg, "rescale_acts_by_decoder_norm", False)),
+        )
+        idle = torch.cat([merge.freed, torch.nonzero(self.parked).flatten()])
+        split = self._strategy_update(dead, pool, spare=idle, protected=merge.keepers, fallback=False)
+        free = torch.cat([dead, idle])
+        unused = ~torch.isin(free, split.latents)
+        newly_parked = free[unused & ~self.parked[free]]
+        self.parked[free] = unused
         record["resample/merged"] = float(merge.freed.numel())
-        record["resample/parked"] = float(parked.numel())
-        kept = torch.ones(merge.keepers.numel() + parked.numel(), dtype=torch.bool, device=W_dec.device)
+        record["resample/parked"] = float(self.parked.sum())
+        largest_input_norm = float(pool.encoder_inputs.norm(dim=1).max())
+        encoder, bias, decoder = parked_weights(
+            newly_parked, W_enc, W_dec, largest_input_norm, self._generator
+        )
         merged = ResampleUpdate(
-            torch.cat([merge.keepers, parked]),
-            torch.cat([merge.encoder, W_enc[:, parked]], dim=1),
-            torch.cat([merge.encoder_bias, parking_bias(pool.encoder_inputs, W_enc, parked)]),
-            torch.cat([merge.decoder, W_dec[parked]]),
-            kept_live=kept,  # thresholds stay: parked latents are silenced by their bias
+            torch.cat([merge.keepers, newly_parked]),
+            torch.cat([merge.encoder, encoder], dim=1),
+            torch.cat([merge.encoder_bias, bias]),
+            torch.cat([merge.decoder, decoder]),
+            kept_live=torch.ones(
+                merge.keepers.numel() + newly_parked.numel(), dtype=torch.bool, device=W_dec.device
+            ),
         )
         update = ResampleUpdate.concat([merged, split], W_enc.shape[0], W_dec.shape[1], W_dec)
         update.n_dead_resampled, update.n_split = split.n_dead_resampled, split.n_split
-        update.n_fallback = split.n_fallback
         return update
 
     def _strategy_update(
@@ -339,6 +364,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
         pool: ResamplePool,
         spare: torch.Tensor | None = None,
         protected: torch.Tensor | None = None,
+        fallback: bool = True,
     ) -> ResampleUpdate:
         config = self.resampling
         W_enc, W_dec = self.sae.W_enc.detach(), self.sae.W_dec.detach()
@@ -357,6 +383,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
                 frozen=self.anchored_latents,
                 spare=spare,
                 protected=protected,
+                fallback=fallback,
             )
         live = torch.ones(W_dec.shape[0], dtype=torch.bool, device=W_dec.device)
         live[dead] = False

@@ -12,7 +12,7 @@ import sdl_anchor as sa
 from sdl_anchor.eval.resampling_experiments import plant_spurious_minimum
 from sdl_anchor.integrations.resampling_trainer import pool_loss, pool_statistics
 from sdl_anchor.resampling import ResamplingConfig, theory_resample
-from sdl_anchor.resampling.duplicates import FiringStats, duplicate_pairs, merge_duplicates, parking_bias
+from sdl_anchor.resampling.duplicates import FiringStats, duplicate_pairs, merge_duplicates, parked_weights
 
 N_COPIED, COPIES = 16, 3  # features 0..15 are written by three noisy copies each
 SHARED = (48, 49)  # two latents, one decoder direction, disjoint features: not copies
@@ -48,6 +48,12 @@ def planted_copies(bench):
     return sae
 
 
+def merged_copies(sae, pool, firing, cofiring):
+    weights = sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach()
+    scaled = sae.cfg.rescale_acts_by_decoder_norm
+    return merge_duplicates(firing, *weights, cofiring, pool.encoder_inputs, scaled)
+
+
 def pool_with_firing(sae, bench, cosine=0.7):
     batch = bench.sample(8192, torch.Generator().manual_seed(1))
     eligible = torch.ones(128, dtype=torch.bool)
@@ -71,7 +77,7 @@ def test_pairs_are_the_latents_whose_decoders_are_that_close(bench):
 def test_each_features_copies_merge_into_one_latent_that_writes_it(bench):
     sae = planted_copies(bench)
     batch, pool, firing = pool_with_firing(sae, bench)
-    merge = merge_duplicates(firing, sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), 0.5)
+    merge = merged_copies(sae, pool, firing, 0.5)
     groups = {int(k) % N_COPIED for k in merge.keepers}
     assert groups == set(range(N_COPIED)) and merge.keepers.numel() == N_COPIED  # 48 and 49 stay apart
     assert sorted(merge.freed.tolist() + merge.keepers.tolist()) == list(range(48))
@@ -92,19 +98,32 @@ def test_each_features_copies_merge_into_one_latent_that_writes_it(bench):
         sae.W_enc[:, merge.keepers] = merge.encoder
         sae.b_enc[merge.keepers] = merge.encoder_bias
         sae.W_dec[merge.keepers] = merge.decoder
-        sae.b_enc[merge.freed] = parking_bias(pool.encoder_inputs, sae.W_enc, merge.freed)
+        largest = float(batch.x_in.norm(dim=1).max())
+        encoder, bias, decoder = parked_weights(merge.freed, sae.W_enc, sae.W_dec, largest)
+        sae.W_enc[:, merge.freed], sae.b_enc[merge.freed], sae.W_dec[merge.freed] = encoder, bias, decoder
     # the merged latent reconstructs what the copies did together
     assert pool_loss(sae, batch.x_in, batch.x_in) == pytest.approx(before, rel=1e-3)
-    assert not (sae.encode(batch.x_in)[:, merge.freed] > 0).any()  # parked latents are silent
+    assert not (sae.encode(batch.x_in)[:, merge.freed] > 0).any()  # parked latents are silent ...
+    claims = F.normalize(torch.cat([encoder.T, decoder]), dim=1) @ bench.features_in.T
+    assert claims.abs().max() < 0.6  # ... and point at no feature
 
 
 def test_copies_that_do_not_fire_together_do_not_merge(bench):
     sae = planted_copies(bench)
-    _, _, firing = pool_with_firing(sae, bench)
-    merge = merge_duplicates(firing, sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), 0.5)
-    assert not set(SHARED) & set(merge.keepers.tolist() + merge.freed.tolist())
-    strict = merge_duplicates(firing, sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), 1.0)
-    assert strict.keepers.numel() <= merge.keepers.numel()
+    _, pool, firing = pool_with_firing(sae, bench)
+    merged = merged_copies(sae, pool, firing, 0.5)
+    assert not set(SHARED) & set(merged.keepers.tolist() + merged.freed.tolist())
+    assert merged_copies(sae, pool, firing, 1.0).keepers.numel() <= merged.keepers.numel()
+
+
+def test_a_merged_latent_never_fires_for_more_than_its_group_did():
+    # two copies along u whose summed pre-activation is 2 on every input, though together they fired 0.2
+    u = F.normalize(torch.ones(4), dim=0)
+    stats = FiringStats(torch.tensor([[0, 1]]), 2, u)
+    stats.add(torch.full((10, 2), 0.01))
+    inputs = u.repeat(10, 1)
+    merged = merge_duplicates(stats, torch.stack([u, u], 1), torch.zeros(2), torch.stack([u, u]), 0.5, inputs)
+    assert (inputs @ merged.encoder + merged.encoder_bias).sum() == pytest.approx(0.2)
 
 
 def test_theory_splits_into_spare_latents_after_dead_ones_and_leaves_protected_alone():
@@ -130,19 +149,22 @@ def test_the_trainer_merges_copies_and_parks_what_splits_do_not_take(bench):
     results = {}
     for cosine in (None, 0.7):
         sae = planted_copies(bench)
-        config = ResamplingConfig(every_n_steps=20, max_events=1, pool_size=4096, duplicate_cosine=cosine)
+        config = ResamplingConfig(every_n_steps=20, max_events=2, pool_size=4096, duplicate_cosine=cosine)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sa.train_on_bench(
-                sae, bench, n_steps=40, batch_size=256, lr=1e-4, resampling=config, show_progress=False
+                sae, bench, n_steps=100, batch_size=256, lr=1e-4, resampling=config, show_progress=False
             )
-        results[cosine] = sa.recovery(sae, bench, mcc=False), sae.cfg.metadata.resampling["events"][0]
-    merged, event = results[0.7]
-    assert event["resample/merged"] == N_COPIED * (COPIES - 1)
-    assert event["resample/parked"] == event["resample/merged"] - (event["resample/latents"] - 64)
-    assert "resample/merged" not in results[None][1]
-    # every feature found; without the merge, the copied features' latents stay at cosine 0.9
-    assert merged["M_GT_dec"] == 1.0 and results[None][0]["M_GT_dec"] < 0.9
+        results[cosine] = sa.recovery(sae, bench, mcc=False), sae.cfg.metadata.resampling["events"]
+    merged, (first, second) = results[0.7]
+    assert first["resample/merged"] == N_COPIED * (COPIES - 1)
+    # dead and freed latents that no split took are parked, none given the fallback
+    assert first["resample/parked"] == 64 + first["resample/merged"] - first["resample/latents"]
+    assert first["resample/fallback"] == 0 and second["resample/fallback"] == 0
+    assert second["resample/dead_before"] < first["resample/parked"]  # parked latents are not dead
+    assert "resample/merged" not in results[None][1][0]
+    # the copied features found; without the merge, their latents stay at cosine 0.9
+    assert merged["M_GT_dec"] > 0.95 > results[None][0]["M_GT_dec"]
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,10 @@ different inputs are two features, and stay).
 A group of copies (connected through such pairs) merges into the latent with the largest summed activation
 on the pool. It takes the group's sum, so that it answers for the whole coefficient: its decoder row is
 ``sum_j A_j W_dec[j] / sum_j A_j`` (``A_j``: latent ``j``'s summed activation on the pool) and its encoder
-column and bias are the sums of the group's, so its activation is the sum of theirs wherever they all fire.
-The others are freed: the same event may give them to splits, and those left over are *parked* (their
-encoder bias set below anything the pool reaches, so they stay silent and count as dead at the next event).
+column and bias are the sums of the group's, so its activation is the sum of theirs wherever they all fire;
+scaled down where its summed activation on the pool would exceed the group's ``sum_j A_j``.
+The others are freed: the same event may give them to splits, and those left over are *parked*
+(:func:`parked_weights`: silent, and pointing nowhere) until a later event's split takes them.
 """
 
 from __future__ import annotations
@@ -102,9 +103,21 @@ def _components(pairs: list[tuple[int, int]]) -> list[list[int]]:
 
 @torch.no_grad()
 def merge_duplicates(
-    stats: FiringStats, W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, cofiring: float
+    stats: FiringStats,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    cofiring: float,
+    encoder_inputs: torch.Tensor,
+    acts_scaled_by_decoder_norm: bool = False,
 ) -> Merge:
-    """Group the co-firing copies among ``stats.pairs`` and merge each group (module docstring)."""
+    """Group the co-firing copies among ``stats.pairs`` and merge each group (module docstring).
+
+    The summed encoder and bias are then scaled down, where needed, so that the merged latent's summed
+    activation over the pool (``encoder_inputs``, as the encoder sees them) is no more than the group's: a
+    member with a positive pre-activation that TopK did not select adds to the sum without having fired.
+    ``acts_scaled_by_decoder_norm``: the coder's activations are its pre-activations times the decoder row
+    norm (SAELens's ``rescale_acts_by_decoder_norm``)."""
     counts = stats.fire_counts
     rarer = torch.minimum(counts[stats.pairs[:, 0]], counts[stats.pairs[:, 1]])
     together = (rarer > 0) & (stats.both_fire >= cofiring * rarer)
@@ -119,7 +132,7 @@ def merge_duplicates(
             W_dec.new_zeros(0, W_dec.shape[1]),
             empty,
         )
-    keepers, freed, encoders, biases, decoders = [], [], [], [], []
+    keepers, freed, encoders, biases, decoders, totals = [], [], [], [], [], []
     for group in groups:
         members = torch.tensor(group, device=device)
         weights = stats.activation_sums[members].to(W_dec.dtype)
@@ -129,23 +142,40 @@ def merge_duplicates(
         encoders.append(W_enc[:, members].sum(dim=1))
         biases.append(b_enc[members].sum())
         decoders.append((weights[:, None] * W_dec[members]).sum(0) / weights.sum().clamp_min(1e-12))
+        totals.append(weights.sum())
+    encoder, bias, decoder = torch.stack(encoders, dim=1), torch.stack(biases), torch.stack(decoders)
+    merged_total = torch.zeros_like(bias)
+    for start in range(0, encoder_inputs.shape[0], 4096):
+        pre = encoder_inputs[start : start + 4096].to(encoder.dtype) @ encoder + bias
+        merged_total += pre.clamp_min(0).sum(dim=0)
+    if acts_scaled_by_decoder_norm:
+        merged_total *= decoder.norm(dim=1)
+    scale = (torch.stack(totals) / merged_total.clamp_min(1e-12)).clamp(max=1.0)
     return Merge(
         torch.tensor(keepers, device=device),
-        torch.stack(encoders, dim=1),
-        torch.stack(biases),
-        torch.stack(decoders),
+        encoder * scale,
+        bias * scale,
+        decoder,
         torch.tensor(freed, device=device),
     )
 
 
 @torch.no_grad()
-def parking_bias(encoder_inputs: torch.Tensor, W_enc: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-    """``[m]``: an encoder bias under which ``latents`` fire on no pool input: twice the largest
-    pre-activation the pool gives each of them, negated, minus one."""
-    if latents.numel() == 0:
-        return W_enc.new_zeros(0)
-    largest = torch.full((latents.numel(),), float("-inf"), device=W_enc.device, dtype=W_enc.dtype)
-    for start in range(0, encoder_inputs.shape[0], 4096):
-        projection = encoder_inputs[start : start + 4096].to(W_enc.dtype) @ W_enc[:, latents]
-        largest = torch.maximum(largest, projection.abs().amax(dim=0))
-    return -(2.0 * largest + 1.0)
+def parked_weights(
+    latents: torch.Tensor,
+    W_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    largest_input_norm: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(encoder [d_in, m], encoder_bias [m], decoder [m, d_out])`` that silence ``latents``: encoder and
+    decoder point along one random direction (so a parked latent claims no feature, and self-anchoring has
+    nothing to pull), at the latent's own norms, and the bias is ``-(2 ||W_enc[:, j]|| r + 1)`` for inputs of
+    norm up to ``r = largest_input_norm``, below any pre-activation such an input can give (Cauchy-Schwarz)."""
+    m = latents.numel()
+    direction = torch.randn(m, max(W_enc.shape[0], W_dec.shape[1]), generator=generator)
+    direction = direction.to(device=W_dec.device, dtype=W_dec.dtype)
+    encoder_norm = W_enc[:, latents].norm(dim=0)
+    encoder = F.normalize(direction[:, : W_enc.shape[0]], dim=1) * encoder_norm[:, None]
+    decoder = F.normalize(direction[:, : W_dec.shape[1]], dim=1) * W_dec[latents].norm(dim=1)[:, None]
+    return encoder.T, -(2.0 * largest_input_norm * encoder_norm + 1.0), decoder

@@ -297,12 +297,14 @@ def theory_resample(
     frozen: int = 0,
     spare: torch.Tensor | None = None,
     protected: torch.Tensor | None = None,
+    fallback: bool = True,
 ) -> ResampleUpdate:
     """Split polysemantic live latents into ``dead_latents`` (module docstring); the update also re-points
     each split latent at the cluster it keeps. Leftover dead latents get ``anthropic_resample``. The first
     ``frozen`` latents (an anchored SAE's anchored latents) and the ``protected`` ones are never split.
     ``spare`` latents (freed by :func:`~sdl_anchor.resampling.duplicates.merge_duplicates`) take splits after
-    the dead ones and are never given the fallback: those the update leaves out are the caller's to park.
+    the dead ones and are never given the fallback; with ``fallback=False`` neither are the dead ones. The
+    latents the update leaves out are then the caller's (to park).
 
     Steps 1-2 run for every candidate at once (:mod:`~sdl_anchor.resampling.clustering`); only the
     assignment of dead latents (step 4, which depends on earlier assignments) walks the split candidates."""
@@ -419,7 +421,7 @@ def theory_resample(
             )
         )
     free = dead_latents[len(new_slots) :]  # spare latents left over get no fallback
-    if free.numel():
+    if fallback and free.numel():
         fallback = anthropic_resample(free, pool, encoder_norm, decoder_norm, encoder_scale, generator)
         fallback.n_fallback = fallback.n_dead_resampled
         updates.append(fallback)
