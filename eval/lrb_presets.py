@@ -5,7 +5,7 @@
   theory-resampled and both, at a size where the difference is real.
 * ``small``: the earlier quick preset (n=128, d=96, width 2048, k=2), which the resampling experiments use.
 * ``paper-cpu``: the paper's dimensions (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000, 100 anchors,
-  lambda 0.1), every run within 10 minutes on 2 otherwise idle CPU cores (120 to 600 s measured); each
+  lambda 0.1), every run within 10 minutes on 2 otherwise idle CPU cores (120 to 571 s measured); each
   method's budget ends after its recovery curves flatten, except JumpReLU's, whose M_IP is still rising
   (docs/results.md).
 * ``paper``: the same method settings at the paper's dimensions with a longer budget, for a GPU.
@@ -228,12 +228,14 @@ MATRYOSHKA_PAPER_WIDTHS = [4000, 16_000]
 # schedule's last event on, it holds near the peak: Matryoshka 96.8%, TopK k=128 71.9% (docs/results.md).
 LATE_LR_DECAY = 0.5
 
-# TopK at k=128 keeps most latents live (12,000 of 16,000), so each theory event finds few dead latents to
-# resample (6, 271, 699 and 444 at the four default events of 600 steps); six events, to step 450, split more
-# polysemantic latents: anchored + theory 78.3% against 71.9% (both with the late lr decay).
+# TopK at k=128 keeps most latents live (12,000 of 16,000): with about 10 features per input and 128 slots,
+# each feature ends up written by five or six co-firing copies at cosine 0.90-0.95 (their mean: 0.98), so no
+# latent passes tau. Six theory events (to step 450) that first merge each feature's copies
+# (``duplicate_cosine``, sdl_anchor/resampling/duplicates.py): anchored + theory 97.8%, against 78.3% with the
+# six events alone and 71.9% with four (all with the late lr decay).
 TOPK_128_OVERRIDES: dict[str, Any] = {
     "lr_decay_fraction": LATE_LR_DECAY,
-    "resampling_settings": {"max_events": 7, "stop_fraction": 0.2},
+    "resampling_settings": {"max_events": 7, "stop_fraction": 0.2, "duplicate_cosine": 0.8},
 }
 
 PAPER_SIZE: dict[str, Any] = {

@@ -80,13 +80,15 @@ def test_class_mean_anchors_then_anchored_resampled_training_logged_to_wandb(
     out = tmp_path / "run"
     argv = train_argv(workspace, out, "--hook_name", HOOK, "--architecture", "anchored_topk", "--anchor_path")
     argv += [str(anchors_out / "anchors.safetensors"), "--d_in", "32", "--d_sae", "64", "--k", "4"]
-    argv += ["--resampling", "theory", "--resample-every", "8", "--wandb-project", "sdl-anchor-test"]
+    argv += ["--resampling", "theory", "--resample-every", "8", "--duplicate-cosine", "0.8"]
+    argv += ["--wandb-project", "sdl-anchor-test"]
     argv += ["--wandb_log_frequency", "4"]
     assert main(argv) == 0
     summary = json.loads((out / "train.json").read_text())
     assert (summary["architecture"], summary["kind"], summary["n_steps"]) == ("anchored_topk", "sae", 32)
     assert summary["anchor_cosine"] > 0.9
     assert [e["resample/step"] for e in summary["resampling"]["events"]] == [8.0, 16.0]
+    assert all("resample/merged" in e for e in summary["resampling"]["events"])
     assert 0 <= summary["eval"]["sparsity/l0"] <= 4
     saved = json.loads((out / "sae" / "cfg.json").read_text())
     assert saved["architecture"] == "topk" and "anchor_path" not in saved  # anchors are stripped
@@ -160,6 +162,7 @@ def test_anchors_from_a_bench_and_from_probe_weights(tmp_path):
         (["--output_path", "x"], "either --out (sdl-anchor) or --output_path"),
         (["--hook-names", HOOK, "--hook_name", HOOK], "either --hook-names or --hook_name"),
         (["--resample-every", "5"], "--resample-every needs --resampling"),
+        (["--duplicate-cosine", "0.8"], "--duplicate-cosine merges duplicated latents"),
         (["--resampling", "sometimes"], "unknown --resampling 'sometimes'"),
         (["--wandb-project", "p", "--log_to_wandb", "False"], "--log_to_wandb turns it off"),
         (["--architecture", "topk", "--d_sae", "lots"], "could not parse the training flags"),

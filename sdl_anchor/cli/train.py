@@ -15,6 +15,8 @@ Every flag SAELens's ``LanguageModelSAETrainingRunner`` takes works as in SAELen
                          (default ln2.hook_normalized,hook_mlp_out)
   --resampling S         dead-latent resampling: none (default), anthropic or theory
   --resample-every N     steps between resampling events (default: a schedule of the run's length)
+  --duplicate-cosine C   theory resampling also merges a feature's co-firing copies (decoder cosine > C;
+                         useful at large k, e.g. 0.8)
   --model-path DIR       a local Hugging Face checkpoint (with its tokenizer) instead of the hub
   --wandb-project P      log to W&B project P (offline, with a warning, when there are no credentials)
   --overwrite            replace DIR/train.json and DIR/sae
@@ -53,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer-hooks", type=lambda v: [h for h in v.split(",") if h])
     parser.add_argument("--resampling", default="none")
     parser.add_argument("--resample-every", type=int)
+    parser.add_argument("--duplicate-cosine", type=float)
     parser.add_argument("--model-path", type=Path)
     parser.add_argument("--wandb-project")
     parser.add_argument("--overwrite", action="store_true")
@@ -111,6 +114,10 @@ def _check_flags(
         raise ValueError(f"unknown --resampling {ours.resampling!r}; use one of {', '.join(RESAMPLING)}")
     if ours.resample_every is not None and ours.resampling == "none":
         raise ValueError("--resample-every needs --resampling anthropic or theory")
+    if ours.duplicate_cosine is not None and ours.resampling != "theory":
+        raise ValueError(
+            "--duplicate-cosine merges duplicated latents in theory resampling: add --resampling theory"
+        )
     log_flag = _flag_value(runner_args, "--log_to_wandb")
     if ours.wandb_project is not None and log_flag is not None and log_flag.lower() in ("false", "0", "no"):
         raise ValueError("--wandb-project asks for W&B logging but --log_to_wandb turns it off")
@@ -209,7 +216,11 @@ def train(argv: list[str], usage: str) -> int:
         ensure_wandb_mode()
     resampling = None
     if ours.resampling != "none":
-        resampling = ResamplingConfig(strategy=ours.resampling, every_n_steps=ours.resample_every)
+        resampling = ResamplingConfig(
+            strategy=ours.resampling,
+            every_n_steps=ours.resample_every,
+            duplicate_cosine=ours.duplicate_cosine,
+        )
     if ours.model_path is None and config.model_class_name == "HookedTransformer":
         check_model_name(config.model_name)
     model = None if ours.model_path is None else load_model(config.model_name, ours.model_path, config.device)
