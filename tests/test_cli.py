@@ -222,8 +222,13 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert {m: preset.training_for(m)["lr_decay_fraction"] for m in preset.methods} == {
         m: 0.5 if m == "matryoshka_batchtopk" else 0.2 for m in preset.methods
     }
-    # TopK k=128's theory rows resample six times (to step 450 of 600), the rest four (to half their steps)
-    assert preset.resampling_for("topk", 128) == {"max_events": 7, "stop_fraction": 0.2}
+    # TopK k=128's theory rows resample six times (to step 450 of 600), merging duplicated latents first; the
+    # rest four times (to half their steps)
+    assert preset.resampling_for("topk", 128) == {
+        "max_events": 7,
+        "stop_fraction": 0.2,
+        "duplicate_cosine": 0.8,
+    }
     assert all(
         preset.resampling_for(m, k) == {} for m in preset.methods for k in preset.ks_for(m) if k != 128
     )
