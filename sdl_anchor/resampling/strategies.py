@@ -422,9 +422,9 @@ def theory_resample(
         )
     free = dead_latents[len(new_slots) :]  # spare latents left over get no fallback
     if fallback and free.numel():
-        fallback = anthropic_resample(free, pool, encoder_norm, decoder_norm, encoder_scale, generator)
-        fallback.n_fallback = fallback.n_dead_resampled
-        updates.append(fallback)
+        recipe = anthropic_resample(free, pool, encoder_norm, decoder_norm, encoder_scale, generator)
+        recipe.n_fallback = recipe.n_dead_resampled
+        updates.append(recipe)
     update = ResampleUpdate.concat(updates, W_enc.shape[0], W_dec.shape[1], W_dec)
     update.n_split = len(split_segments)
     return update
