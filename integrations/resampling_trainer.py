@@ -354,9 +354,8 @@ class ResamplingSAETrainer(PairedSAETrainer):
                 merge.keepers.numel() + newly_parked.numel(), dtype=torch.bool, device=W_dec.device
             ),
         )
-        update = ResampleUpdate.concat([merged, split], W_enc.shape[0], W_dec.shape[1], W_dec)
-        update.n_dead_resampled, update.n_split = split.n_dead_resampled, split.n_split
-        return update
+        # the counters add up over the parts: the merged part has none
+        return ResampleUpdate.concat([merged, split], W_enc.shape[0], W_dec.shape[1], W_dec)
 
     def _strategy_update(
         self,
