@@ -252,3 +252,38 @@ def test_anchored_latents_are_never_resampled_or_split():
     assert (sae.b_enc[:4] < -99).all()  # not rewritten (Adam moved them a little at most)
     cos = torch.nn.functional.cosine_similarity(sae.W_dec[:8].detach(), anchors.directions_out, dim=1)
     assert cos.min() > 0.9
+
+
+def test_an_event_with_nothing_to_resample_skips_the_pool_pass(bench, monkeypatch):
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    from sdl_anchor.integrations import resampling_trainer
+    from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer, pool_loss
+
+    sae = planted_topk(bench)
+    config = SAETrainerConfig(
+        total_training_samples=20 * 64,
+        train_batch_size_samples=64,
+        lr=1e-3,
+        lr_end=1e-3,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    trainer = ResamplingSAETrainer(
+        config, sae, bench.stream(64), resampling=ResamplingConfig(strategy="theory")
+    )
+    for _ in range(3):
+        trainer.step(next(trainer.data_provider))
+        trainer.n_training_steps += 1
+    trainer.n_forward_passes_since_fired.zero_()  # every latent fired lately: none is dead
+
+    def no_pool_pass(*args, **kwargs):
+        raise AssertionError("an event with no dead latent ran the pool pass")
+
+    monkeypatch.setattr(resampling_trainer, "pool_statistics", no_pool_pass)
+    before = {name: p.detach().clone() for name, p in sae.named_parameters()}
+    record = trainer.resample(3)
+    x_in, target = trainer.pool.tensors()
+    assert record["resample/dead_before"] == 0 and record["resample/latents"] == 0
+    assert record["resample/loss_before"] == pytest.approx(pool_loss(sae, x_in, target))
+    assert record["resample/loss_after"] == record["resample/loss_before"]
+    assert all(torch.equal(p, before[name]) for name, p in sae.named_parameters())
