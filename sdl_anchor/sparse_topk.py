@@ -91,6 +91,29 @@ def _csr(
         return torch.sparse_csr_tensor(crow, cols, values, (n_rows, n_cols), check_invariants=False)
 
 
+# largest_indices: entries sampled to place its bound, and the margin (a multiple of the kept fraction)
+BOUND_SAMPLE = 65_536
+BOUND_MARGIN = 2.0
+
+
+def largest_indices(values: torch.Tensor, n: int) -> torch.Tensor:
+    """The indices of the ``n`` largest entries of the 1-D ``values``: ``torch.topk``'s (up to the order of
+    ties), several times faster when ``n`` is a small fraction of a large tensor (a BatchTopK batch: 32 of
+    16,000 latents). A strided sample places a bound below the ``n``-th largest entry with a margin;
+    ``torch.topk`` then runs over the entries at or above it only, or over all of them when fewer than
+    ``n`` are (the result is the same either way)."""
+    total = values.numel()
+    if total <= BOUND_SAMPLE or n >= total // 2:
+        return torch.topk(values, n).indices
+    sample = values[:: total // BOUND_SAMPLE]
+    above = min(sample.numel(), int(BOUND_MARGIN * n / total * sample.numel()) + 1)
+    bound = torch.kthvalue(sample, sample.numel() - above + 1).values
+    candidates = torch.nonzero(values >= bound).flatten()
+    if candidates.numel() < n:
+        return torch.topk(values, n).indices
+    return candidates[torch.topk(values[candidates], n).indices]
+
+
 def topk_entries(scores: torch.Tensor, k: int) -> SparseEntries:
     """The ``k`` largest entries of every row of ``scores [B, n]`` (SAELens's ``TopK`` selection)."""
     _, indices = torch.topk(scores, k=k, dim=-1, sorted=False)
@@ -103,8 +126,7 @@ def batch_topk_entries(scores: torch.Tensor, k: float) -> SparseEntries:
     """The ``int(k * B)`` largest entries of ``relu(scores [B, n])`` over the whole batch (SAELens's
     ``BatchTopK`` selection)."""
     flat = scores.relu().flatten()
-    _, indices = torch.topk(flat, int(k * scores.shape[0]), dim=-1)
-    indices = indices.sort().values
+    indices = largest_indices(flat, int(k * scores.shape[0])).sort().values
     n = scores.shape[1]
     return SparseEntries(indices // n, indices % n, scores.shape[0], n)
 

@@ -7,7 +7,13 @@ from sae_lens.saes.sae import TrainStepInput
 
 import sdl_anchor as sa
 from sdl_anchor.integrations.sparse_step import dense_step_reason
-from sdl_anchor.sparse_topk import SparseEntries, batch_topk_entries, sparse_decode, topk_entries
+from sdl_anchor.sparse_topk import (
+    SparseEntries,
+    batch_topk_entries,
+    largest_indices,
+    sparse_decode,
+    topk_entries,
+)
 
 D_IN, D_SAE, BATCH = 16, 96, 48
 EXTRA = {"matryoshka_batchtopk": {"matryoshka_widths": [24, 60, D_SAE]}}
@@ -151,3 +157,21 @@ def test_entries_and_decode_match_dense_algebra():
     empty = SparseEntries(entries.rows[:0], entries.cols[:0], 6, 20)
     out = sparse_decode(values[:0], W, empty)
     assert out.shape == (6, 5) and torch.all(out == 0)
+
+
+@pytest.mark.parametrize("positives", [1.0, 0.001])
+def test_largest_indices_are_topk_s_on_a_large_tensor(positives):
+    torch.manual_seed(0)
+    scores = torch.randn(512, 4000)
+    scores[torch.rand_like(scores) > positives] = -1.0  # 0.001: fewer positives than kept, the rest ties at 0
+    flat = scores.relu().flatten()
+    n = 32 * 512
+    expected = torch.topk(flat, n).indices
+    found = largest_indices(flat, n)
+    assert found.numel() == n and found.unique().numel() == n
+    # the same values (the same entries where no ties are involved)
+    assert torch.equal(flat[found].sort().values, flat[expected].sort().values)
+    if positives == 1.0:
+        assert torch.equal(found.sort().values, expected.sort().values)
+    entries = batch_topk_entries(scores, 32)
+    assert torch.equal(entries.gather(flat.view_as(scores)).sort().values, flat[expected].sort().values)
