@@ -32,6 +32,7 @@ from sae_lens.saes.sae import TrainStepOutput
 from typing_extensions import override
 
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.sparse_step import SparseTopKStepMixin, dense_step_reason, sparse_forward
 from sdl_anchor.io import read_json, read_safetensors, write_json, write_safetensors
 from sdl_anchor.resampling import (
     ResamplePool,
@@ -112,11 +113,16 @@ DOMINANCE = 0.5
 
 
 def _coder_chunks(sae: Any, x_in: torch.Tensor, target: torch.Tensor, chunk: int) -> Any:
-    """``(start, x, t, feature_acts, squared error)`` of the coder over the pool, ``chunk`` rows at a time."""
+    """``(start, x, t, feature_acts, squared error)`` of the coder over the pool, ``chunk`` rows at a time
+    (a TopK-family coder that takes the sparse step decodes its selected latents only)."""
+    sparse = isinstance(sae, SparseTopKStepMixin) and dense_step_reason(sae) is None
     for start in range(0, x_in.shape[0], chunk):
         x, t = x_in[start : start + chunk], target[start : start + chunk]
-        acts = sae.encode(x)
-        output = sae.transcode(x, acts) if hasattr(sae, "transcode") else sae.decode(acts)
+        if sparse:
+            acts, output = sparse_forward(sae, x)
+        else:
+            acts = sae.encode(x)
+            output = sae.transcode(x, acts) if hasattr(sae, "transcode") else sae.decode(acts)
         yield start, x, t, acts, (t - output).pow(2).sum(dim=-1)
 
 

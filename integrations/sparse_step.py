@@ -169,6 +169,26 @@ def sparse_training_forward_pass(sae: Any, step_input: TrainStepInput) -> TrainS
     return output
 
 
+@torch.no_grad()
+def sparse_forward(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(feature_acts, output)`` of a TopK-family coder on ``x``, as ``encode`` and ``decode`` (a
+    transcoder's ``transcode``) give them, the decoder run on the selected latents only: the resampler's
+    pass over its pool, where SAELens's dense decoder multiplies a ``[B, d_sae]`` matrix of almost all zeros.
+    For coders whose ``dense_step_reason`` is None (the same conditions as the sparse step)."""
+    x = sae.hook_sae_input(x.to(sae.dtype))
+    shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
+    scores = torch.addmm(sae.b_enc, x - shift if shift is not None else x, sae.W_enc)
+    norms = sae.W_dec.norm(dim=-1) if sae.cfg.rescale_acts_by_decoder_norm else None
+    if norms is not None:
+        scores.mul_(norms)
+    entries = _select(sae, scores)
+    acts = entries.gather(scores).relu()
+    decoder_in = acts / norms[entries.cols] if norms is not None else acts
+    output = sparse_decode(decoder_in, sae.W_dec, entries) + sae.b_dec
+    skip = sae.skip_output(x)
+    return entries.scatter(acts), output if skip is None else output + skip
+
+
 def _auxk_loss(
     sae: Any,
     step_input: TrainStepInput,

@@ -175,3 +175,37 @@ def test_largest_indices_are_topk_s_on_a_large_tensor(positives):
         assert torch.equal(found.sort().values, expected.sort().values)
     entries = batch_topk_entries(scores, 32)
     assert torch.equal(entries.gather(flat.view_as(scores)).sort().values, flat[expected].sort().values)
+
+
+@pytest.mark.parametrize(
+    "architecture, fields",
+    [
+        ("anchored_topk", {"rescale_acts_by_decoder_norm": True}),
+        ("anchored_topk", {"apply_b_dec_to_input": True}),
+        ("anchored_batchtopk", {}),
+        ("anchored_matryoshka_batchtopk", EXTRA["matryoshka_batchtopk"]),
+        ("topk_transcoder", {"d_out": 10, "skip_connection": True}),
+        ("batchtopk_crosscoder", {"n_sources": 2}),
+    ],
+)
+def test_the_resampler_s_sparse_pool_pass_equals_encode_and_decode(architecture, fields):
+    from sdl_anchor.integrations.resampling_trainer import pool_statistics
+
+    torch.manual_seed(0)
+    ours, dense = twin(architecture, k=4, **fields)
+    dense.cfg.sparse_backward = False  # the same weights through SAELens's encode and decode
+    if "skip_connection" in fields:
+        with torch.no_grad():
+            ours.W_skip.normal_(0, 0.1)
+            dense.W_skip.copy_(ours.W_skip)
+    x = torch.randn(BATCH, D_IN, dtype=torch.float64)
+    target = torch.randn(BATCH, fields.get("d_out", D_IN), dtype=torch.float64)
+    pools = [pool_statistics(coder, x, target, chunk=20) for coder in (ours, dense)]
+    torch.testing.assert_close(pools[0].loss, pools[1].loss)
+    assert torch.equal(pools[0].fire_rows, pools[1].fire_rows)
+    assert torch.equal(pools[0].fire_latents, pools[1].fire_latents)
+    expected = []  # BatchTopK selects over each chunk of the pool
+    for chunk in x.split(20):
+        acts = dense.encode(chunk)
+        expected.append(dense.transcode(chunk, acts) if hasattr(dense, "transcode") else dense.decode(acts))
+    torch.testing.assert_close(pools[0].loss, (target - torch.cat(expected)).pow(2).sum(dim=-1))
