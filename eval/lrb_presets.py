@@ -5,9 +5,9 @@
   theory-resampled and both, at a size where the difference is real.
 * ``small``: the earlier quick preset (n=128, d=96, width 2048, k=2), which the resampling experiments use.
 * ``paper-cpu``: the paper's dimensions (n=1000, d=768, width 16,000, S=0.99, M=0.1, N=100,000, 100 anchors,
-  lambda 0.1), every run within 10 minutes on 2 otherwise idle CPU cores (120 to 571 s measured); each
-  method's budget ends after its recovery curves flatten, except JumpReLU's, whose M_IP is still rising
-  (docs/results.md).
+  lambda 0.1), every run within 10 minutes on 2 otherwise idle CPU cores (120 to 558 s measured); each
+  method's budget ends after its recovery curves flatten, except JumpReLU's, whose decoder is still finding
+  features (decoder M_GT 62% at step 205, 90% at 250; docs/results.md).
 * ``paper``: the same method settings at the paper's dimensions with a longer budget, for a GPU.
 
 The paper states no learning rate, step count or Table 1 k; those are ours, and every row records the
@@ -34,9 +34,10 @@ RESAMPLING = ("none", "anthropic", "theory")
 # per-method overrides of the preset's training budget (``lr_decay_fraction``: the last fraction of the steps
 # over which the learning rate decays linearly to a tenth, SAELens's ``lr_decay_steps``)
 TRAINING_KEYS = ("lr", "n_steps", "batch_size", "lr_decay_fraction")
+# a method's (or a TopK k's) resampling schedule: ResamplingConfig fields over the preset's
+RESAMPLING_KEY = "resampling_settings"
 # a TopK k's overrides (``topk_training``): its training budget and its resampling schedule
-# (``resampling_settings``: ResamplingConfig fields over the preset's)
-TOPK_K_KEYS = (*TRAINING_KEYS, "resampling_settings")
+TOPK_K_KEYS = (*TRAINING_KEYS, RESAMPLING_KEY)
 # per-method overrides of the anchored rows' self-anchoring
 # (``self_anchor_start``: the fraction of the method's steps after which self-anchoring starts)
 SELF_ANCHOR_KEYS = ("self_anchor_coefficient", "self_anchor_target", "self_anchor_start")
@@ -93,10 +94,16 @@ class LRBPreset:
             unknown = set(overrides) - set(TOPK_K_KEYS)
             if unknown:
                 raise ValueError(f"topk_training[{k}] may set {TOPK_K_KEYS} only, not {sorted(unknown)}")
-            try:  # the fields and their values are ResamplingConfig's to check
-                ResamplingConfig(**self.resampling_for("topk", k))
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"topk_training[{k}]'s resampling_settings: {error}") from None
+            self._check_resampling(f"topk_training[{k}]", "topk", k)
+        for method, overrides in self.method_settings.items():
+            if RESAMPLING_KEY in overrides:
+                self._check_resampling(f"method_settings[{method!r}]", method, None)
+
+    def _check_resampling(self, owner: str, method: str, k: int | None) -> None:
+        try:  # the fields and their values are ResamplingConfig's to check
+            ResamplingConfig(**self.resampling_for(method, k))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{owner}'s resampling_settings: {error}") from None
 
     def with_steps(self, n_steps: int) -> LRBPreset:
         """This preset with every run ``n_steps`` long (``bench lrb --steps``): the methods' and the TopK
@@ -112,7 +119,9 @@ class LRBPreset:
         """The SAELens config fields for ``method`` (its training-budget and self-anchoring overrides
         excluded)."""
         overrides = self.method_settings.get(method, {})
-        return {k: v for k, v in overrides.items() if k not in TRAINING_KEYS + SELF_ANCHOR_KEYS}
+        return {
+            k: v for k, v in overrides.items() if k not in (*TRAINING_KEYS, *SELF_ANCHOR_KEYS, RESAMPLING_KEY)
+        }
 
     def training_for(self, method: str, k: int | None = None) -> dict[str, Any]:
         """``{"lr", "n_steps", "batch_size", "lr_decay_fraction"}`` of ``method`` (at ``k``): the preset's,
@@ -121,9 +130,13 @@ class LRBPreset:
         return {key: overrides.get(key, getattr(self, key)) for key in TRAINING_KEYS}
 
     def resampling_for(self, method: str, k: int | None = None) -> dict[str, Any]:
-        """The ``ResamplingConfig`` fields of ``method``'s resampled rows (at ``k``): the preset's, updated for
-        TopK by that k's ``resampling_settings``."""
-        return {**self.resampling_settings, **self._k_overrides(method, k).get("resampling_settings", {})}
+        """The ``ResamplingConfig`` fields of ``method``'s resampled rows (at ``k``): the preset's, updated by
+        the method's ``resampling_settings`` and for TopK by that k's."""
+        return {
+            **self.resampling_settings,
+            **self.method_settings.get(method, {}).get(RESAMPLING_KEY, {}),
+            **self._k_overrides(method, k).get(RESAMPLING_KEY, {}),
+        }
 
     def _k_overrides(self, method: str, k: int | None) -> dict[str, Any]:
         """A TopK k's own overrides (``topk_training``); none for the other methods."""
@@ -174,15 +187,19 @@ def _settings(
     widths: list[int],
     jumprelu_lr: float,
     steps: dict[str, int] | None = None,
-    late_self_anchoring: dict[str, tuple[float, float]] | None = None,
+    late_self_anchoring: dict[str, dict[str, Any]] | None = None,
     lr_decay: dict[str, float] | None = None,
+    resampling: dict[str, dict[str, Any]] | None = None,
+    jumprelu_init_threshold: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each method's settings. ``steps`` overrides the preset's step count per method: the methods SAELens
     trains densely (ReLU, JumpReLU) cost several times the TopK family's sparse steps, and each method's
-    recovery curve flattens at its own point. ``late_self_anchoring``: ``{method: (coefficient, start)}``
-    for methods whose self-anchoring starts late, at that fraction of their steps (the preset's coefficient
-    from step 0 otherwise). ``lr_decay``: ``{method: fraction}`` for methods whose learning rate decays over
-    a longer tail of their steps than the preset's."""
+    recovery curve flattens at its own point. ``late_self_anchoring``: ``{method: {SELF_ANCHOR_KEYS field:
+    value}}`` for methods whose self-anchoring starts late, at ``self_anchor_start`` of their steps (the
+    preset's coefficient from step 0 otherwise). ``lr_decay``: ``{method: fraction}`` for methods whose
+    learning rate decays over a longer tail of their steps than the preset's. ``resampling``: ``{method:
+    ResamplingConfig fields}`` over the preset's schedule. ``jumprelu_init_threshold``: JumpReLU's initial
+    threshold (SAELens's 0.01 when None)."""
     steps = steps or {}
     settings: dict[str, dict[str, Any]] = {
         "standard": {"l1_coefficient": l1},
@@ -198,11 +215,14 @@ def _settings(
         raise ValueError(f"step overrides for unknown methods: {sorted(unknown)}")
     for method, n_steps in steps.items():
         settings[method]["n_steps"] = n_steps
-    for method, (coefficient, start) in (late_self_anchoring or {}).items():
-        settings[method]["self_anchor_coefficient"] = coefficient
-        settings[method]["self_anchor_start"] = start
+    for method, self_anchoring in (late_self_anchoring or {}).items():
+        settings[method].update(self_anchoring)
     for method, fraction in (lr_decay or {}).items():
         settings[method]["lr_decay_fraction"] = fraction
+    for method, schedule in (resampling or {}).items():
+        settings[method][RESAMPLING_KEY] = dict(schedule)
+    if jumprelu_init_threshold is not None:
+        settings["jumprelu"]["jumprelu_init_threshold"] = jumprelu_init_threshold
     return settings
 
 
@@ -211,9 +231,21 @@ def _settings(
 # a decoder row that is still random (eval/self_anchor_sweep.py; docs/results.md). Started once the plain
 # run's decoder has found the features (ReLU: decoder M_GT 94% at step 123 of 250; JumpReLU: decoder M_IP
 # 0.84 at step 205), at 0.01, it lets the encoders follow. At width 4000 and 250 steps, ReLU from step 125:
-# encoder M_GT 60.7% against 0% for plain and anchors-only, FVU 0.21 against 0.20 plain. (coefficient, start
-# as a fraction of the method's steps)
-LATE_SELF_ANCHORING = {"standard": (0.01, 0.5), "jumprelu": (0.01, 0.8)}
+# encoder M_GT 60.7% against 0% for plain and anchors-only, FVU 0.21 against 0.20 plain. JumpReLU's self-
+# anchoring pulls each encoder to the mean input its latent fires on (``JUMPRELU_PAPER_INIT_THRESHOLD``).
+LATE_SELF_ANCHORING: dict[str, dict[str, Any]] = {
+    "standard": {"self_anchor_coefficient": 0.01, "self_anchor_start": 0.5},
+    "jumprelu": {"self_anchor_coefficient": 0.01, "self_anchor_start": 0.8, "self_anchor_target": "inputs"},
+}
+
+# JumpReLU at the paper's size: SAELens's initial threshold 0.01 lets 23% of the initial pre-activations on the
+# bench through (L0 3,724 of 16,000; their 99th percentile is 0.043), and Adam at lr 1e-3 moves a threshold
+# by at most 0.25 in 250 steps. At 0.05, anchored + theory, the decoder finds 61% of the features by step 205
+# (0% at 0.01). Self-anchoring from step 200 to the decoder then drags the encoders towards decoder rows still
+# being learnt (encoder M_GT 0%, decoder 61% -> 4%); to the mean input each latent fires on, encoder M_GT is
+# 100% (M_IP 0.982), but each feature's encoder is copied by several latents (median 4 above cosine 0.95) whose
+# decoders share it and do not recover in the 50 steps left (decoder M_GT 4.4%, FVU 0.150; docs/results.md).
+JUMPRELU_PAPER_INIT_THRESHOLD = 0.05
 
 # Matryoshka at the paper's size: each inner width adds a loss asking its prefix to reconstruct alone. With an
 # innermost width of 1,000 (the feature count, 100 of its slots anchors), anchored + theory peaked at 96.9%
@@ -228,11 +260,19 @@ MATRYOSHKA_PAPER_WIDTHS = [4000, 16_000]
 # schedule's last event on, it holds near the peak: Matryoshka 96.8%, TopK k=128 71.9% (docs/results.md).
 LATE_LR_DECAY = 0.5
 
+# Matryoshka, anchored + theory, with that decay: 96.8% at the end of 500 steps, while live latents fell from
+# 4,333 (step 249, the last of four events) to 3,885 and features were lost with them. Resampling on into the
+# second half (six events, to step 336 of 450): 99.9% (docs/results.md).
+MATRYOSHKA_RESAMPLING: dict[str, Any] = {"max_events": 7, "stop_fraction": 0.2}
+
 # TopK at k=128 keeps most latents live (12,000 of 16,000): with about 10 features per input and 128 slots,
 # each feature ends up written by five or six co-firing copies at cosine 0.90-0.95 (their mean: 0.98), so no
-# latent passes tau. Six theory events (to step 450) that first merge each feature's copies
-# (``duplicate_cosine``, sdl_anchor/resampling/duplicates.py): anchored + theory 97.8%, against 78.3% with the
-# six events alone and 71.9% with four (all with the late lr decay).
+# latent passes tau. Theory events that first merge each feature's copies (``duplicate_cosine``,
+# sdl_anchor/resampling/duplicates.py): anchored + theory 97.8% with six (to step 450), against 78.3% with the
+# six events alone and 71.9% with four (all with the late lr decay). Copies form again after the last event (the
+# 19 features then missed sat at 0.934-0.950, most with two to five co-firing copies co-firing on 94-100% of
+# each other's inputs): a seventh event, at step 525, lifts it to 98.7% and 98.1% in two runs, but takes 625
+# and 609 s, over the 10 minutes, so the preset keeps six.
 TOPK_128_OVERRIDES: dict[str, Any] = {
     "lr_decay_fraction": LATE_LR_DECAY,
     "resampling_settings": {"max_events": 7, "stop_fraction": 0.2, "duplicate_cosine": 0.8},
@@ -312,11 +352,13 @@ PRESETS: dict[str, LRBPreset] = {
                 "standard": 250,
                 "jumprelu": 250,
                 "batchtopk": 500,
-                "matryoshka_batchtopk": 500,
+                "matryoshka_batchtopk": 450,
                 "crosscoder": 300,
             },
             late_self_anchoring=LATE_SELF_ANCHORING,
             lr_decay={"matryoshka_batchtopk": LATE_LR_DECAY},
+            jumprelu_init_threshold=JUMPRELU_PAPER_INIT_THRESHOLD,
+            resampling={"matryoshka_batchtopk": MATRYOSHKA_RESAMPLING},
         ),
     ),
     "paper": LRBPreset(
@@ -335,6 +377,8 @@ PRESETS: dict[str, LRBPreset] = {
             jumprelu_lr=1e-3,
             late_self_anchoring=LATE_SELF_ANCHORING,
             lr_decay={"matryoshka_batchtopk": LATE_LR_DECAY},
+            jumprelu_init_threshold=JUMPRELU_PAPER_INIT_THRESHOLD,
+            resampling={"matryoshka_batchtopk": MATRYOSHKA_RESAMPLING},
         ),
     ),
 }

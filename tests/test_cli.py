@@ -216,22 +216,32 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert PRESETS["paper"].anchor_settings("anchored", "standard")["self_anchor_start_step"] == 2000
     # TopK k=128 trains twice as long as k=32 and 64; Matryoshka's innermost width holds every feature
     assert [preset.training_for("topk", k)["n_steps"] for k in preset.topk_ks] == [300, 300, 600]
+    assert preset.training_for("matryoshka_batchtopk")["n_steps"] == 450
     # the lr decays over the half after the last resampling event where the curves fell after it, else the
     # last fifth (SAELens's default)
     assert [preset.training_for("topk", k)["lr_decay_fraction"] for k in preset.topk_ks] == [0.2, 0.2, 0.5]
     assert {m: preset.training_for(m)["lr_decay_fraction"] for m in preset.methods} == {
         m: 0.5 if m == "matryoshka_batchtopk" else 0.2 for m in preset.methods
     }
-    # TopK k=128's theory rows resample six times (to step 450 of 600), merging duplicated latents first; the
-    # rest four times (to half their steps)
+    # TopK k=128's theory rows resample six times (to step 450 of 600), merging duplicated latents first;
+    # Matryoshka's six times (to step 336 of 450); the rest four times (to half their steps)
     assert preset.resampling_for("topk", 128) == {
         "max_events": 7,
         "stop_fraction": 0.2,
         "duplicate_cosine": 0.8,
     }
+    assert preset.resampling_for("matryoshka_batchtopk") == {"max_events": 7, "stop_fraction": 0.2}
     assert all(
-        preset.resampling_for(m, k) == {} for m in preset.methods for k in preset.ks_for(m) if k != 128
+        preset.resampling_for(m, k) == {}
+        for m in preset.methods
+        for k in preset.ks_for(m)
+        if k != 128 and m != "matryoshka_batchtopk"
     )
+    for paper in (preset, PRESETS["paper"]):  # the GPU preset has the same method settings
+        assert paper.resampling_for("matryoshka_batchtopk") == preset.resampling_for("matryoshka_batchtopk")
+        assert paper.resampling_for("topk", 128) == preset.resampling_for("topk", 128)
+        assert paper.settings_for("jumprelu")["jumprelu_init_threshold"] == 0.05
+        assert paper.anchor_settings("anchored", "jumprelu")["self_anchor_target"] == "inputs"
     assert preset.settings_for("matryoshka_batchtopk")["matryoshka_widths"][0] >= preset.n_features
     # the start is a fraction of the run: a shorter budget (bench lrb's n_steps override) moves it
     assert preset.with_steps(100).anchor_settings("anchored", "jumprelu")["self_anchor_start_step"] == 80
@@ -315,6 +325,32 @@ def test_a_topk_k_s_training_override_reaches_its_rows_only(monkeypatch):
         [10],
         [2, 4],
     ]
+
+
+def test_a_method_s_resampling_schedule_reaches_its_theory_rows_and_is_checked():
+    from dataclasses import replace
+
+    from sdl_anchor import LinearRepresentationBench
+    from sdl_anchor.eval.lrb_presets import PRESETS
+    from sdl_anchor.eval.lrb_table import build_sae, run_lrb_bench
+
+    preset = PRESETS["smoke"]
+    settings = {
+        **preset.method_settings["topk"],
+        "resampling_settings": {"every_n_steps": 4, "max_events": 3},
+    }
+    scheduled = replace(preset, method_settings={**preset.method_settings, "topk": settings})
+    assert scheduled.resampling_for("topk") == {"every_n_steps": 4, "max_events": 3}
+    assert scheduled.resampling_for("standard") == preset.resampling_settings  # the other methods keep it
+    assert "resampling_settings" not in scheduled.settings_for("topk")  # not a SAELens config field
+    rows = run_lrb_bench(scheduled, variants=("plain",), resampling=("theory",), progress=False)["rows"]
+    assert [e["resample/step"] for e in rows[0]["settings"]["resampling"]["events"]] == [4, 8, 12]
+    bench = LinearRepresentationBench(n_features=48, d_in=32, max_interference=0.3, seed=0)
+    assert build_sae("topk", scheduled, bench, "cpu").cfg.k == 4
+    with pytest.raises(
+        ValueError, match=r"method_settings\['topk'\]'s resampling_settings: max_events must be"
+    ):
+        replace(preset, method_settings={"topk": {"k": 4, "resampling_settings": {"max_events": 0}}})
 
 
 def test_the_self_anchor_sweep_trains_plain_anchors_only_and_each_coefficient(capsys):
