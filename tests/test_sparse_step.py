@@ -175,6 +175,8 @@ def test_largest_indices_are_topk_s_on_a_large_tensor(positives):
         assert torch.equal(found.sort().values, expected.sort().values)
     entries = batch_topk_entries(scores, 32)
     assert torch.equal(entries.gather(flat.view_as(scores)).sort().values, flat[expected].sort().values)
+    flat[7] = float("nan")  # ranked first by torch.topk, and so here
+    assert 7 in largest_indices(flat, n).tolist()
 
 
 @pytest.mark.parametrize(
