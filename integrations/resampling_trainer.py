@@ -283,17 +283,16 @@ class ResamplingSAETrainer(PairedSAETrainer):
         firing = self._duplicate_candidates(dead)
         # before / after on the same leading rows of the pool: a diagnostic, so a sample is enough
         n_scored = min(LOSS_SAMPLE, x_in.shape[0])
+        update = None
         if firing is None and not dead.numel():  # nothing to merge or resample: skip the pool pass
             record["resample/loss_before"] = pool_loss(self.sae, x_in[:n_scored], target[:n_scored])
-            record["resample/loss_after"] = record["resample/loss_before"]
-            record.update({"resample/latents": 0.0, "resample/split": 0.0, "resample/fallback": 0.0})
-            return record, None
-        pool = pool_statistics(self.sae, x_in, target, firing=firing)
-        record["resample/loss_before"] = float(pool.loss[:n_scored].mean())
-        if firing is not None:
-            update = self._merge_and_split(dead, pool, firing, record)
         else:
-            update = self._strategy_update(dead, pool) if dead.numel() else None
+            pool = pool_statistics(self.sae, x_in, target, firing=firing)
+            record["resample/loss_before"] = float(pool.loss[:n_scored].mean())
+            if firing is not None:
+                update = self._merge_and_split(dead, pool, firing, record)
+            else:
+                update = self._strategy_update(dead, pool)
         if update is not None and update.latents.numel():
             self._apply(update)
             record["resample/loss_after"] = pool_loss(self.sae, x_in[:n_scored], target[:n_scored])

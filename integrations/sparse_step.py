@@ -107,6 +107,21 @@ def _select(sae: Any, scores: torch.Tensor) -> SparseEntries:
     return topk_entries(scores, sae.cfg.k)
 
 
+@torch.no_grad()
+def _ranking_scores(
+    sae: Any, x: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """``(shift, scores, norms)``: SAELens's decoder bias where ``apply_b_dec_to_input`` subtracts it (else
+    None), the dense pre-activations the selection ranks (``hidden_pre``, times the decoder row norms
+    ``norms`` when the coder rescales by them; else ``norms`` is None), computed without a graph."""
+    shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
+    scores = torch.addmm(sae.b_enc, x - shift if shift is not None else x, sae.W_enc)
+    norms = sae.W_dec.norm(dim=-1) if sae.cfg.rescale_acts_by_decoder_norm else None
+    if norms is not None:
+        scores.mul_(norms)
+    return shift, scores, norms
+
+
 def _pre_activations(
     sae: Any,
     scores: torch.Tensor,
@@ -133,15 +148,9 @@ def sparse_training_forward_pass(sae: Any, step_input: TrainStepInput) -> TrainS
     input here is ``relu(h)`` (and ``h``), and ``s`` only ranks the latents. The gradient SAELens's
     autograd sends into ``W_dec`` through ``s`` is zero up to round-off, and is not computed.
     """
-    cfg = sae.cfg
     x = sae.hook_sae_input(step_input.sae_in.to(sae.dtype))
     target = sae.reconstruction_target(step_input)
-    shift = sae.b_dec if cfg.apply_b_dec_to_input else None
-    with torch.no_grad():
-        scores = torch.addmm(sae.b_enc, x - shift if shift is not None else x, sae.W_enc)
-        norms = sae.W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
-        if norms is not None:
-            scores.mul_(norms)
+    shift, scores, norms = _ranking_scores(sae, x)
     entries = _select(sae, scores)
     decoder_in = _pre_activations(sae, scores, x, shift, norms, entries).relu()
     sae_out = sparse_decode(decoder_in, sae.W_dec, entries) + sae.b_dec
@@ -176,11 +185,7 @@ def sparse_forward(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     pass over its pool, where SAELens's dense decoder multiplies a ``[B, d_sae]`` matrix of almost all zeros.
     For coders whose ``dense_step_reason`` is None (the same conditions as the sparse step)."""
     x = sae.hook_sae_input(x.to(sae.dtype))
-    shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
-    scores = torch.addmm(sae.b_enc, x - shift if shift is not None else x, sae.W_enc)
-    norms = sae.W_dec.norm(dim=-1) if sae.cfg.rescale_acts_by_decoder_norm else None
-    if norms is not None:
-        scores.mul_(norms)
+    _, scores, norms = _ranking_scores(sae, x)
     entries = _select(sae, scores)
     acts = entries.gather(scores).relu()
     decoder_in = acts / norms[entries.cols] if norms is not None else acts
