@@ -207,21 +207,25 @@ def test_dead_latents_by_tokens(bench):
     assert sae.cfg.metadata.resampling["events"][0]["resample/dead_before"] == 32
 
 
-def test_learning_rate_rewarms_after_an_event(bench):
+def resampling_trainer(bench, sae, total_steps, resampling):
+    """A ``ResamplingSAETrainer`` at a constant lr 1e-3 over batches of 64 from ``bench`` (stepped by hand)."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 
-    sae = planted_topk(bench)
     config = SAETrainerConfig(
-        total_training_samples=40 * 64,
+        total_training_samples=total_steps * 64,
         train_batch_size_samples=64,
         lr=1e-3,
         lr_end=1e-3,
         logger=LoggingConfig(log_to_wandb=False),
     )
+    return ResamplingSAETrainer(config, sae, bench.stream(64), resampling=resampling)
+
+
+def test_learning_rate_rewarms_after_an_event(bench):
     resampling = ResamplingConfig(strategy="anthropic", every_n_steps=10, max_events=1, rewarm_steps=4)
-    trainer = ResamplingSAETrainer(config, sae, bench.stream(64), resampling=resampling)
+    trainer = resampling_trainer(bench, planted_topk(bench), 40, resampling)
     lrs = []
     for _ in range(16):
         trainer.step(next(trainer.data_provider))
@@ -255,22 +259,11 @@ def test_anchored_latents_are_never_resampled_or_split():
 
 
 def test_an_event_with_nothing_to_resample_skips_the_pool_pass(bench, monkeypatch):
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-
-    from sdl_anchor.integrations import resampling_trainer
-    from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer, pool_loss
+    from sdl_anchor.integrations import resampling_trainer as trainer_module
+    from sdl_anchor.integrations.resampling_trainer import pool_loss
 
     sae = planted_topk(bench)
-    config = SAETrainerConfig(
-        total_training_samples=20 * 64,
-        train_batch_size_samples=64,
-        lr=1e-3,
-        lr_end=1e-3,
-        logger=LoggingConfig(log_to_wandb=False),
-    )
-    trainer = ResamplingSAETrainer(
-        config, sae, bench.stream(64), resampling=ResamplingConfig(strategy="theory")
-    )
+    trainer = resampling_trainer(bench, sae, 20, ResamplingConfig(strategy="theory"))
     for _ in range(3):
         trainer.step(next(trainer.data_provider))
         trainer.n_training_steps += 1
@@ -279,7 +272,7 @@ def test_an_event_with_nothing_to_resample_skips_the_pool_pass(bench, monkeypatc
     def no_pool_pass(*args, **kwargs):
         raise AssertionError("an event with no dead latent ran the pool pass")
 
-    monkeypatch.setattr(resampling_trainer, "pool_statistics", no_pool_pass)
+    monkeypatch.setattr(trainer_module, "pool_statistics", no_pool_pass)
     before = {name: p.detach().clone() for name, p in sae.named_parameters()}
     record = trainer.resample(3)
     x_in, target = trainer.pool.tensors()
