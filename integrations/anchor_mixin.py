@@ -174,24 +174,30 @@ class AnchoredMixin:
                 self.W_enc, self.W_dec, self.anchor_directions_in, self.anchor_directions_out
             )
         if self.cfg.self_anchor_coefficient > 0:
-            tie = self._self_anchor_loss(step_input, output)  # before the start too: firing means warm up
+            if self.cfg.self_anchor_target == "inputs":  # before the start too: the firing means warm up
+                self._update_firing_inputs(step_input, output)
             if step_input.n_training_steps < self.cfg.self_anchor_start_step:
                 return output
+            tie = self._self_anchor_loss()
             output.losses["self_anchor_loss"] = self.cfg.self_anchor_coefficient * tie
             output.loss = output.loss + output.losses["self_anchor_loss"]
             unanchored = self.cfg.d_sae - self.anchor_k
             output.metrics["self_anchor_cosine"] = lambda: 1.0 - tie.detach() / max(unanchored, 1)
         return output
 
-    def _self_anchor_loss(self, step_input: TrainStepInput, output: TrainStepOutput) -> torch.Tensor:
-        """Eq. of :func:`~sdl_anchor.anchoring.loss.self_anchor_loss` towards the decoder rows or the mean
-        firing inputs (updated with this step's activations first)."""
-        if self.cfg.self_anchor_target == "decoder":
-            return self_anchor_loss(self.W_enc, self.W_dec, start=self.anchor_k)
+    def _update_firing_inputs(self, step_input: TrainStepInput, output: TrainStepOutput) -> None:
+        """Add this step's activations to the mean firing inputs (``self_anchor_target="inputs"``)."""
         if self._firing_inputs is None:
             self._firing_inputs = FiringInputMeans(
                 self.cfg.d_sae, self.W_enc.shape[0], FIRING_INPUT_DECAY, like=self.W_enc.detach()
             )
         self._firing_inputs.update(output.feature_acts, step_input.sae_in.to(self.W_enc.dtype))
+
+    def _self_anchor_loss(self) -> torch.Tensor:
+        """Eq. of :func:`~sdl_anchor.anchoring.loss.self_anchor_loss` towards the decoder rows or the mean
+        firing inputs."""
+        if self.cfg.self_anchor_target == "decoder":
+            return self_anchor_loss(self.W_enc, self.W_dec, start=self.anchor_k)
+        assert self._firing_inputs is not None  # updated by this step first
         directions, seen = self._firing_inputs.directions()
         return self_anchor_loss(self.W_enc, directions, start=self.anchor_k, mask=seen)

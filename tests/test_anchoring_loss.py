@@ -3,6 +3,7 @@ import torch
 
 import sdl_anchor as sa
 from sdl_anchor.anchoring import anchor_loss, anchor_loss_cosine, anchor_loss_mse, mean_anchor_cosine
+from sdl_anchor.anchoring import loss as anchoring_loss
 
 
 def test_mse_matches_eq22_by_hand():
@@ -90,3 +91,41 @@ def test_probe_anchors_are_normalised_probe_weights():
 def test_class_mean_bad_inputs(acts, labels, message):
     with pytest.raises(ValueError, match=message):
         sa.class_mean_anchors(acts, labels)
+
+
+def _self_anchor_by_autograd(w_enc, directions, start, mask):
+    """The self-anchoring formula written plainly, for autograd to differentiate."""
+    cos = torch.nn.functional.cosine_similarity(w_enc[:, start:].T, directions[start:], dim=1)
+    gaps = 1.0 - cos
+    return gaps.sum() if mask is None else (gaps * mask[start:].to(gaps.dtype)).sum()
+
+
+@pytest.mark.parametrize("block", [3, 256])  # blocks that split the latents unevenly, and one block for all
+@pytest.mark.parametrize("masked", [False, True])
+def test_self_anchor_loss_and_gradient_match_autograd_of_the_formula(monkeypatch, block, masked):
+    monkeypatch.setattr(anchoring_loss, "SELF_ANCHOR_BLOCK", block)
+    torch.manual_seed(0)
+    w_enc = torch.randn(5, 11, dtype=torch.float64, requires_grad=True)
+    directions = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(11) > 0.4 if masked else None
+    reference = torch.randn(5, 11, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        reference.copy_(w_enc)
+    tie = anchoring_loss.self_anchor_loss(w_enc, directions, start=2, mask=mask)
+    expected = _self_anchor_by_autograd(reference, directions.detach(), 2, mask)
+    (0.3 * tie).backward()
+    (0.3 * expected).backward()
+    assert tie.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert torch.allclose(w_enc.grad, reference.grad, rtol=1e-10, atol=1e-12)
+    assert (w_enc.grad[:, :2] == 0).all()  # anchored latents are not self-anchored
+    if masked:
+        assert (w_enc.grad[:, ~mask] == 0).all()
+    assert directions.grad is None  # the targets are held fixed
+
+
+def test_self_anchor_loss_is_zero_on_aligned_columns_and_counts_opposite_ones_twice():
+    directions = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    w_enc = torch.tensor([[5.0, 0.0, -1.0], [0.0, 0.5, -1.0]])  # columns: along, along, opposite
+    assert anchoring_loss.self_anchor_loss(w_enc, directions).item() == pytest.approx(2.0)
+    assert anchoring_loss.self_anchor_loss(w_enc, directions, start=2).item() == pytest.approx(2.0)
+    assert anchoring_loss.self_anchor_loss(w_enc, directions, start=3).item() == 0.0

@@ -23,6 +23,8 @@ magnitude the paper form imposes is arbitrary.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 ANCHOR_LOSSES = ("mse", "cosine")
@@ -56,17 +58,53 @@ def anchor_loss_cosine(
     return (1.0 - enc_cos).sum() + (1.0 - dec_cos).sum()
 
 
+# latents per block of the self-anchoring pass on CPU: a block of encoder columns and its targets stay in cache
+SELF_ANCHOR_BLOCK = 256
+
+
+class _SelfAnchorGaps(torch.autograd.Function):
+    """``sum_j weights_j (1 - cos(enc[:, j], targets[j]))`` and its gradient in ``enc``, computed together in
+    one pass over blocks of latents: autograd of the plain formula re-reads the ``[d_in, d_sae]`` encoder
+    about ten times (slice, products, norms and their backwards) and costs more than the SAE's own sparse step
+    at d_sae 16,000 on CPU. ``d/de (1 - cos(e, t)) = cos e / |e|^2 - t / (|e| |t|)``."""
+
+    @staticmethod
+    def forward(ctx: Any, enc: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        tiny = torch.finfo(enc.dtype).tiny
+        block = SELF_ANCHOR_BLOCK if enc.device.type == "cpu" else enc.shape[1]
+        gaps = enc.new_empty(enc.shape[1])
+        grad = torch.empty_like(enc) if ctx.needs_input_grad[0] else None
+        for start in range(0, enc.shape[1], block):
+            end = start + block
+            columns, target, weight = enc[:, start:end], targets[start:end].T.contiguous(), weights[start:end]
+            enc_norm, target_norm = columns.norm(dim=0), target.norm(dim=0)
+            inverse = 1.0 / (enc_norm * target_norm).clamp_min(tiny)
+            cos = torch.linalg.vecdot(columns, target, dim=0) * inverse
+            gaps[start:end] = weight * (1.0 - cos)
+            if grad is not None:
+                grad[:, start:end] = columns * (weight * cos / (enc_norm * enc_norm).clamp_min(tiny))
+                grad[:, start:end] -= target * (weight * inverse)
+        ctx.save_for_backward(grad)
+        return gaps.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None
+
+
 def self_anchor_loss(
     w_enc: torch.Tensor, directions: torch.Tensor, start: int = 0, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``sum_{j >= start} (1 - cos(W_enc[:, j], sg(directions[j])))``: each encoder column towards its own
     latent's direction (its decoder row, or the mean input it fires on), held fixed (module docstring).
     ``mask [d_sae]`` keeps only the latents that have a direction yet."""
-    enc, target = w_enc[:, start:], directions[start:].detach()
-    dots = (enc * target.T).sum(dim=0)
-    cos = dots / (enc.norm(dim=0) * target.norm(dim=1)).clamp_min(torch.finfo(enc.dtype).tiny)
-    gaps = 1.0 - cos
-    return gaps.sum() if mask is None else (gaps * mask[start:].to(gaps.dtype)).sum()
+    weights = torch.ones(w_enc.shape[1], dtype=w_enc.dtype, device=w_enc.device)
+    weights[:start] = 0.0
+    if mask is not None:
+        weights = weights * mask.to(weights)
+    return _SelfAnchorGaps.apply(w_enc, directions.detach().to(w_enc.dtype), weights)
 
 
 def anchor_loss(
