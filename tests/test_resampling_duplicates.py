@@ -179,3 +179,38 @@ def test_the_trainer_merges_copies_and_parks_what_splits_do_not_take(bench):
 def test_bad_duplicate_settings_say_what_to_fix(settings, message):
     with pytest.raises(ValueError, match=message):
         ResamplingConfig(**settings)
+
+
+def test_firing_stats_over_chunks_match_counting_the_dense_activations():
+    torch.manual_seed(0)
+    chunks = [torch.randn(n, 40).clamp_min(0.8) - 0.8 for n in (7, 30, 1)]  # zeros and rare positives
+    for chunk in chunks:
+        chunk[:, 5] = -1.0  # a negative activation is not a firing
+    pairs = torch.tensor([[0, 1], [1, 2], [0, 39], [5, 6], [3, 38]])
+    stats = FiringStats(pairs, 40, chunks[0])
+    for chunk in chunks:
+        stats.add(chunk)
+    acts = torch.cat(chunks)
+    fired = acts > 0
+    assert torch.equal(stats.fire_counts, fired.sum(0))
+    assert torch.allclose(stats.activation_sums, acts.clamp_min(0).sum(0))
+    assert torch.equal(stats.both_fire, (fired[:, pairs[:, 0]] & fired[:, pairs[:, 1]]).sum(0))
+    assert stats.both_fire[3] == 0 and stats.both_fire[:3].sum() > 0
+
+    no_pairs = FiringStats(torch.zeros(0, 2, dtype=torch.long), 40, acts)
+    no_pairs.add(acts)
+    assert torch.equal(no_pairs.fire_counts, fired.sum(0)) and no_pairs.both_fire.numel() == 0
+
+
+def test_pairs_from_the_upper_triangle_blocks_are_those_of_the_full_similarity_matrix():
+    torch.manual_seed(1)
+    W_dec = torch.randn(50, 3)  # in three dimensions many rows are close
+    eligible = torch.rand(50) > 0.2
+    units = F.normalize(W_dec, dim=1)
+    similarity = units @ units.T
+    expected = {
+        (i, j) for i in range(50) for j in range(i + 1, 50)
+        if eligible[i] and eligible[j] and similarity[i, j] > 0.9
+    }  # fmt: skip
+    for block in (4, 7, 64):
+        assert {tuple(p) for p in duplicate_pairs(W_dec, eligible, 0.9, block=block).tolist()} == expected

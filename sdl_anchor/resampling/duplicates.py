@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# pairs of latents whose co-firing is counted per block of the pool chunk (bounded memory)
+# pairs whose co-firing is counted at a time (bounded memory: PAIR_BLOCK x chunk booleans)
 PAIR_BLOCK = 16_384
 
 
@@ -35,14 +35,15 @@ def duplicate_pairs(
     W_dec: torch.Tensor, eligible: torch.Tensor, cosine: float, block: int = 2048
 ) -> torch.Tensor:
     """``[E, 2]`` (i < j): pairs of ``eligible`` latents (``[d_sae]`` bool) whose decoder rows have cosine
-    above ``cosine``."""
+    above ``cosine``. Each block of rows is compared with itself and the rows after it only (the upper
+    triangle of the similarity matrix: half the products of the full one)."""
     index = torch.nonzero(eligible).flatten()
     units = F.normalize(W_dec[index].float(), dim=1)
     pairs = []
     for start in range(0, index.numel(), block):
-        similarity = units[start : start + block] @ units.T
+        similarity = units[start : start + block] @ units[start:].T
         rows, cols = torch.nonzero(similarity > cosine, as_tuple=True)
-        rows = rows + start
+        rows, cols = rows + start, cols + start
         upper = rows < cols
         pairs.append(torch.stack([index[rows[upper]], index[cols[upper]]], dim=1))
     return torch.cat(pairs) if pairs else index.new_zeros(0, 2)
@@ -50,22 +51,42 @@ def duplicate_pairs(
 
 class FiringStats:
     """Per-latent firing counts and summed activations over the pool, and how often each of ``pairs``
-    fires together; filled one chunk of activations at a time (:meth:`add`)."""
+    fires together; filled one chunk of activations at a time (:meth:`add`).
+
+    A chunk's activations are read once, as the list of its firing entries (a TopK coder fires k of d_sae
+    latents per input): counts and sums are histograms of that list, and co-firing is counted on a
+    ``[latents in pairs, inputs]`` firing table built from it, not on the dense ``[inputs, d_sae]`` one."""
 
     def __init__(self, pairs: torch.Tensor, d_sae: int, like: torch.Tensor) -> None:
-        self.pairs = pairs.to(like.device)
-        self.fire_counts = torch.zeros(d_sae, dtype=torch.long, device=like.device)
-        self.activation_sums = torch.zeros(d_sae, dtype=torch.float32, device=like.device)
-        self.both_fire = torch.zeros(pairs.shape[0], dtype=torch.long, device=like.device)
+        device = like.device
+        self.pairs = pairs.to(device)
+        self.fire_counts = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.activation_sums = torch.zeros(d_sae, dtype=torch.float32, device=device)
+        self.both_fire = torch.zeros(pairs.shape[0], dtype=torch.long, device=device)
+        # each latent's row in the firing table (-1: in no pair), and each pair's two rows
+        paired = torch.unique(self.pairs)
+        self._table_row = torch.full((d_sae,), -1, dtype=torch.long, device=device)
+        self._table_row[paired] = torch.arange(paired.numel(), device=device)
+        self._pair_rows = self._table_row[self.pairs]
+        self._n_paired = paired.numel()
 
     @torch.no_grad()
     def add(self, acts: torch.Tensor) -> None:
-        fired = acts > 0
-        self.fire_counts += fired.sum(dim=0)
-        self.activation_sums += acts.float().clamp_min(0).sum(dim=0)
+        inputs, latents = torch.nonzero(acts, as_tuple=True)
+        values = acts[inputs, latents]
+        positive = values > 0
+        inputs, latents, values = inputs[positive], latents[positive], values[positive]
+        self.fire_counts += torch.bincount(latents, minlength=self.fire_counts.numel())
+        self.activation_sums.index_add_(0, latents, values.float())
+        if not self.pairs.shape[0]:
+            return
+        row = self._table_row[latents]
+        in_pairs = row >= 0
+        table = torch.zeros(self._n_paired, acts.shape[0], dtype=torch.bool, device=acts.device)
+        table[row[in_pairs], inputs[in_pairs]] = True
         for start in range(0, self.pairs.shape[0], PAIR_BLOCK):
-            pair = self.pairs[start : start + PAIR_BLOCK]
-            self.both_fire[start : start + PAIR_BLOCK] += (fired[:, pair[:, 0]] & fired[:, pair[:, 1]]).sum(0)
+            pair = self._pair_rows[start : start + PAIR_BLOCK]
+            self.both_fire[start : start + PAIR_BLOCK] += (table[pair[:, 0]] & table[pair[:, 1]]).sum(dim=1)
 
 
 @dataclass
