@@ -240,3 +240,23 @@ def test_step_time_benchmark_times_both_on_the_same_batches(monkeypatch):
     assert seen["stock"][1] is seen["anchored"][1]  # the same batches
     for name, parameter in seen["stock"][0].named_parameters():  # from the same weights
         assert torch.equal(parameter, dict(seen["anchored"][0].named_parameters())[name])
+
+
+def test_step_time_benchmark_can_time_self_anchoring_too(monkeypatch, capsys):
+    from sdl_anchor.eval import anchor_step_time
+
+    seen = {}
+
+    def fake_step_seconds(trainers, steps, device):
+        seen.update({name: trainer.sae for name, (trainer, _) in trainers.items()})
+        return {"stock": [1.0], "anchored": [1.2]}
+
+    monkeypatch.setattr(anchor_step_time, "step_seconds", fake_step_seconds)
+    monkeypatch.setitem(
+        anchor_step_time.PRESETS, "cpu", {"d_in": 16, "d_sae": 64, "batch_size": 32, "k": 4, "steps": 1}
+    )
+    anchor_step_time.main(["--self-anchor", "0.1", "--activations", "topk"])
+    assert seen["anchored"].cfg.self_anchor_coefficient == 0.1
+    assert "anchored_topk / topk step (self-anchoring 0.1)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        anchor_step_time.main(["--activations", "topk,gelu"])
