@@ -258,5 +258,13 @@ def test_step_time_benchmark_can_time_self_anchoring_too(monkeypatch, capsys):
     anchor_step_time.main(["--self-anchor", "0.1", "--activations", "topk"])
     assert seen["anchored"].cfg.self_anchor_coefficient == 0.1
     assert "anchored_topk / topk step (self-anchoring 0.1)" in capsys.readouterr().out
+    anchor_step_time.main(["--self-anchor", "0.1", "--sparse-step", "--activations", "topk"])
+    assert (
+        type(seen["stock"]) is type(seen["anchored"]) and seen["stock"].anchor_k == 0
+    )  # our sparse step, unanchored
+    assert (
+        seen["stock"].cfg.self_anchor_coefficient == 0 and seen["anchored"].cfg.sparse_backward is not False
+    )
+    assert "(sparse step)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         anchor_step_time.main(["--activations", "topk,gelu"])
