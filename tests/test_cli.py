@@ -223,11 +223,11 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert {m: preset.training_for(m)["lr_decay_fraction"] for m in preset.methods} == {
         m: 0.5 if m == "matryoshka_batchtopk" else 0.2 for m in preset.methods
     }
-    # TopK k=128's theory rows resample six times (to step 450 of 600), merging duplicated latents first;
+    # TopK k=128's theory rows resample seven times (to step 525 of 600), merging duplicated latents first;
     # Matryoshka's six times (to step 336 of 450); the rest four times (to half their steps)
     assert preset.resampling_for("topk", 128) == {
         "max_events": 7,
-        "stop_fraction": 0.2,
+        "stop_fraction": 0.1,
         "duplicate_cosine": 0.8,
     }
     assert preset.resampling_for("matryoshka_batchtopk") == {"max_events": 7, "stop_fraction": 0.2}
