@@ -8,6 +8,7 @@ type (1) | data`` with type 1 = a whole record, 2/3/4 = first/middle/last piece;
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -41,13 +42,28 @@ def _records(data: bytes) -> list[bytes]:
     return records
 
 
+def _complete_records(path: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """The run file's records once W&B has written its ``exit`` record: ``wandb.finish`` can return while
+    W&B's service is still writing the file's last records (the run's final history row among them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        for raw in _records(path.read_bytes()):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            records.append(record)
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} has no exit record after {timeout} s: the run did not finish")
+        time.sleep(0.2)
+
+
 def logged_history(run_folder: Path) -> dict[str, list[str]]:
     """Every history key the run logged, with its values (JSON strings) in order."""
     (path,) = run_folder.glob("run-*.wandb")
     history: dict[str, list[str]] = {}
-    for raw in _records(path.read_bytes()):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
+    for record in _complete_records(path):
         if record.WhichOneof("record_type") == "history":
             for item in record.history.item:
                 key = item.key or "/".join(item.nested_key)
