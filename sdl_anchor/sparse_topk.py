@@ -101,14 +101,15 @@ def largest_indices(values: torch.Tensor, n: int) -> torch.Tensor:
     ties), several times faster when ``n`` is a small fraction of a large tensor (a BatchTopK batch: 32 of
     16,000 latents). A strided sample places a bound below the ``n``-th largest entry with a margin;
     ``torch.topk`` then runs over the entries at or above it only, or over all of them when fewer than
-    ``n`` are (the result is the same either way), or when there is a NaN, which ``torch.topk`` ranks first."""
+    ``n`` are (the result is the same either way). A NaN, which ``torch.topk`` ranks first, is never below the
+    bound, so it stays a candidate."""
     total = values.numel()
-    if total <= BOUND_SAMPLE or n >= total // 2 or bool(values.isnan().any()):
+    if total <= BOUND_SAMPLE or n >= total // 2:
         return torch.topk(values, n).indices
     sample = values[:: total // BOUND_SAMPLE]
     above = min(sample.numel(), int(BOUND_MARGIN * n / total * sample.numel()) + 1)
     bound = torch.kthvalue(sample, sample.numel() - above + 1).values
-    candidates = torch.nonzero(values >= bound).flatten()
+    candidates = torch.nonzero(~(values < bound)).flatten()  # NaN included
     if candidates.numel() < n:
         return torch.topk(values, n).indices
     return candidates[torch.topk(values[candidates], n).indices]
