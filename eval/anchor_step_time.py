@@ -63,12 +63,13 @@ def measure_activation(
     d_in, d_sae, batch_size = preset["d_in"], preset["d_sae"], preset["batch_size"]
     extra = _extra(activation, d_sae)
     anchored_class, anchored_config = get_sae_training_class(f"anchored_{activation}")
-    dense = {"sparse_backward": False} if "sparse_backward" in anchored_config.__dataclass_fields__ else {}
     if sparse_step:  # SAELens has no sparse step: the baseline is our class, unanchored
-        dense = {}
         stock_class, stock_config = anchored_class, anchored_config
+        dense = {}
     else:
         stock_class, stock_config = get_sae_training_class(activation)
+        has_sparse = "sparse_backward" in anchored_config.__dataclass_fields__
+        dense = {"sparse_backward": False} if has_sparse else {}
     torch.manual_seed(0)
     stock = stock_class(stock_config(d_in=d_in, d_sae=d_sae, device=device, **extra))
     torch.manual_seed(0)
