@@ -268,3 +268,4 @@ def test_step_time_benchmark_can_time_self_anchoring_too(monkeypatch, capsys):
     assert "(sparse step)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         anchor_step_time.main(["--activations", "topk,gelu"])
+    assert "--activations: unknown ['gelu']; choose among" in capsys.readouterr().err
