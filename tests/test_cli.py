@@ -195,6 +195,7 @@ def test_the_smoke_preset_runs_the_whole_path_in_seconds(tmp_path, capsys):
 
 def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     from sdl_anchor.eval.lrb_presets import PRESETS
+    from sdl_anchor.resampling import ResamplingConfig
 
     preset = PRESETS["paper-cpu"]
     assert (preset.n_features, preset.d_in, preset.d_sae, preset.sparsity, preset.max_interference) == (
@@ -223,13 +224,15 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert {m: preset.training_for(m)["lr_decay_fraction"] for m in preset.methods} == {
         m: 0.5 if m == "matryoshka_batchtopk" else 0.2 for m in preset.methods
     }
-    # TopK k=128's theory rows resample seven times (to step 525 of 600), merging duplicated latents first;
-    # Matryoshka's six times (to step 336 of 450); the rest four times (to half their steps)
+    # TopK k=128's theory rows resample eight times (every 66 steps, to step 528 of 600), merging duplicated
+    # latents first; Matryoshka's six times (to step 336 of 450); the rest four times (to half their steps)
     assert preset.resampling_for("topk", 128) == {
-        "max_events": 7,
+        "intervals": 9,
+        "max_events": 8,
         "stop_fraction": 0.1,
         "duplicate_cosine": 0.8,
     }
+    assert ResamplingConfig(**preset.resampling_for("topk", 128)).schedule(600).event_steps[-1] == 528
     assert preset.resampling_for("matryoshka_batchtopk") == {"max_events": 7, "stop_fraction": 0.2}
     assert all(
         preset.resampling_for(m, k) == {}

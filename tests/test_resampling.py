@@ -41,6 +41,14 @@ def test_schedule_scales_with_the_run_and_refuses_one_that_never_resamples():
         300,
         600,
     )
+    # more intervals: the paper-cpu TopK k=128 schedule, eight events to step 528 of 600 (66 apart)
+    nine = ResamplingConfig(intervals=9, max_events=8, stop_fraction=0.1).schedule(600)
+    assert nine.event_steps == tuple(range(66, 529, 66)) and nine.dead_steps == 33
+    assert (
+        ResamplingConfig(intervals=9, max_events=8, stop_fraction=0.1).schedule(4000).event_steps[-1] == 3552
+    )
+    with pytest.raises(ValueError, match="intervals must be a positive integer"):
+        ResamplingConfig(intervals=0)
     with pytest.raises(ValueError, match="never runs"):
         ResamplingConfig(every_n_steps=900).schedule(1000)
     with pytest.raises(ValueError, match="longer than the first event"):

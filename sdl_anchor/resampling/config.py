@@ -1,7 +1,7 @@
 """``ResamplingConfig``: which resampler, when it runs, and what counts as a dead latent.
 
 Defaults scale with the run's length so that a short run (a few thousand steps) still resamples: an event
-every ``total_steps // 8`` steps, at most ``max_events`` of them, none in the last ``stop_fraction`` of
+every ``total_steps // intervals`` steps (8 intervals by default), at most ``max_events`` of them, none in the last ``stop_fraction`` of
 training (the model needs time to settle after the last one), and a latent counts as dead when it has not
 fired for half an event interval. ``dead_tokens`` counts that window in tokens instead, as sparsify and
 dictionary_learning do (SAELens counts steps).
@@ -34,7 +34,9 @@ class ResamplingConfig:
     """Dead-latent resampling (:mod:`sdl_anchor.resampling`).
 
     strategy: "theory" (split polysemantic latents, the paper's Theorem 3.5) or "anthropic" (Bricken et al.).
-    every_n_steps / max_events / stop_fraction: the schedule (default interval ``total_steps // 8``).
+    every_n_steps / max_events / stop_fraction: the schedule (default interval ``total_steps // intervals``).
+    intervals: how many intervals the run is cut into when ``every_n_steps`` is None (8); more intervals put
+        more events into the same run, and the interval keeps scaling with the run's length.
     dead_steps / dead_tokens: a latent is dead when it has not fired for this many steps (default half an
         interval) or, when ``dead_tokens`` is set, this many tokens.
     pool_size: how many recent training inputs the resampler chooses from.
@@ -53,6 +55,7 @@ class ResamplingConfig:
 
     strategy: str = "theory"
     every_n_steps: int | None = None
+    intervals: int = 8
     max_events: int = 4
     stop_fraction: float = 0.5
     dead_steps: int | None = None
@@ -74,7 +77,7 @@ class ResamplingConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        for name in ("max_events", "pool_size", "n_clusters"):
+        for name in ("intervals", "max_events", "pool_size", "n_clusters"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -103,7 +106,7 @@ class ResamplingConfig:
 
     def schedule(self, total_steps: int) -> ResamplingSchedule:
         """The event steps of a run of ``total_steps`` (ValueError if none falls inside training)."""
-        every = self.every_n_steps or max(1, total_steps // 8)
+        every = self.every_n_steps or max(1, total_steps // self.intervals)
         last_allowed = int(total_steps * (1.0 - self.stop_fraction))
         events = tuple(every * (i + 1) for i in range(self.max_events) if every * (i + 1) <= last_allowed)
         if not events:
