@@ -1,10 +1,10 @@
 """``ResamplingConfig``: which resampler, when it runs, and what counts as a dead latent.
 
 Defaults scale with the run's length so that a short run (a few thousand steps) still resamples: an event
-every ``total_steps // intervals`` steps (8 intervals by default), at most ``max_events`` of them, none in
-the last ``stop_fraction`` of training (the model needs time to settle after the last one), and a latent
-counts as dead when it has not fired for half an event interval. ``dead_tokens`` counts that window in tokens instead, as sparsify and
-dictionary_learning do (SAELens counts steps).
+every ``total_steps // intervals`` steps (8 intervals by default), at most ``max_events`` of them, none in the
+last ``stop_fraction`` of training (the model needs time to settle after the last one), and a latent counts as
+dead when it has not fired for half an event interval. ``dead_tokens`` counts that window in tokens instead,
+as sparsify and dictionary_learning do (SAELens counts steps).
 """
 
 from __future__ import annotations
