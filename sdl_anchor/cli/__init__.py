@@ -4,7 +4,8 @@ table and writes machine-readable JSON into ``--out``.
 ``bench lrb`` / ``bench perf`` (:mod:`sdl_anchor.cli.bench`, benchmarks in :mod:`sdl_anchor.eval`), ``audit
 absorption`` (:mod:`sdl_anchor.cli.audit`), ``train`` (:mod:`sdl_anchor.cli.train`), ``anchors``
 (:mod:`sdl_anchor.cli.anchors`), ``export circuit-tracer`` (:mod:`sdl_anchor.cli.export`). Bad input exits with
-code 2 and a message, and writes nothing.
+code 2 and a message, and writes nothing. The command first sets glibc's malloc to keep freed memory for the
+next training step (:mod:`sdl_anchor.cpu_memory`; ``SDL_ANCHOR_KEEP_FREED_MEMORY=0`` opts out).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from sdl_anchor._version import __version__
 from sdl_anchor.cli import anchors, audit, bench, export, train
 from sdl_anchor.cli.common import EXIT_USAGE
+from sdl_anchor.cpu_memory import keep_freed_memory_unless_opted_out
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sdl-anchor`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory_unless_opted_out()  # each training step reuses the last one's pages (cpu_memory.py)
     try:
         if argv[:1] == ["train"]:  # SAELens's own parser takes the flags after "train" that are not ours
             return train.train(argv[1:], usage=(train.__doc__ or "").replace("``", ""))
