@@ -1,51 +1,53 @@
 """Keeping freed CPU memory (sdl_anchor.cpu_memory): the glibc setting takes effect, the opt-out and other
 platforms say why nothing was set, the CLI sets it, and its step-time comparison runs."""
 
-import ctypes
-import ctypes.util
+import subprocess
 import sys
 
 import pytest
-import torch
 
 from sdl_anchor import cpu_memory
 from sdl_anchor.cpu_memory import keep_freed_memory, keep_freed_memory_unless_opted_out
 
+# Run in a fresh process: in this one, memory freed under the kept setting stays in the heap, which then
+# serves a large block without an mmap whatever the setting.
+MMAP_PROBE = """
+import ctypes, ctypes.util, sys, torch
+from sdl_anchor.cpu_memory import keep_freed_memory
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                     "fordblks", "keepcost")
-    ]  # fmt: skip
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+if not hasattr(libc, "mallinfo2"):
+    print("no mallinfo2"); sys.exit(0)
+libc.mallinfo2.restype = MallInfo2
+assert keep_freed_memory(sys.argv[1] == "kept") is None
+before = libc.mallinfo2().hblkhd
+tensor = torch.ones(768, 16_000)  # a paper-size encoder gradient, 49 MB: above glibc's largest mmap threshold
+print(libc.mallinfo2().hblkhd - before, tensor.numel() * 4)
+"""
 
 
-def _mmapped_bytes() -> int:
-    """glibc's count of bytes held in mmapped blocks now (``mallinfo2().hblkhd``)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallinfo2 = getattr(libc, "mallinfo2", None)
-    if mallinfo2 is None:
+def _mmapped_growth(setting: str) -> tuple[int, int]:
+    """``(bytes newly held in mmapped blocks, the tensor's bytes)`` after allocating a 49 MB tensor in a
+    fresh process under ``setting`` ("kept" or "glibc")."""
+    done = subprocess.run(
+        [sys.executable, "-c", MMAP_PROBE, setting], capture_output=True, text=True, check=True, timeout=120
+    )
+    if done.stdout.strip() == "no mallinfo2":
         pytest.skip("needs glibc 2.33 or later (mallinfo2)")
-    mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().hblkhd)
+    grown, size = map(int, done.stdout.split())
+    return grown, size
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_kept_memory_serves_a_large_tensor_from_the_heap_not_a_fresh_mmap():
-    size = (768, 16_000)  # a paper-size encoder gradient, 49 MB: above glibc's largest mmap threshold
-    try:
-        assert keep_freed_memory(False) is None
-        before = _mmapped_bytes()
-        tensor = torch.ones(size)
-        assert _mmapped_bytes() - before >= tensor.numel() * 4  # glibc's own limits: a fresh mmap
-        del tensor
-        assert keep_freed_memory(True) is None
-        before = _mmapped_bytes()
-        tensor = torch.ones(size)
-        assert _mmapped_bytes() - before < tensor.numel() * 4  # kept: the heap serves it
-        del tensor
-    finally:
-        keep_freed_memory(True)
+    grown, size = _mmapped_growth("glibc")
+    assert grown >= size  # glibc's own limits: a fresh mmap
+    grown, size = _mmapped_growth("kept")
+    assert grown < size  # kept: the heap serves it
 
 
 def test_the_opt_out_variable_leaves_malloc_alone(monkeypatch):
