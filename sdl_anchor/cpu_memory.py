@@ -16,7 +16,6 @@ threshold (1 GiB) of freed memory stays with the process.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -36,8 +35,7 @@ def keep_freed_memory(enabled: bool = True) -> str | None:
     if not sys.platform.startswith("linux"):
         return f"only glibc's malloc (Linux) is tuned; this is {sys.platform}"
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):
         return "the C library has no mallopt (not glibc)"
     settings = KEPT_SETTINGS if enabled else GLIBC_SETTINGS
