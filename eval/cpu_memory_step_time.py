@@ -21,7 +21,7 @@ from sae_lens.registry import get_sae_training_class
 from sdl_anchor.anchoring.anchor_set import AnchorSet
 from sdl_anchor.cpu_memory import keep_freed_memory
 from sdl_anchor.eval.anchor_step_time import random_batches
-from sdl_anchor.eval.step_timing import trainer_for_timing
+from sdl_anchor.eval.step_timing import paired_ratio, trainer_for_timing
 
 PAPER_STEP = {"d_in": 768, "d_sae": 16_000, "batch_size": 1024, "k": 32, "n_anchors": 100}
 
@@ -47,23 +47,23 @@ def measure(size: dict[str, int], anchored: bool, rounds: int, warm_up: int = 2)
         _anchored_topk(size, 0.1 if anchored else 0.0, n_anchors), size["batch_size"], "cpu"
     )
     batches = random_batches(size, "cpu")
-    times: dict[bool, list[float]] = {False: [], True: []}
+    times: dict[str, list[float]] = {"glibc": [], "kept": []}
     try:
         for i in range(rounds + warm_up):
-            for kept in (False, True) if i % 2 == 0 else (True, False):
-                keep_freed_memory(kept)
+            for setting in ("glibc", "kept") if i % 2 == 0 else ("kept", "glibc"):
+                keep_freed_memory(setting == "kept")
                 trainer.step(batches[(i + 1) % len(batches)])  # settles the heap into this setting
                 started = time.perf_counter()
                 trainer.step(batches[i % len(batches)])
                 if i >= warm_up:
-                    times[kept].append(time.perf_counter() - started)
+                    times[setting].append(time.perf_counter() - started)
     finally:
         keep_freed_memory(True)
     return {
         "name": f"{'anchored ' if anchored else ''}TopK step, paper size",
-        "glibc_seconds": statistics.median(times[False]),
-        "kept_seconds": statistics.median(times[True]),
-        "ratio": statistics.median(on / off for on, off in zip(times[True], times[False], strict=True)),
+        "glibc_seconds": statistics.median(times["glibc"]),
+        "kept_seconds": statistics.median(times["kept"]),
+        "ratio": paired_ratio(times, "kept", "glibc"),
     }
 
 

@@ -12,14 +12,14 @@ from sdl_anchor.cpu_memory import keep_freed_memory, keep_freed_memory_unless_op
 # Run in a fresh process: in this one, memory freed under the kept setting stays in the heap, which then
 # serves a large block without an mmap whatever the setting.
 MMAP_PROBE = """
-import ctypes, ctypes.util, sys, torch
+import ctypes, sys, torch
 from sdl_anchor.cpu_memory import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+libc = ctypes.CDLL(None)  # the C library this process runs on, as cpu_memory calls it
 if not hasattr(libc, "mallinfo2"):
     print("no mallinfo2"); sys.exit(0)
 libc.mallinfo2.restype = MallInfo2
