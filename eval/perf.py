@@ -136,15 +136,20 @@ def anchor_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
 
 
 def sparse_rows(preset: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], str | None]:
-    """The sparse-backward step against SAELens's dense step, and against sparsify's (when installed)."""
+    """The sparse-backward step against SAELens's dense step, and against sparsify's (when installed); on
+    the CPU, first its dense product against ``torch.addmm``."""
     from sdl_anchor.eval.sparse_step_time import (
         SPARSE_ARCHITECTURES,
         measure_against_dense,
         measure_against_sparsify,
+        measure_dense_product,
         sparsify_missing,
     )
 
     rows = []
+    if torch.device(device).type == "cpu":  # elsewhere the product is torch.addmm itself
+        row = measure_dense_product(preset, device)
+        rows.append(_row(row.pop("name"), "sparse", row.pop("ratio"), TARGETS["sparse"], "lower", **row))
     for architecture in SPARSE_ARCHITECTURES:
         row = measure_against_dense(architecture, preset, device)
         rows.append(_row(row.pop("name"), "sparse", row.pop("ratio"), TARGETS["sparse"], "lower", **row))

@@ -3,6 +3,9 @@
 * ``<architecture> sparse step / SAELens dense step``: our coder (``sparse_backward`` on, our trainer with
   fused Adam) against SAELens's stock class trained by SAELens's own ``SAETrainer``, as a SAELens user runs
   it, from the same weights on the same batches.
+* ``sparse step's dense product: oneDNN matmul / torch.addmm`` (CPU only): the one dense product of the step,
+  ``x @ W_enc + b_enc``, as :func:`sdl_anchor.sparse_topk.dense_pre_activations` runs it, against
+  ``torch.addmm`` (MKL's sgemm), on the same batches.
 * ``sparse topk step / sparsify SparseCoder step``: our TopK SAE's whole trainer step (SAELens's
   bookkeeping, gradient clipping and all) against sparsify's ``SparseCoder`` forward, backward and update,
   both with torch's fused Adam, on the same batches. sparsify (``pip install eai-sparsify``) is imported
@@ -24,6 +27,7 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sdl_anchor.eval.step_timing import paired_ratio, step_seconds, trainer_for_timing
+from sdl_anchor.sparse_topk import dense_pre_activations
 
 SIZES = {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 1024, "steps": 8}
 SPARSE_ARCHITECTURES = {
@@ -87,6 +91,40 @@ def measure_against_dense(architecture: str, sizes: dict[str, Any], device: str 
     }
 
 
+class _Product:
+    """``step(x)`` computes ``x @ W_enc + b_enc`` with ``product`` (for :func:`step_seconds`)."""
+
+    def __init__(self, product: Any, W_enc: torch.Tensor, b_enc: torch.Tensor) -> None:
+        self.product, self.W_enc, self.b_enc = product, W_enc, b_enc
+
+    def step(self, batch: torch.Tensor) -> None:
+        self.product(batch, self.W_enc, self.b_enc)
+
+
+def measure_dense_product(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Median seconds of the sparse step's dense product as it runs it, and of ``torch.addmm``, alternating
+    on the same batches (the two differ on the CPU in float32 only)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    W_enc = torch.randn(sizes["d_in"], sizes["d_sae"], generator=generator, device=device)
+    b_enc = torch.randn(sizes["d_sae"], generator=generator, device=device)
+    times = step_seconds(
+        {
+            "ours": (_Product(dense_pre_activations, W_enc, b_enc), _batches(sizes, device)),
+            "addmm": (_Product(lambda x, w, b: torch.addmm(b, x, w), W_enc, b_enc), _batches(sizes, device)),
+        },
+        sizes["steps"],
+        device,
+        warm_up=2,
+    )
+    return {
+        "name": "sparse step's dense product: oneDNN matmul / torch.addmm (MKL)",
+        "ratio": paired_ratio(times, "ours", "addmm"),
+        "ours_seconds": statistics.median(times["ours"]),
+        "addmm_seconds": statistics.median(times["addmm"]),
+        **{key: sizes[key] for key in ("d_in", "d_sae", "batch_size")},
+    }
+
+
 class SparsifyStep:
     """One training step of sparsify's ``SparseCoder``: forward, FVU loss, backward, fused Adam."""
 
@@ -146,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = {**SIZES, "steps": args.steps}
     print(f"sparse-backward TopK-family steps ({sizes}, device {args.device})")
-    rows = [measure_against_dense(architecture, sizes, args.device) for architecture in SPARSE_ARCHITECTURES]
+    rows = [measure_dense_product(sizes)] if args.device == "cpu" else []
+    rows += [measure_against_dense(architecture, sizes, args.device) for architecture in SPARSE_ARCHITECTURES]
     reason = sparsify_missing()
     if reason is None:
         rows.append(measure_against_sparsify(sizes, args.device))

@@ -30,6 +30,7 @@ from typing_extensions import override
 from sdl_anchor.sparse_topk import (
     SparseEntries,
     batch_topk_entries,
+    dense_pre_activations,
     sampled_pre_activations,
     sparse_decode,
     topk_entries,
@@ -115,7 +116,7 @@ def _ranking_scores(
     None), the dense pre-activations the selection ranks (``hidden_pre``, times the decoder row norms
     ``norms`` when the coder rescales by them; else ``norms`` is None), computed without a graph."""
     shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
-    scores = torch.addmm(sae.b_enc, x - shift if shift is not None else x, sae.W_enc)
+    scores = dense_pre_activations(x - shift if shift is not None else x, sae.W_enc, sae.b_enc)
     norms = sae.W_dec.norm(dim=-1) if sae.cfg.rescale_acts_by_decoder_norm else None
     if norms is not None:
         scores.mul_(norms)

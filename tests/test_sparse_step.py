@@ -10,6 +10,7 @@ from sdl_anchor.integrations.sparse_step import dense_step_reason
 from sdl_anchor.sparse_topk import (
     SparseEntries,
     batch_topk_entries,
+    dense_pre_activations,
     largest_indices,
     sparse_decode,
     topk_entries,
@@ -140,6 +141,44 @@ def test_sparse_step_is_the_default_on_cpu_only_where_supported():
     assert "layer_norm" in dense_step_reason(normed)
     sae.hook_sae_acts_post.add_hook(lambda tensor, hook: tensor)
     assert "hooks" in dense_step_reason(sae)
+
+
+def test_dense_pre_activations_run_onednn_on_cpu_float32_and_agree_with_addmm(monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(40, 64, dtype=torch.float64)
+    W_enc = torch.randn(64, 300, dtype=torch.float64)
+    b_enc = torch.randn(300, dtype=torch.float64)
+    exact = torch.addmm(b_enc, x, W_enc)
+    assert torch.equal(dense_pre_activations(x, W_enc, b_enc), exact)  # float64: torch.addmm itself
+    calls = []
+    onednn = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or onednn(*args))
+    x32, W32, b32 = x.float(), W_enc.float(), b_enc.float()
+    for batch in (x32, x32[::2], x32[:1], x32.T.contiguous().T):  # strided and single-row batches too
+        got = dense_pre_activations(batch, W32, b32)
+        assert got.shape == (batch.shape[0], 300) and got.dtype == torch.float32
+        torch.testing.assert_close(got, torch.addmm(b32, batch, W32), rtol=1e-5, atol=1e-4)
+    assert len(calls) == 4
+    monkeypatch.setattr("sdl_anchor.sparse_topk._onednn_linear_available", lambda: False)
+    assert torch.equal(dense_pre_activations(x32, W32, b32), torch.addmm(b32, x32, W32))
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_float32_sparse_step_equals_saelens_within_float32_round_off(activation):
+    torch.manual_seed(0)
+    sae_class, config_class = get_sae_training_class(f"anchored_{activation}")
+    ref_class, ref_config = get_sae_training_class(activation)
+    ours = sae_class(config_class(d_in=D_IN, d_sae=D_SAE, k=4, sparse_backward=True))
+    saelens = ref_class(ref_config(d_in=D_IN, d_sae=D_SAE, k=4))
+    saelens.load_state_dict(ours.state_dict(), strict=False)
+    x = torch.randn(BATCH, D_IN)
+    out_a, grads_a = run_step(ours, x)
+    out_b, grads_b = run_step(saelens, x)
+    torch.testing.assert_close(out_a.loss, out_b.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out_a.feature_acts.to_dense(), out_b.feature_acts.to_dense(), rtol=1e-5, atol=1e-5)
+    for name in grads_b:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_entries_and_decode_match_dense_algebra():
