@@ -176,7 +176,9 @@ def test_float32_sparse_step_equals_saelens_within_float32_round_off(activation)
     out_a, grads_a = run_step(ours, x)
     out_b, grads_b = run_step(saelens, x)
     torch.testing.assert_close(out_a.loss, out_b.loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out_a.feature_acts.to_dense(), out_b.feature_acts.to_dense(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out_a.feature_acts.to_dense(), out_b.feature_acts.to_dense(), rtol=1e-5, atol=1e-5
+    )
     for name in grads_b:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
 
