@@ -55,7 +55,8 @@ def test_every_section_reports_rows_that_keep_the_contract(tiny_results):
         )
     counts = {section: sum(row["section"] == section for row in rows) for section in SECTIONS}
     # a noise-floor row and 5 activations; the dense product (CPU), 3 sparse-step architectures and
-    # sparsify's step (the dev extra installs it); 4 transcoders and 4 crosscoders; a set's passes and wall time; 2 strategies; 2 dtypes
+    # sparsify's step (the dev extra installs it); 4 transcoders and 4 crosscoders; a set's passes and
+    # wall time; 2 strategies; 2 dtypes
     assert counts == {
         "anchor": 6,
         "sparse": 5,
