@@ -63,6 +63,29 @@ def _fields(architecture: str, sizes: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _paired_row(
+    name: str,
+    steppers: dict[str, Any],
+    ours: str,
+    baseline: str,
+    sizes: dict[str, Any],
+    device: str,
+    size_keys: tuple[str, ...] = ("d_in", "d_sae", "k", "batch_size"),
+) -> dict[str, Any]:
+    """A row of ``ours / baseline``: every stepper (``.step(batch)``) takes turns on the same batches
+    (:func:`step_seconds`); the row holds the paired ratio, each one's median seconds and the sizes."""
+    batches = _batches(sizes, device)
+    times = step_seconds(
+        {key: (stepper, batches) for key, stepper in steppers.items()}, sizes["steps"], device, warm_up=2
+    )
+    return {
+        "name": name,
+        "ratio": paired_ratio(times, ours, baseline),
+        **{f"{key}_seconds": statistics.median(times[key]) for key in steppers},
+        **{key: sizes[key] for key in size_keys},
+    }
+
+
 def measure_against_dense(architecture: str, sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """Median step seconds of our sparse ``architecture`` and SAELens's stock dense twin."""
     ours_class, ours_config = get_sae_training_class(architecture)
@@ -72,23 +95,12 @@ def measure_against_dense(architecture: str, sizes: dict[str, Any], device: str 
     ours = ours_class(ours_config(device=device, sparse_backward=True, **fields))
     stock = stock_class(stock_config(device=device, **fields))
     stock.load_state_dict(ours.state_dict())
-    batches = _batches(sizes, device)
-    times = step_seconds(
-        {
-            "dense": (stock_saelens_trainer(stock, sizes["batch_size"], device), batches),
-            "sparse": (trainer_for_timing(ours, sizes["batch_size"], device), batches),
-        },
-        sizes["steps"],
-        device,
-        warm_up=2,
-    )
-    return {
-        "name": f"{architecture} sparse step / SAELens {SPARSE_ARCHITECTURES[architecture]} dense step",
-        "ratio": paired_ratio(times, "sparse", "dense"),
-        "sparse_seconds": statistics.median(times["sparse"]),
-        "dense_seconds": statistics.median(times["dense"]),
-        **{key: sizes[key] for key in ("d_in", "d_sae", "k", "batch_size")},
+    steppers = {
+        "dense": stock_saelens_trainer(stock, sizes["batch_size"], device),
+        "sparse": trainer_for_timing(ours, sizes["batch_size"], device),
     }
+    name = f"{architecture} sparse step / SAELens {SPARSE_ARCHITECTURES[architecture]} dense step"
+    return _paired_row(name, steppers, "sparse", "dense", sizes, device)
 
 
 class _Product:
@@ -107,22 +119,12 @@ def measure_dense_product(sizes: dict[str, Any], device: str = "cpu") -> dict[st
     generator = torch.Generator(device=device).manual_seed(0)
     W_enc = torch.randn(sizes["d_in"], sizes["d_sae"], generator=generator, device=device)
     b_enc = torch.randn(sizes["d_sae"], generator=generator, device=device)
-    times = step_seconds(
-        {
-            "ours": (_Product(dense_pre_activations, W_enc, b_enc), _batches(sizes, device)),
-            "addmm": (_Product(lambda x, w, b: torch.addmm(b, x, w), W_enc, b_enc), _batches(sizes, device)),
-        },
-        sizes["steps"],
-        device,
-        warm_up=2,
-    )
-    return {
-        "name": "sparse step's dense product: oneDNN matmul / torch.addmm (MKL)",
-        "ratio": paired_ratio(times, "ours", "addmm"),
-        "ours_seconds": statistics.median(times["ours"]),
-        "addmm_seconds": statistics.median(times["addmm"]),
-        **{key: sizes[key] for key in ("d_in", "d_sae", "batch_size")},
+    steppers = {
+        "ours": _Product(dense_pre_activations, W_enc, b_enc),
+        "addmm": _Product(lambda x, w, b: torch.addmm(b, x, w), W_enc, b_enc),
     }
+    name = "sparse step's dense product: oneDNN matmul / torch.addmm (MKL)"
+    return _paired_row(name, steppers, "ours", "addmm", sizes, device, ("d_in", "d_sae", "batch_size"))
 
 
 class SparsifyStep:
@@ -155,24 +157,12 @@ def measure_against_sparsify(sizes: dict[str, Any], device: str = "cpu") -> dict
     sae_class, config_class = get_sae_training_class("anchored_topk")
     torch.manual_seed(0)
     ours = sae_class(config_class(device=device, sparse_backward=True, **_fields("anchored_topk", sizes)))
-    theirs = SparsifyStep(sizes["d_in"], sizes["d_sae"], sizes["k"], device)
-    batches = _batches(sizes, device)
-    times = step_seconds(
-        {
-            "sparsify": (theirs, batches),
-            "ours": (trainer_for_timing(ours, sizes["batch_size"], device), batches),
-        },
-        sizes["steps"],
-        device,
-        warm_up=2,
-    )
-    return {
-        "name": "sparse topk step / sparsify SparseCoder step (same batches, fused Adam)",
-        "ratio": paired_ratio(times, "ours", "sparsify"),
-        "ours_seconds": statistics.median(times["ours"]),
-        "sparsify_seconds": statistics.median(times["sparsify"]),
-        **{key: sizes[key] for key in ("d_in", "d_sae", "k", "batch_size")},
+    steppers = {
+        "sparsify": SparsifyStep(sizes["d_in"], sizes["d_sae"], sizes["k"], device),
+        "ours": trainer_for_timing(ours, sizes["batch_size"], device),
     }
+    name = "sparse topk step / sparsify SparseCoder step (same batches, fused Adam)"
+    return _paired_row(name, steppers, "ours", "sparsify", sizes, device)
 
 
 def main(argv: list[str] | None = None) -> None:
