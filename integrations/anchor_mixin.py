@@ -15,7 +15,11 @@ Config fields:
   decoder row (``"decoder"``) or the centred mean input it fired on over the last ~50 steps (``"inputs"``,
   :class:`~sdl_anchor.anchoring.firing_inputs.FiringInputMeans`; the transcoders' choice);
   ``self_anchor_start_step``: the training step self-anchoring starts at (0: from the start; later lets the
-  decoder find the features first, for the L1/L0-penalty SAEs whose training a tie to a random decoder stalls).
+  decoder find the features first, for the L1/L0-penalty SAEs whose training a tie to a random decoder stalls);
+* ``aligned_encoder``: a hard tie instead of a loss, the aligned-encoder baseline (tied weights in the spirit
+  of "Aligned Training", arXiv 2605.18629): after every optimizer step each unanchored latent's encoder column
+  and decoder row are both set to the mean of their two unit directions, norms kept
+  (:meth:`AnchoredMixin.align_encoder_`). It needs the encoder and decoder in one space (SAEs, crosscoders).
 
 ``losses["anchor_loss"]`` and ``losses["self_anchor_loss"]`` join the architecture's own losses (SAELens logs
 them as ``losses/anchor_loss`` and ``losses/self_anchor_loss``), with the metrics ``anchor_cosine`` and
@@ -54,6 +58,7 @@ class AnchorConfigFields:
     self_anchor_coefficient: float = 0.0
     self_anchor_target: str = "decoder"
     self_anchor_start_step: int = 0
+    aligned_encoder: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]
@@ -73,6 +78,8 @@ class AnchorConfigFields:
             raise ValueError(
                 f"self_anchor_start_step must be a non-negative integer, got {self.self_anchor_start_step!r}"
             )
+        if not isinstance(self.aligned_encoder, bool):
+            raise ValueError(f"aligned_encoder must be True or False, got {self.aligned_encoder!r}")
         if self.self_anchor_target not in SELF_ANCHOR_TARGETS:
             raise ValueError(
                 f"self_anchor_target must be one of {SELF_ANCHOR_TARGETS}, got {self.self_anchor_target!r}"
@@ -120,6 +127,14 @@ class AnchoredMixin:
                     "write the anchors there with AnchorSet.save, or set anchor_path=None"
                 )
             self.set_anchors(AnchorSet.load(path))
+        if cfg.aligned_encoder:
+            if getattr(cfg, "d_out", cfg.d_in) != cfg.d_in or hasattr(self, "set_training_target"):
+                raise ValueError(
+                    "aligned_encoder ties each encoder column to its decoder row, which needs both in one "
+                    f"space; a {cfg.architecture()} reads one space and writes another. Use "
+                    "self_anchor_target='inputs' for transcoders instead"
+                )
+            self.align_encoder_()
 
     @property
     def anchor_k(self) -> int:
@@ -148,6 +163,22 @@ class AnchoredMixin:
         dec_norm = self.W_dec[:k].norm(dim=1, keepdim=True)
         self.W_enc[:, :k] = torch.nn.functional.normalize(self.anchor_directions_in, dim=1).T * enc_norm
         self.W_dec[:k] = torch.nn.functional.normalize(self.anchor_directions_out, dim=1) * dec_norm
+
+    @torch.no_grad()
+    def align_encoder_(self) -> None:
+        """The aligned-encoder tie (``aligned_encoder``): for every latent ``j >= k`` (the anchored ones keep
+        their anchors), ``u_j = normalize(W_enc[:, j] / |W_enc[:, j]| + W_dec[j] / |W_dec[j]|)``, then
+        ``W_enc[:, j] = |W_enc[:, j]| u_j`` and ``W_dec[j] = |W_dec[j]| u_j``: encoder and decoder share one
+        direction (the paper's Theorem 3.2 global minimum has ``W_E = W_D^T``), each keeps its own norm."""
+        k = self.anchor_k
+        enc, dec = self.W_enc[:, k:], self.W_dec[k:]
+        enc_norm, dec_norm = enc.norm(dim=0), dec.norm(dim=1)
+        tiny = torch.finfo(enc.dtype).tiny
+        shared = torch.nn.functional.normalize(
+            enc.T / enc_norm.clamp_min(tiny)[:, None] + dec / dec_norm.clamp_min(tiny)[:, None], dim=1
+        )
+        enc.copy_((shared * enc_norm[:, None]).T)
+        dec.copy_(shared * dec_norm[:, None])
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         coefficients = dict(super().get_coefficients())  # type: ignore[misc]

@@ -3,7 +3,9 @@
 A data provider may yield ``x`` (SAEs) or ``(x_in, x_out)`` pairs (transcoders). For a pair the trainer
 hands ``x_out`` to the coder (``set_training_target``) and runs SAELens's own step on ``x_in``; logging,
 schedulers, coefficient warm-ups, dead-latent counts, checkpoints and W&B are SAELens's, unchanged.
-Two additions: SAELens's Adam runs as torch's fused Adam (the same update, in one kernel), and a NaN or
+After each step an ``aligned_encoder`` coder re-ties its encoder to its decoder
+(:meth:`~sdl_anchor.integrations.anchor_mixin.AnchoredMixin.align_encoder_`). Two additions: SAELens's
+Adam runs as torch's fused Adam (the same update, in one kernel), and a NaN or
 infinite loss stops training with :class:`NonFiniteLossError`, naming the step and the last checkpoint
 written before it (checked after every step on the CPU; on a GPU a device-side flag is read every
 ``FINITE_CHECK_EVERY`` steps, before every checkpoint and at the end, so the hot loop stays free of host
@@ -70,6 +72,8 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
         self.before_step()
         output = super().step(batch)
         self.after_step(output)
+        if getattr(self.sae.cfg, "aligned_encoder", False):
+            self.sae.align_encoder_()  # the aligned-encoder baseline's hard tie, after the optimizer's step
         return output
 
     def before_step(self) -> None:
