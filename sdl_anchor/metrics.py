@@ -97,6 +97,10 @@ def live_recovery(
 ) -> dict[str, float]:
     """``recovery`` over the latents that fire on ``n_samples`` fresh bench inputs, keys suffixed ``_live``,
     plus ``n_live``. All zeros when no latent fires."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(
+            f"n_samples must be a positive integer (the inputs to find live latents on), got {n_samples!r}"
+        )
     generator = torch.Generator(device=bench.device).manual_seed(seed)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=sae.W_dec.device)
     for start in range(0, n_samples, 4096):

@@ -151,3 +151,19 @@ def test_sdl_anchor_train_keeps_the_coder_when_its_summary_fails(tmp_path, monke
     assert not (tmp_path / "run" / "train.json").exists()
     assert "the trained coder is saved in" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())["d_sae"] == 32
+
+
+def test_atomically_written_files_honour_the_umask(tmp_path):
+    """mkstemp makes its files 0600; results, anchors and exports must be readable as the umask allows."""
+    import os
+
+    from sdl_anchor.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "results.json", {"a": 1})
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert write_json(tmp_path / "private.json", {}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -116,3 +116,11 @@ def test_recovery_curve_over_training():
     assert curve[-1]["M_IP"] > curve[0]["M_IP"]
     with pytest.raises(ValueError, match="recovery_every must be a positive integer"):
         sa.train_on_bench(sae, bench, n_steps=5, recovery_every=0, show_progress=False)
+
+
+@pytest.mark.parametrize("n_samples", [0, -5, 2.5])
+def test_live_recovery_refuses_a_sample_count_that_is_not_positive(n_samples):
+    bench = sa.LinearRepresentationBench(n_features=12, d_in=8, sparsity=0.8, max_interference=0.5, seed=0)
+    sae = sa.AnchoredTopKTrainingSAE(sa.AnchoredTopKTrainingSAEConfig(d_in=8, d_sae=16, k=2))
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        sa.live_recovery(sae, bench, n_samples=n_samples)

@@ -60,14 +60,6 @@ class SparseCodes:
             )
         return sparse @ directions
 
-    def select(self, samples: torch.Tensor) -> SparseCodes:
-        """The codes of the given sample indices, renumbered 0..len(samples)-1 (host sync)."""
-        position = torch.full((self.batch_size,), -1, dtype=torch.long, device=self.rows.device)
-        position[samples] = torch.arange(len(samples), device=self.rows.device)
-        new_rows = position[self.rows]
-        keep = (new_rows >= 0) & (self.values != 0)
-        return SparseCodes(new_rows[keep], self.cols[keep], self.values[keep], len(samples), self.n_features)
-
 
 def bernoulli_positions(
     total: int, p: float, generator: torch.Generator, device: torch.device | str
