@@ -11,7 +11,20 @@
 * ``paper``: the same method settings at the paper's dimensions with a longer budget, for a GPU.
 
 The paper states no learning rate, step count or Table 1 k; those are ours, and every row records the
-settings it ran with. ``anchored`` means the ground-truth anchors on the first ``n_anchors`` latents
+settings it ran with. Every setting was chosen on the development seed (``DEV_SEED``); the held-out table
+reports other seeds (``bench lrb --seeds``). A preset's columns (``PROTOCOL_COLUMNS`` for quick, paper-cpu
+and paper) put the fair baselines beside ours, each at the same samples:
+
+* ``plain``: stock SAELens as a careful user runs it, AuxK on: its dead-latent window fits the run
+  (``dead_window_for``: the same criterion as the theory resampler's);
+* ``anchors``: the paper's method alone, Eq. 22 on the ground-truth anchors, no self-anchoring;
+* ``self_anchored`` / ``theory`` (plain + theory resampling): no ground truth at all, what a user on real
+  data gets;
+* ``aligned``: the aligned-encoder baseline, encoder and decoder directions tied after every step
+  (``aligned_encoder``), so that self-anchoring's own part is measured;
+* ``anchored``: ours.
+
+``anchored`` means the ground-truth anchors on the first ``n_anchors`` latents
 (``anchor_coefficient``) plus self-anchoring of every other latent (``self_anchor_coefficient``): to its
 decoder direction, or for transcoders, whose encoder and decoder live in different spaces, to the mean input
 it fires on. At the paper's size ReLU's and JumpReLU's self-anchoring starts late, once their decoders have
@@ -29,8 +42,24 @@ from sdl_anchor.resampling import ResamplingConfig
 METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")
 CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder"}  # the LRB kind of non-SAE methods
 K_METHODS = ("topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")  # methods with a k
-VARIANTS = ("plain", "init_only", "anchored")
+VARIANTS = ("plain", "init_only", "anchors", "anchored", "self_anchored", "aligned")
+ANCHOR_VARIANTS = ("init_only", "anchors", "anchored")  # the variants that hold ground-truth anchors
+SELF_ANCHORED_VARIANTS = ("anchored", "self_anchored")  # the variants with self-anchoring
 RESAMPLING = ("none", "anthropic", "theory")
+# the held-out protocol's columns, (variant, resampling): the fair baselines and ours (module docstring)
+PROTOCOL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("plain", "none"),
+    ("anchors", "none"),
+    ("anchored", "none"),
+    ("plain", "theory"),
+    ("self_anchored", "theory"),
+    ("aligned", "theory"),
+    ("anchored", "theory"),
+)
+DEV_SEED = 0  # the seed every preset setting was chosen on; the held-out table leaves it out
+# SAELens's dead-latent window (AuxK's dead latents) when a preset sets none: 1/16 of the run, the theory
+# resampler's own criterion (half of one of its eight event intervals), so AuxK is active in short runs
+DEAD_WINDOW_FRACTION = 16
 # per-method overrides of the preset's training budget (``lr_decay_fraction``: the last fraction of the steps
 # over which the learning rate decays linearly to a tenth, SAELens's ``lr_decay_steps``)
 TRAINING_KEYS = ("lr", "n_steps", "batch_size", "lr_decay_fraction")
@@ -71,8 +100,9 @@ class LRBPreset:
     methods: tuple[str, ...] = METHODS
     variants: tuple[str, ...] = ("plain", "anchored")
     resampling: tuple[str, ...] = ("none", "theory")
+    columns: tuple[tuple[str, str], ...] = ()  # (variant, resampling) pairs; () = variants x resampling
     resampling_settings: dict[str, Any] = field(default_factory=dict)  # ResamplingConfig fields
-    dead_feature_window: int = 1000
+    dead_feature_window: int | None = None  # SAELens's, in steps; None: fits the run (dead_window_for)
     recovery_points: int = 0  # recovery-curve points per run (0: none)
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -98,6 +128,19 @@ class LRBPreset:
         for method, overrides in self.method_settings.items():
             if RESAMPLING_KEY in overrides:
                 self._check_resampling(f"method_settings[{method!r}]", method, None)
+
+    def default_columns(self) -> tuple[tuple[str, str], ...]:
+        """The (variant, resampling) columns that run by default: ``columns``, or every variant under every
+        resampling strategy (plain first within each strategy)."""
+        if self.columns:
+            return self.columns
+        return tuple((v, s) for s in self.resampling for v in self.variants)
+
+    def dead_window_for(self, method: str, k: int | None = None) -> int:
+        """SAELens's ``dead_feature_window`` for ``method`` (at ``k``): the preset's, or 1/16 of the run."""
+        if self.dead_feature_window is not None:
+            return self.dead_feature_window
+        return max(1, int(self.training_for(method, k)["n_steps"]) // DEAD_WINDOW_FRACTION)
 
     def _check_resampling(self, owner: str, method: str, k: int | None) -> None:
         try:  # the fields and their values are ResamplingConfig's to check
@@ -153,16 +196,21 @@ class LRBPreset:
         return (k,) if method in K_METHODS else (None,)
 
     def anchor_settings(self, variant: str, method: str, k: int | None = None) -> dict[str, Any]:
-        """The anchoring config fields of ``variant``: none for ``plain``, lambda 0 for ``init_only``, and
-        anchors plus self-anchoring for ``anchored`` (the preset's coefficient, or the method's override)."""
+        """The anchoring config fields of ``variant``: none for ``plain``, lambda 0 for ``init_only``, Eq. 22
+        alone for ``anchors``, anchors plus self-anchoring for ``anchored`` (the preset's coefficient, or the
+        method's override), self-anchoring alone for ``self_anchored``, the hard tie for ``aligned``."""
         if variant == "plain":
             return {}
-        settings: dict[str, Any] = {
-            "anchor_coefficient": self.anchor_coefficient if variant == "anchored" else 0.0,
-            "anchor_loss": self.anchor_loss,
-            "anchor_init": True,
-        }
-        if variant == "anchored":
+        if variant == "aligned":
+            return {"aligned_encoder": True}
+        settings: dict[str, Any] = {}
+        if variant in ANCHOR_VARIANTS:
+            settings = {
+                "anchor_coefficient": 0.0 if variant == "init_only" else self.anchor_coefficient,
+                "anchor_loss": self.anchor_loss,
+                "anchor_init": True,
+            }
+        if variant in SELF_ANCHORED_VARIANTS:
             overrides = self.method_settings.get(method, {})
             settings["self_anchor_coefficient"] = overrides.get(
                 "self_anchor_coefficient", self.self_anchor_coefficient
@@ -319,6 +367,7 @@ PRESETS: dict[str, LRBPreset] = {
     ),
     "quick": LRBPreset(
         name="quick",
+        columns=PROTOCOL_COLUMNS,
         n_features=256,
         d_in=192,
         d_sae=4096,
@@ -333,6 +382,7 @@ PRESETS: dict[str, LRBPreset] = {
     ),
     "paper-cpu": LRBPreset(
         name="paper-cpu",
+        columns=PROTOCOL_COLUMNS,
         **PAPER_SIZE,
         n_steps=300,
         batch_size=1024,
@@ -363,6 +413,7 @@ PRESETS: dict[str, LRBPreset] = {
     ),
     "paper": LRBPreset(
         name="paper",
+        columns=PROTOCOL_COLUMNS,
         **PAPER_SIZE,
         n_steps=4000,
         batch_size=4096,

@@ -32,7 +32,9 @@ from sae_lens.registry import get_sae_training_class
 from tqdm.auto import tqdm
 
 from sdl_anchor.eval.lrb_presets import (
+    ANCHOR_VARIANTS,
     CODER_KINDS,
+    DEV_SEED,
     K_METHODS,
     METHODS,
     PRESETS,
@@ -40,6 +42,7 @@ from sdl_anchor.eval.lrb_presets import (
     VARIANTS,
     LRBPreset,
 )
+from sdl_anchor.eval.lrb_protocol import aggregate, cell_key, column_key, flag_degenerate, held_out_seeds
 from sdl_anchor.eval.paper_numbers import PAPER_LABELS, paper_numbers, paper_source
 from sdl_anchor.integrations.training import train_on_bench
 from sdl_anchor.io import atomic_write, write_json
@@ -125,10 +128,13 @@ def _jobs(
     preset: LRBPreset,
     methods: tuple[str, ...],
     ks: tuple[int, ...] | None,
-    variants: tuple[str, ...],
+    columns: tuple[tuple[str, str], ...],
     interference: tuple[str, ...],
-    resampling: tuple[str, ...],
-) -> list[tuple[str, str, int | None, str, str]]:
+    seeds: tuple[int, ...],
+) -> list[tuple[int, str, str, int | None, str, str]]:
+    """(seed, interference, method, k, resampling, variant) in run order: a table row's every seed and
+    column before the next row, so that a partial run holds whole rows. Transcoders skip ``aligned``
+    (their encoder and decoder live in different spaces)."""
     jobs = []
     for mode in interference:
         for method in methods:
@@ -142,13 +148,42 @@ def _jobs(
                     )
                 method_ks = ks
             for k in method_ks:
-                for strategy in resampling:
-                    for variant in variants:
-                        jobs.append((mode, method, k, strategy, variant))
+                for seed in seeds:
+                    for variant, strategy in columns:
+                        if variant == "aligned" and method == "transcoder":
+                            continue
+                        jobs.append((seed, mode, method, k, strategy, variant))
     return jobs
 
 
+def select_columns(
+    preset: LRBPreset, variants: tuple[str, ...] | None, resampling: tuple[str, ...] | None
+) -> tuple[tuple[str, str], ...]:
+    """The (variant, resampling) columns to run: the preset's; those of them with the given ``variants``
+    or ``resampling`` when one is given; every pair of the two when both are."""
+    if variants and resampling:
+        return tuple((v, s) for s in dict.fromkeys(resampling) for v in dict.fromkeys(variants))
+    columns = tuple(
+        (v, s)
+        for v, s in preset.default_columns()
+        if (not variants or v in variants) and (not resampling or s in resampling)
+    )
+    if not columns:
+        raise ValueError(
+            f"no column of preset {preset.name!r} has variant {','.join(variants or ('any',))} with resampling "
+            f"{','.join(resampling or ('any',))}; its columns are "
+            f"{', '.join(_column_name(*c) for c in preset.default_columns())}. Pass both --variants and "
+            "--resampling to run every pair of them"
+        )
+    return columns
+
+
 def _check_choices(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> None:
+    if not values:
+        raise ValueError(f"no {what} given; choose from {', '.join(allowed)}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} {', '.join(repeated)} given twice; name each once")
     for value in values:
         if value not in allowed:
             raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
@@ -163,34 +198,49 @@ def run_lrb_bench(
     interference: tuple[str, ...] = ("bounded",),
     resampling: tuple[str, ...] | None = None,
     ks: tuple[int, ...] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    seeds: tuple[int, ...] | None = None,
     n_steps: int | None = None,
     progress: bool = True,
     previous: dict[str, Any] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train and score every (interference, method, k, resampling, variant); return the results dict.
-    ``methods``, ``variants`` and ``resampling`` default to the preset's; ``ks`` selects TopK rows.
+    """Train and score every (interference, method, k, seed, column); return the results dict.
+    ``methods`` defaults to the preset's, the columns to the preset's (``select_columns``: ``variants`` and
+    ``resampling`` select); ``ks`` selects TopK rows. ``seeds`` (or one ``seed``; default the development
+    seed) each seed the bench's features, codes and anchors, the coder's initialisation and the data order.
 
     ``previous`` (an earlier results dict of the same preset and settings) resumes: its rows are kept and
     not rerun, and ``wall_seconds`` adds up over the runs. ``on_row`` receives the results so far after
-    each row, so an interrupted run loses at most the row in progress."""
+    each row, so an interrupted run loses at most the row in progress. The results hold every seed's rows
+    (each flagged ``degenerate`` or not) and their ``aggregate`` over the held-out seeds
+    (:mod:`sdl_anchor.eval.lrb_protocol`)."""
     preset = resolve_preset(preset)
     if n_steps is not None:
         preset = preset.with_steps(n_steps)
-    methods = methods or preset.methods
-    variants = variants or preset.variants
-    resampling = resampling or preset.resampling
+    if seed is not None and seeds is not None:
+        raise ValueError("pass seed (one) or seeds (several), not both")
+    seeds = (DEV_SEED,) if seed is None and seeds is None else seeds if seeds is not None else (seed,)
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {list(seeds)} repeat a seed; name each once")
+    methods = preset.methods if methods is None else methods
     _check_choices(methods, METHODS, "method")
-    _check_choices(variants, VARIANTS, "variant")
-    _check_choices(resampling, RESAMPLING, "resampling")
+    if variants is not None:
+        _check_choices(variants, VARIANTS, "variant")
+    if resampling is not None:
+        _check_choices(resampling, RESAMPLING, "resampling")
     _check_choices(interference, ("bounded", "negative"), "interference")
-    jobs = _jobs(preset, methods, ks, variants, interference, resampling)
+    columns = select_columns(preset, variants, resampling)
+    jobs = _jobs(preset, methods, ks, columns, interference, seeds)
     config = {
         **{key: value for key, value in asdict(preset).items() if key != "method_settings"},
         "method_settings": preset.method_settings,
         "device": device,
-        "seed": seed,
+        "seeds": list(seeds),
+        "dev_seed": DEV_SEED,
+        "held_out_seeds": held_out_seeds(seeds),
         "tau": 0.95,
     }
     rows: list[dict[str, Any]] = []
@@ -201,41 +251,51 @@ def run_lrb_bench(
         rows = list(previous["rows"])
         benches = dict(previous["config"].get("benches", {}))
         earlier_seconds = float(previous["config"].get("wall_seconds", 0.0))
+        config["seeds"] = list(dict.fromkeys([*previous["config"]["seeds"], *seeds]))
+        config["held_out_seeds"] = held_out_seeds(config["seeds"])
     done = {_row_key(r) for r in rows}
-    prepared: dict[tuple[str, str], Any] = {}
+    prepared: dict[tuple[str, str, int], Any] = {}
     started_all = time.perf_counter()
 
     def results() -> dict[str, Any]:
         wall = earlier_seconds + time.perf_counter() - started_all
-        return {"rows": rows, "config": {**config, "benches": benches, "wall_seconds": wall}}
+        return {
+            "rows": rows,
+            "aggregate": aggregate(rows, config["seeds"]),
+            "config": {**config, "benches": benches, "wall_seconds": wall},
+        }
 
     todo = [job for job in jobs if job not in done]
     bar = tqdm(todo, desc=f"bench lrb ({preset.name})", disable=not progress, unit="run")
-    for mode, method, k, strategy, variant in bar:
+    for run_seed, mode, method, k, strategy, variant in bar:
         kind = CODER_KINDS.get(method, "sae")
-        if (mode, kind) not in prepared:
-            bench = build_bench(preset, kind, mode, seed, device)
-            anchors = bench.anchors(preset.n_anchors, seed=seed)
-            prepared[mode, kind] = (bench, bench.dataset(preset.n_samples), anchors)
-            benches[mode if kind == "sae" else f"{mode}/{kind}"] = {
+        if (mode, kind, run_seed) not in prepared:
+            prepared.clear()  # one bench's dataset in memory at a time (paper size: 300 MB each)
+            bench = build_bench(preset, kind, mode, run_seed, device)
+            anchors = bench.anchors(preset.n_anchors, seed=run_seed)
+            prepared[mode, kind, run_seed] = (bench, bench.dataset(preset.n_samples), anchors)
+            benches[_bench_name(mode, kind, run_seed)] = {
                 "generation_seconds": bench.generation_seconds,
                 "interference_stats": bench.interference_stats,
                 "anchor_indices": anchors.indices.tolist(),
             }
-        bench, dataset, anchors = prepared[mode, kind]
-        bar.set_postfix_str(f"{_label(method, k, strategy)} {variant}")
-        rows.append(
-            _train_and_score(
-                preset, bench, dataset, anchors, mode, method, k, strategy, variant, seed, device
-            )
+        bench, dataset, anchors = prepared[mode, kind, run_seed]
+        bar.set_postfix_str(f"{row_label(method, k, strategy)} {variant} seed {run_seed}")
+        row = _train_and_score(
+            preset, bench, dataset, anchors, mode, method, k, strategy, variant, run_seed, device
         )
+        rows.append(flag_degenerate(row, rows))
         if on_row is not None:
             on_row(results())
     return results()
 
 
-def _row_key(row: dict[str, Any]) -> tuple[str, str, int | None, str, str]:
-    return (row["interference"], row["method"], row["k"], row["resampling"], row["variant"])
+def _bench_name(mode: str, kind: str, seed: int) -> str:
+    return f"{mode}/{kind}/seed {seed}"
+
+
+def _row_key(row: dict[str, Any]) -> tuple[int, str, str, int | None, str, str]:
+    return (row["seed"], row["interference"], row["method"], row["k"], row["resampling"], row["variant"])
 
 
 def _check_resumable(previous: dict[str, Any], config: dict[str, Any]) -> None:
@@ -244,7 +304,18 @@ def _check_resumable(previous: dict[str, Any], config: dict[str, Any]) -> None:
         raise ValueError("the results to resume from are not a bench lrb results.json (no 'rows'/'config')")
     earlier = json.loads(json.dumps(previous["config"]))
     current = json.loads(json.dumps(config))  # tuples become lists, as in the saved file
-    differing = [key for key in current if earlier.get(key) != current[key]]
+    if not isinstance(previous["rows"], list) or not all(
+        isinstance(r, dict) and {"seed", "interference", "method", "k", "resampling", "variant"} <= set(r)
+        for r in previous["rows"]
+    ):
+        raise ValueError(
+            "the results to resume from have rows without seed/interference/method/k/resampling/variant; "
+            "they are not this version's bench lrb results. Use another --out, or --overwrite"
+        )
+    if not isinstance(earlier.get("seeds"), list):
+        raise ValueError("the results to resume from name no seeds; use another --out, or --overwrite")
+    per_run = ("seeds", "held_out_seeds")  # a resume may add seeds
+    differing = [key for key in current if key not in per_run and earlier.get(key) != current[key]]
     if differing:
         key = differing[0]
         raise ValueError(
@@ -268,7 +339,7 @@ def _train_and_score(
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     sae = build_sae(method, preset, bench, device, variant, k)
-    if variant != "plain":
+    if variant in ANCHOR_VARIANTS:
         sae.set_anchors(anchors)
     training = preset.training_for(method, k)
     points = preset.recovery_points
@@ -284,7 +355,7 @@ def _train_and_score(
         seed=seed,
         device=device,
         show_progress=False,
-        dead_feature_window=preset.dead_feature_window,
+        dead_feature_window=preset.dead_window_for(method, k),
         resampling=None
         if strategy == "none"
         else ResamplingConfig(strategy=strategy, seed=seed, **preset.resampling_for(method, k)),
@@ -295,7 +366,8 @@ def _train_and_score(
         **recovery(sae, bench, exclude=anchors.indices),
         **live_recovery(sae, bench, exclude=anchors.indices),
     }
-    return _row(method, k, variant, strategy, mode, scores, sae, bench, preset, training, train_seconds)
+    row = _row(method, k, variant, strategy, mode, scores, sae, bench, preset, training, train_seconds)
+    return {"seed": seed, **row}
 
 
 @torch.no_grad()
@@ -314,32 +386,42 @@ def _row(
 ) -> dict[str, Any]:
     sample = bench.sample(4096, torch.Generator(device=bench.device).manual_seed(12345))
     sae.eval()
+    data_l0 = float((sample.codes != 0).float().sum(-1).mean())
     acts = sae.encode(sample.x_in)
     recon = sae.decode(acts)
     if getattr(sae.cfg, "skip_connection", False):
         recon = recon + sample.x_in @ sae.W_skip.T
     squared_error = (recon - sample.x_out).pow(2).sum(-1)
     fvu = float(squared_error.sum() / (sample.x_out - sample.x_out.mean(0)).pow(2).sum())
-    paper = paper_numbers(method, anchored=variant == "anchored", k=k) if variant != "init_only" else None
-    settings: dict[str, Any] = {"architecture": architecture_for(method, variant, preset), **training}
+    # like for like: the paper's plain numbers beside plain, its anchored ones beside its method (anchors)
+    paper_anchored = {"plain": False, "anchors": True}.get(variant)
+    paper = None if paper_anchored is None else paper_numbers(method, anchored=paper_anchored, k=k)
+    settings: dict[str, Any] = {
+        "architecture": architecture_for(method, variant, preset),
+        **training,
+        "dead_feature_window": preset.dead_window_for(method, k),
+    }
     settings.update(preset.settings_for(method))
     if k is not None:
         settings["k"] = k
-    if variant != "plain":
-        settings.update(n_anchors=preset.n_anchors, **preset.anchor_settings(variant, method, k))
+    if variant in ANCHOR_VARIANTS:
+        settings["n_anchors"] = preset.n_anchors
+    settings.update(preset.anchor_settings(variant, method, k))
     if strategy != "none":
         settings["resampling"] = sae.cfg.metadata.resampling  # the strategy and each event's record
     curve = getattr(sae.cfg.metadata, "recovery_curve", None)
     return {
         "method": method,
-        "label": _label(method, k),
+        "label": row_label(method, k),
         "k": k,
         "kind": bench.kind,
         "variant": variant,
-        "anchored": variant == "anchored",
+        "anchored": variant in ("anchors", "anchored"),
         "resampling": strategy,
         "interference": mode,
         **{key: float(value) for key, value in scores.items()},
+        "decoder_mcc": float(scores["MCC"]),  # MCC under the protocol tables' name
+        "data_l0": data_l0,
         "l0": float((acts != 0).float().sum(-1).mean()),
         "dead_fraction": float(((acts != 0).sum(0) == 0).float().mean()),
         "fvu": fvu,
@@ -354,17 +436,15 @@ def _row(
     }
 
 
-def _label(method: str, k: int | None = None, strategy: str = "none") -> str:
+def row_label(method: str, k: int | None = None, strategy: str = "none") -> str:
     """The method's paper label (TopK with its k), with its resampling strategy when it has one."""
     label = PAPER_LABELS[method] + (f" k={k}" if method == "topk" and k is not None else "")
     return label if strategy == "none" else f"{label}+{strategy}"
 
 
-def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The (variant, resampling) pairs present, in the table's order: plain, anchored, then resampled."""
-    present = {(r["variant"], r["resampling"]) for r in rows}
-    order = [(v, s) for s in RESAMPLING for v in VARIANTS]
-    return [pair for pair in order if pair in present]
+def _columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (variant, resampling) columns present, in the order they ran."""
+    return list(dict.fromkeys(column_key(e) for e in entries))
 
 
 def _column_name(variant: str, strategy: str) -> str:
@@ -373,10 +453,18 @@ def _column_name(variant: str, strategy: str) -> str:
     return strategy if variant == "plain" else f"{variant}+{strategy}"
 
 
-def _cell(row: dict[str, Any] | None) -> str:
-    if row is None:
-        return f"{'-':>14}"
-    return f"{100 * row['M_GT']:>6.1f}% / {row['M_IP']:.3f}"
+def short_column_name(variant: str, strategy: str) -> str:
+    return _column_name("self" if variant == "self_anchored" else variant, strategy)
+
+
+def _mean_std(cell: dict[str, Any], metric: str, scale: float = 1.0, digits: int = 1) -> str:
+    mean, std = cell[f"{metric}_mean"], cell[f"{metric}_std"]
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text}±{scale * std:.{digits}f}"
+
+
+def _flags(cell: dict[str, Any]) -> str:
+    return ("!" if cell["degenerate"] else "") + ("*" if cell.get("goal") else "")
 
 
 def _paper_cell(paper: tuple[float, float | None] | None) -> str:
@@ -386,104 +474,170 @@ def _paper_cell(paper: tuple[float, float | None] | None) -> str:
     return f"{100 * paper[0]:>6.1f}% / {m_ip}"
 
 
+def seeds_sentence(config: dict[str, Any]) -> str:
+    """Which seeds a table reports, and whether they are held out."""
+    reported = held_out_seeds(config["seeds"])
+    if reported == [DEV_SEED]:
+        return f"seed {DEV_SEED} only, the development seed every setting was chosen on: in-sample, no spread"
+    return (
+        f"mean ± std over held-out seeds {','.join(map(str, reported))} (settings chosen on seed "
+        f"{config.get('dev_seed', DEV_SEED)}, which is not in the mean)"
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """One line per (interference, method, k): ours in each variant, the paper's plain and anchored numbers,
-    and, for the last variant, the decoder-side and live scores, FVU, L0 and every run's wall time."""
+    """The summary table, one line per (interference, method, k): each column's encoder M_GT (mean ± std
+    over the held-out seeds, %), the paper's plain and anchored numbers; then :func:`format_metrics`."""
     config = results["config"]
-    rows = results["rows"]
-    columns = _columns(rows)
-    last = columns[-1]
+    cells = aggregate(results["rows"], config["seeds"])
+    columns = _columns(cells)
     lines = [
         f"LRB (preset {config['name']}; n={config['n_features']}, d={config['d_in']}, width={config['d_sae']}, "
         f"S={config['sparsity']}, M={config['max_interference']}, {config['n_anchors']} anchors not scored); "
-        "encoder M_GT / M_IP, tau=0.95",
+        f"encoder M_GT %, tau=0.95, {seeds_sentence(config)}",
         f"{'interference':<12} {'method':<12} "
-        + " ".join(f"{_column_name(*c):>14}" for c in columns)
-        + f" | {'paper plain':>14} {'paper anch.':>14} | {'dec M_GT':>8} {'live M_GT':>9} {'FVU':>6} {'L0':>6} "
-        "  wall s (each column)",
+        + " ".join(f"{short_column_name(*c):>15}" for c in columns)
+        + f" | {'paper plain':>14} {'paper anchors':>14}",
     ]
-    keys = list(dict.fromkeys((r["interference"], r["method"], r["k"]) for r in rows))
-    for mode, method, k in keys:
-        mine = {
-            (r["variant"], r["resampling"]): r
-            for r in rows
-            if (r["interference"], r["method"], r["k"]) == (mode, method, k)
-        }
-        shown = mine.get(last) or next(iter(mine.values()))
-        walls = "/".join(f"{mine[c]['train_seconds']:.0f}" if c in mine else "-" for c in columns)
+    for mode, method, k in dict.fromkeys(cell_key(c) for c in cells):
+        mine = {column_key(c): c for c in cells if cell_key(c) == (mode, method, k)}
+        shown = [
+            f"{_mean_std(mine[c], 'M_GT', 100) + _flags(mine[c]):>15}" if c in mine else f"{'-':>15}"
+            for c in columns
+        ]
         lines.append(
-            f"{mode:<12} {_label(method, k):<12} "
-            + " ".join(_cell(mine.get(c)) for c in columns)
-            + f" | {_paper_cell(paper_numbers(method, False, k))} {_paper_cell(paper_numbers(method, True, k))} | "
-            f"{100 * shown['M_GT_dec']:>7.1f}% {100 * shown['M_GT_live']:>8.1f}% {shown['fvu']:>6.3f} "
-            f"{shown['l0']:>6.1f}   {walls}"
+            f"{mode:<12} {row_label(method, k):<12} "
+            + " ".join(shown)
+            + f" | {_paper_cell(paper_numbers(method, False, k))} {_paper_cell(paper_numbers(method, True, k))}"
         )
     lines.append(
-        f"dec M_GT, live M_GT (latents that fire), FVU, L0: the '{_column_name(*last)}' column (a row without "
-        "it: its first run). paper = arXiv 2512.05534 (TopK at k=32/64/128: Table 7, M_GT only; the rest: "
-        "Table 1), not rerun here. "
-        f"Total wall time {config.get('wall_seconds', 0.0):.0f} s."
+        "! degenerate on some seed (L0 above 3x the data's true L0 or k, or decoder M_GT below plain's): not a "
+        "win. * meets the goal (TopK family: encoder M_GT >= 95%, MCC >= plain's, FVU <= 1.1x plain's; ReLU, "
+        "JumpReLU: encoder M_GT > 0, L0 <= 2x plain's, decoder M_GT >= plain's). paper = arXiv 2512.05534 "
+        "(TopK k=32/64/128: Table 7, M_GT only; the rest: Table 1), quoted, not rerun; its anchored number is "
+        "its method, our 'anchors' column."
     )
+    return "\n".join([*lines, "", format_metrics(results)])
+
+
+def format_metrics(results: dict[str, Any]) -> str:
+    """The companion table: every metric of every cell (mean ± std over the held-out seeds), its wall time,
+    its flags and, for the columns of ours, why it misses the goal."""
+    config = results["config"]
+    cells = aggregate(results["rows"], config["seeds"])
+    names = (
+        "enc M_GT %",
+        "live M_GT %",
+        "enc M_IP",
+        "dec M_GT %",
+        "dec MCC",
+        "FVU",
+        "L0",
+        "dead %",
+        "wall s",
+    )
+    lines = [
+        f"Every metric, {seeds_sentence(config)}",
+        f"{'interference':<12} {'method':<12} {'column':<15} "
+        + " ".join(f"{n:>13}" for n in names)
+        + "  flags",
+    ]
+    for cell in cells:
+        values = (
+            _mean_std(cell, "M_GT", 100),
+            _mean_std(cell, "M_GT_live", 100),
+            _mean_std(cell, "M_IP", 1, 3),
+            _mean_std(cell, "M_GT_dec", 100),
+            _mean_std(cell, "MCC", 1, 3),
+            _mean_std(cell, "fvu", 1, 3),
+            _mean_std(cell, "l0", 1, 1),
+            _mean_std(cell, "dead_fraction", 100),
+            _mean_std(cell, "train_seconds", 1, 0),
+        )
+        note = "degenerate" if cell["degenerate"] else ""
+        if "goal" in cell:
+            note = f"{note}; goal: {cell['goal_reason']}" if note else f"goal: {cell['goal_reason']}"
+        lines.append(
+            f"{cell['interference']:<12} {row_label(cell['method'], cell['k']):<12} "
+            f"{short_column_name(cell['variant'], cell['resampling']):<15} "
+            + " ".join(f"{v:>13}" for v in values)
+            + f"  {note}"
+        )
+    lines.append(f"Total wall time {config.get('wall_seconds', 0.0):.0f} s.")
     return "\n".join(lines)
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """Grouped bars of M_GT and M_IP per method and column, the paper's numbers as markers."""
+    """Grouped bars of encoder M_GT and decoder MCC per table row and column (held-out means, std as error
+    bars), degenerate cells hatched and outlined in red, the paper's M_GT as markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["rows"]
-    columns = _columns(rows)
-    groups = list(dict.fromkeys((r["interference"], r["method"], r["k"]) for r in rows))
+    config = results["config"]
+    cells = aggregate(results["rows"], config["seeds"])
+    columns = _columns(cells)
+    groups = list(dict.fromkeys(cell_key(c) for c in cells))
     width = 0.8 / len(columns)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.4 * len(groups) * 2), 4.4))
-    for ax, metric in zip(axes, ("M_GT", "M_IP"), strict=True):
+    fig, axes = plt.subplots(1, 2, figsize=(max(10.0, 1.6 * len(groups) * 2), 5.2))
+    for ax, metric, title in zip(
+        axes, ("M_GT", "MCC"), ("encoder M_GT (non-anchor features)", "decoder MCC"), strict=True
+    ):
         for i, column in enumerate(columns):
-            values = [
-                next(
-                    (
-                        r[metric]
-                        for r in rows
-                        if (r["interference"], r["method"], r["k"]) == g
-                        and (r["variant"], r["resampling"]) == column
-                    ),
-                    0.0,
-                )
-                for g in groups
+            found = [
+                next((c for c in cells if cell_key(c) == g and column_key(c) == column), None) for g in groups
             ]
             xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(groups))]
-            ax.bar(xs, values, width, label=_column_name(*column))
-        for anchored, marker in ((False, "x"), (True, "o")):
-            papers = [paper_numbers(method, anchored, k) for _, method, k in groups]
-            index = 0 if metric == "M_GT" else 1
-            xs = [j for j, p in enumerate(papers) if p is not None and p[index] is not None]
-            ys = [p[index] for p in papers if p is not None and p[index] is not None]
-            ax.scatter(
+            bars = ax.bar(
                 xs,
-                ys,
-                marker=marker,
-                color="black",
-                zorder=3,
-                facecolors="none" if anchored else None,
-                label=f"paper {'anchored' if anchored else 'plain'}",
+                [c[f"{metric}_mean"] if c else 0.0 for c in found],
+                width,
+                yerr=[(c[f"{metric}_std"] or 0.0) if c else 0.0 for c in found],
+                capsize=2,
+                label=short_column_name(*column),
             )
-        ax.set_xticks(range(len(groups)), [f"{_label(m, k)}\n({mode})" for mode, m, k in groups], fontsize=8)
+            for bar, cell in zip(bars, found, strict=True):
+                if cell is not None and cell["degenerate"]:
+                    bar.set_hatch("//")
+                    bar.set_edgecolor("red")
+        if metric == "M_GT":
+            for anchored, marker in ((False, "x"), (True, "o")):
+                papers = [paper_numbers(method, anchored, k) for _, method, k in groups]
+                xs = [j for j, p in enumerate(papers) if p is not None]
+                ys = [p[0] for p in papers if p is not None]
+                ax.scatter(
+                    xs,
+                    ys,
+                    marker=marker,
+                    color="black",
+                    zorder=3,
+                    facecolors="none" if anchored else None,
+                    label=f"paper {'anchors' if anchored else 'plain'}",
+                )
+        ax.set_xticks(
+            range(len(groups)), [f"{row_label(m, k)}\n({mode})" for mode, m, k in groups], fontsize=8
+        )
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{metric} (encoder, non-anchor features)")
-        ax.legend(fontsize=7)
-    config = results["config"]
-    fig.suptitle(f"LRB recovery, preset {config['name']} (n={config['n_features']}, d={config['d_in']})")
-    fig.tight_layout()
+        ax.set_title(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 9), fontsize=7)
+    fig.suptitle(
+        f"LRB, preset {config['name']} (n={config['n_features']}, d={config['d_in']}); hatched red = degenerate"
+        f"\n{seeds_sentence(config)}",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
-    """M_GT and M_IP against samples seen, one line per row (None when no row recorded a curve)."""
-    rows = [r for r in results["rows"] if r.get("recovery_curve")]
+    """M_GT and M_IP against samples seen, one line per row of the first reported seed (None when no row
+    recorded a curve)."""
+    first = held_out_seeds(results["config"]["seeds"])[0]
+    rows = [r for r in results["rows"] if r.get("recovery_curve") and r["seed"] == first]
     if not rows:
         return None
     import matplotlib
@@ -495,12 +649,12 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
     for row in rows:
         batch = row["settings"]["batch_size"]
         samples = [point["step"] * batch for point in row["recovery_curve"]]
-        name = f"{row['label']} {_column_name(row['variant'], row['resampling'])}"
+        name = f"{row['label']} {short_column_name(row['variant'], row['resampling'])}"
         for ax, metric in zip(axes, ("M_GT", "M_IP"), strict=True):
             ax.plot(samples, [point[metric] for point in row["recovery_curve"]], marker=".", label=name)
     for ax, metric in zip(axes, ("M_GT", "M_IP"), strict=True):
         ax.set_xlabel("training samples seen")
-        ax.set_title(f"{metric} over training")
+        ax.set_title(f"{metric} over training (seed {first})")
         ax.set_ylim(0, 1.05)
     axes[1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
@@ -510,7 +664,15 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_results(results: dict[str, Any], out: Path) -> list[Path]:
-    """``results.json``, ``recovery.png`` and (with curves) ``recovery_curves.png`` into ``out``."""
-    written = [write_json(out / "results.json", results), plot_results(results, out / "recovery.png")]
+    """``results.json``, ``table.txt`` (the printed tables), ``recovery.png`` and (with curves)
+    ``recovery_curves.png`` into ``out``; a stale ``recovery_curves.png`` is removed when there are none."""
+    table = format_table(results) + "\n"
+    written = [
+        write_json(out / "results.json", results),
+        atomic_write(out / "table.txt", lambda tmp: Path(tmp).write_text(table)),
+        plot_results(results, out / "recovery.png"),
+    ]
     curves = plot_curves(results, out / "recovery_curves.png")
+    if curves is None:
+        (out / "recovery_curves.png").unlink(missing_ok=True)
     return written + ([curves] if curves is not None else [])

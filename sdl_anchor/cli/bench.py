@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sdl_anchor.cli.common import WANDB_HELP, csv_list, int_list
+from sdl_anchor.cli.common import WANDB_HELP, check_output_folder, csv_list, int_list
 
 
 def add_parsers(commands: Any) -> None:
@@ -42,13 +42,14 @@ def add_parsers(commands: Any) -> None:
         "--variants",
         type=csv_list,
         default=None,
-        help=f"comma-separated subset of {','.join(VARIANTS)} (default: the preset's, plain,anchored)",
+        help=f"comma-separated subset of {','.join(VARIANTS)}: the preset's columns with these variants (with "
+        "--resampling: every pair of the two)",
     )
     lrb.add_argument(
         "--resampling",
         type=csv_list,
         default=None,
-        help=f"comma-separated subset of {','.join(RESAMPLING)} (default: the preset's, none,theory)",
+        help=f"comma-separated subset of {','.join(RESAMPLING)}: the preset's columns with these strategies",
     )
     lrb.add_argument(
         "--k",
@@ -63,7 +64,15 @@ def add_parsers(commands: Any) -> None:
         help="comma-separated interference modes: bounded,negative",
     )
     lrb.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
-    lrb.add_argument("--seed", type=int, default=0)
+    seeds = lrb.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=None, help="one seed (default 0, the development seed)")
+    seeds.add_argument(
+        "--seeds",
+        type=int_list,
+        default=None,
+        help="comma-separated seeds, each its own bench (features, codes, anchors), init and data order; the "
+        "table reports the mean ± std over all but the development seed 0, e.g. --seeds 1,2,3",
+    )
     lrb.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     lrb.add_argument(
         "--resume",
@@ -109,6 +118,7 @@ def bench_lrb(args: argparse.Namespace) -> int:
     from sdl_anchor.io import read_json, write_json
 
     out = args.out if args.out is not None else Path("runs") / f"lrb-{args.preset}"
+    check_output_folder(out)
     if args.overwrite and args.resume:
         raise ValueError("--overwrite and --resume contradict each other; pass one")
     previous = None
@@ -131,6 +141,7 @@ def bench_lrb(args: argparse.Namespace) -> int:
         resampling=args.resampling,
         ks=args.k,
         seed=args.seed,
+        seeds=None if args.seeds is None else tuple(args.seeds),
         n_steps=args.steps,
         progress=not args.no_progress,
         previous=previous,
@@ -169,6 +180,7 @@ def bench_perf(args: argparse.Namespace) -> int:
     from sdl_anchor.io import write_json
 
     out = args.out if args.out is not None else Path("runs") / f"perf-{args.preset}"
+    check_output_folder(out)
     if (out / "perf.json").exists() and not args.overwrite:
         raise ValueError(f"{out / 'perf.json'} already exists; pass --overwrite or choose another --out")
     device = args.device or ("cuda" if args.preset == "gpu" else "cpu")

@@ -1,0 +1,228 @@
+"""The README's and docs' ``bench lrb`` numbers, written from committed ``results.json`` files by this script,
+never by hand.
+
+A page holds a generated section between ``<!-- lrb-report NAME -->`` and ``<!-- /lrb-report NAME -->``
+markers; :data:`REPORTS` names each section's results file and the command that made it. The section has the
+command, the tables (:func:`~sdl_anchor.eval.lrb_table.format_table`) and one paragraph per table row whose
+every number comes from the held-out aggregate (:func:`claims`): what stock SAELens gets, what theory
+resampling alone (no ground truth) gets, what anchoring adds over it and at what cost, the baselines, and
+whether the goal is met.
+
+``python -m sdl_anchor.eval.lrb_report`` rewrites every section in place; ``--check`` only compares, exiting
+1 when a page disagrees with its results (the test suite runs the check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdl_anchor.eval.lrb_protocol import aggregate, cell_key, column_key
+from sdl_anchor.eval.lrb_table import format_table, row_label, seeds_sentence, short_column_name
+
+
+@dataclass(frozen=True)
+class Report:
+    """A generated section: its marker name, the results it reads and the command that wrote them."""
+
+    name: str
+    results: str  # relative to the repository root
+    command: str
+    pages: tuple[str, ...] = ("README.md",)
+
+
+REPORTS = (
+    Report(
+        "quick",
+        "docs/assets/quick/results.json",
+        "sdl-anchor bench lrb",
+        ("README.md", "docs/index.md", "docs/results.md"),
+    ),
+    Report(
+        "quick-heldout",
+        "docs/assets/quick-heldout/results.json",
+        "sdl-anchor bench lrb --preset quick --seeds 0,1,2,3 --interference bounded,negative "
+        "--out runs/quick-heldout",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
+        "paper-cpu-heldout",
+        "docs/assets/paper-cpu-heldout/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods topk --k 32 --out runs/paper-cpu-heldout",
+        ("README.md", "docs/results.md"),
+    ),
+)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _describe(cell: dict[str, Any]) -> str:
+    flag = ", degenerate" if cell["degenerate"] else ""
+    return (
+        f"encoder M_GT {_pct(cell['M_GT_mean'])}, decoder M_GT {_pct(cell['M_GT_dec_mean'])}, MCC "
+        f"{cell['MCC_mean']:.3f}, FVU {cell['fvu_mean']:.3f}, L0 {cell['l0_mean']:.1f}, dead "
+        f"{_pct(cell['dead_fraction_mean'])}{flag}"
+    )
+
+
+def claims(results: dict[str, Any]) -> list[str]:
+    """One paragraph per table row, every number from the held-out aggregate."""
+    cells = aggregate(results["rows"], results["config"]["seeds"])
+    paragraphs = []
+    for key in dict.fromkeys(cell_key(c) for c in cells):
+        mode, method, k = key
+        mine = {column_key(c): c for c in cells if cell_key(c) == key}
+        parts = [f"**{row_label(method, k)}, {mode} interference.**"]
+        plain = mine.get(("plain", "none"))
+        if plain is not None:
+            parts.append(f"Stock SAELens (AuxK on): {_describe(plain)}.")
+        theory = mine.get(("plain", "theory"))
+        if theory is not None:
+            parts.append(f"Theory resampling alone, no ground truth: {_describe(theory)}.")
+        ours = mine.get(("anchored", "theory"))
+        if ours is not None and theory is not None:
+            parts.append(
+                f"Anchored + theory: {_describe(ours)}; over theory alone, anchoring adds "
+                f"{100 * (ours['M_GT_mean'] - theory['M_GT_mean']):+.1f} points of encoder M_GT, "
+                f"{100 * (ours['M_GT_dec_mean'] - theory['M_GT_dec_mean']):+.1f} of decoder M_GT and "
+                f"{ours['MCC_mean'] - theory['MCC_mean']:+.3f} MCC, at {ours['fvu_mean'] / theory['fvu_mean']:.2f}x "
+                "its FVU."
+            )
+        for column, name in (
+            (("anchors", "none"), "The paper's method alone (Eq. 22, no self-anchoring)"),
+            (("self_anchored", "theory"), "Self-anchoring + theory, no ground truth"),
+            (("aligned", "theory"), "The aligned-encoder baseline + theory"),
+        ):
+            if column in mine:
+                parts.append(f"{name}: {_describe(mine[column])}.")
+        met = [short_column_name(*c) for c, cell in mine.items() if cell.get("goal")]
+        parts.append(
+            f"Goal met by: {', '.join(met)}."
+            if met
+            else "No column meets the goal"
+            + (f" (anchored + theory: {ours['goal_reason']})." if ours is not None else ".")
+        )
+        paragraphs.append(" ".join(parts))
+    summary = _summary(cells, results["config"]["n_anchors"])
+    return paragraphs + ([summary] if summary else [])
+
+
+SAME_POINTS = 1.0  # encoder M_GT differences under this many points count as "nothing"
+
+
+def _compare(
+    cells: list[dict[str, Any]], ours: tuple[str, str], base: tuple[str, str]
+) -> dict[str, list[str]]:
+    """The table rows where column ``ours`` is ahead of, level with or behind column ``base`` in encoder M_GT
+    (by ``SAME_POINTS``), a degenerate ``ours`` counting as no gain."""
+    verdicts: dict[str, list[str]] = {"adds": [], "nothing": [], "loses": []}
+    for key in dict.fromkeys(cell_key(c) for c in cells):
+        mine = {column_key(c): c for c in cells if cell_key(c) == key}
+        if ours not in mine or base not in mine:
+            continue
+        delta = 100 * (mine[ours]["M_GT_mean"] - mine[base]["M_GT_mean"])
+        name = f"{row_label(key[1], key[2])} {key[0]} ({delta:+.1f})"
+        if delta <= -SAME_POINTS:
+            verdicts["loses"].append(name)
+        elif delta < SAME_POINTS or mine[ours]["degenerate"]:
+            verdicts["nothing"].append(name + (", degenerate" if mine[ours]["degenerate"] else ""))
+        else:
+            verdicts["adds"].append(name)
+    return verdicts
+
+
+def _summary(cells: list[dict[str, Any]], n_anchors: int) -> str | None:
+    """Across rows: what the ground-truth anchors add over theory resampling alone and over self-anchoring
+    alone, and what self-anchoring adds over the aligned tie (points of encoder M_GT)."""
+    sentences = []
+    for ours, base, what in (
+        (
+            ("anchored", "theory"),
+            ("plain", "theory"),
+            "Anchoring (anchors + self-anchoring) over theory alone",
+        ),
+        (
+            ("anchored", "theory"),
+            ("self_anchored", "theory"),
+            f"The {n_anchors} ground-truth anchors over none",
+        ),
+        (("self_anchored", "theory"), ("aligned", "theory"), "Self-anchoring over the aligned tie"),
+    ):
+        verdicts = _compare(cells, ours, base)
+        if not any(verdicts.values()):
+            continue
+        said = [f"{verdict} on {', '.join(rows)}" for verdict, rows in verdicts.items() if rows]
+        sentences.append(f"{what}, encoder M_GT points: {'; '.join(said)}.")
+    return " ".join(sentences) if sentences else None
+
+
+def render(report: Report, results: dict[str, Any]) -> str:
+    """The section's markdown: the command, the tables, the claims."""
+    config = results["config"]
+    lines = [
+        "```bash",
+        report.command,
+        "```",
+        "",
+        f"{len(results['rows'])} runs, {config['wall_seconds'] / 60:.0f} minutes of wall time on 2 CPU cores; "
+        f"{seeds_sentence(config)}.",
+        "",
+        "```",
+        format_table(results),
+        "```",
+        "",
+        *[f"- {paragraph}" for paragraph in claims(results)],
+    ]
+    return "\n".join(lines)
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- lrb-report {name} -->", f"<!-- /lrb-report {name} -->"
+
+
+def updated_page(text: str, report: Report, section: str) -> str:
+    """``text`` with ``report``'s section replaced by ``section`` (ValueError when its markers are missing)."""
+    start, end = _markers(report.name)
+    pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"the page has no {start} ... {end} section; add the two markers where it goes")
+    return pattern.sub(lambda _: f"{start}\n{section}\n{end}", text, count=1)
+
+
+def stale_pages(root: Path, write: bool) -> list[str]:
+    """The pages whose generated sections differ from their results (rewritten when ``write``)."""
+    stale = []
+    for report in REPORTS:
+        results = json.loads((root / report.results).read_text())
+        section = render(report, results)
+        for page in report.pages:
+            path = root / page
+            text = path.read_text()
+            new = updated_page(text, report, section)
+            if new != text:
+                stale.append(f"{page} ({report.name})")
+                if write:
+                    path.write_text(new)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="the repository root (default: here)")
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 when a page is stale")
+    args = parser.parse_args(argv)
+    stale = stale_pages(args.root, write=not args.check)
+    for page in stale:
+        print(f"{'stale' if args.check else 'rewrote'}: {page}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
