@@ -256,20 +256,26 @@ def test_a_committed_table_was_made_with_its_preset_as_it_is_and_has_every_row(n
     the rows it selected is accepted (same settings) and trains nothing (no row of the selection missing)."""
     from pathlib import Path
 
-    from sdl_anchor.eval.lrb_table import run_lrb_bench
+    from sdl_anchor.eval.lrb_table import _jobs, _row_key, resolve_preset, run_lrb_bench
 
     committed = json.loads((Path(__file__).parents[1] / f"docs/assets/{name}/results.json").read_text())
     rows = committed["rows"]
+    preset = resolve_preset(committed["config"]["name"])
     methods = tuple(dict.fromkeys(r["method"] for r in rows))
     ks = tuple(dict.fromkeys(r["k"] for r in rows if r["method"] == "topk")) or None
+    interference = tuple(dict.fromkeys(r["interference"] for r in rows))
+    seeds = tuple(committed["config"]["seeds"])
+    # every run of the selection is there (checked first: a resume would train what is missing)
+    jobs = _jobs(preset, methods, ks, preset.default_columns(), interference, seeds)
+    assert sorted(map(str, jobs)) == sorted(str(_row_key(r)) for r in rows)
     resumed = run_lrb_bench(
-        committed["config"]["name"],
+        preset,
         previous=committed,
         progress=False,
         methods=methods,
         ks=ks,
-        interference=tuple(dict.fromkeys(r["interference"] for r in rows)),
-        seeds=tuple(committed["config"]["seeds"]),
+        interference=interference,
+        seeds=seeds,
     )
     assert len(resumed["rows"]) == len(rows)
     assert resumed["config"]["wall_seconds"] == pytest.approx(committed["config"]["wall_seconds"], abs=5)
