@@ -79,7 +79,10 @@ def claims(results: dict[str, Any]) -> list[str]:
     for key in dict.fromkeys(cell_key(c) for c in cells):
         mode, method, k = key
         mine = {column_key(c): c for c in cells if cell_key(c) == key}
-        parts = [f"**{row_label(method, k)}, {mode} interference.**"]
+        seeds = sorted({seed for cell in mine.values() for seed in cell["seeds"]})
+        parts = [
+            f"**{row_label(method, k)}, {mode} interference** (seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}):"
+        ]
         plain = mine.get(("plain", "none"))
         if plain is not None:
             parts.append(f"Stock SAELens (AuxK on): {_describe(plain)}.")
