@@ -68,24 +68,24 @@ def degenerate_reasons(row: dict[str, Any], plain: dict[str, Any] | None) -> lis
     return reasons
 
 
-def flag_degenerate(row: dict[str, Any], rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """``row`` with ``degenerate``, ``degenerate_reasons`` and ``compared_with_plain`` set, against the
-    plain row of its seed in ``rows``."""
-    plain = next(
-        (
-            r
-            for r in rows
-            if is_plain(r) and cell_key(r) == cell_key(row) and r.get("seed") == row.get("seed")
-        ),
-        None,
-    )
-    reasons = degenerate_reasons(row, plain)
-    return {
-        **row,
-        "degenerate": bool(reasons),
-        "degenerate_reasons": reasons,
-        "compared_with_plain": plain is not None or is_plain(row),
-    }
+def flag_degenerate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row with ``degenerate``, ``degenerate_reasons`` and ``compared_with_plain`` set, each against the
+    plain row of its seed and table row among ``rows``. The flags are derived afresh each time, so a plain
+    row that ran after its siblings (a resume that adds it) is taken into account."""
+    plains = {(*cell_key(r), r.get("seed")): r for r in rows if is_plain(r)}
+    flagged = []
+    for row in rows:
+        plain = plains.get((*cell_key(row), row.get("seed")))
+        reasons = degenerate_reasons(row, plain)
+        flagged.append(
+            {
+                **row,
+                "degenerate": bool(reasons),
+                "degenerate_reasons": reasons,
+                "compared_with_plain": plain is not None,
+            }
+        )
+    return flagged
 
 
 def held_out_seeds(seeds: Iterable[int]) -> list[int]:

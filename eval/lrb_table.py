@@ -259,9 +259,10 @@ def run_lrb_bench(
 
     def results() -> dict[str, Any]:
         wall = earlier_seconds + time.perf_counter() - started_all
+        flagged = flag_degenerate(rows)
         return {
-            "rows": rows,
-            "aggregate": aggregate(rows, config["seeds"]),
+            "rows": flagged,
+            "aggregate": aggregate(flagged, config["seeds"]),
             "config": {**config, "benches": benches, "wall_seconds": wall},
         }
 
@@ -281,10 +282,11 @@ def run_lrb_bench(
             }
         bench, dataset, anchors = prepared[mode, kind, run_seed]
         bar.set_postfix_str(f"{row_label(method, k, strategy)} {variant} seed {run_seed}")
-        row = _train_and_score(
-            preset, bench, dataset, anchors, mode, method, k, strategy, variant, run_seed, device
+        rows.append(
+            _train_and_score(
+                preset, bench, dataset, anchors, mode, method, k, strategy, variant, run_seed, device
+            )
         )
-        rows.append(flag_degenerate(row, rows))
         if on_row is not None:
             on_row(results())
     return results()
@@ -457,7 +459,7 @@ def short_column_name(variant: str, strategy: str) -> str:
     return _column_name("self" if variant == "self_anchored" else variant, strategy)
 
 
-def _mean_std(cell: dict[str, Any], metric: str, scale: float = 1.0, digits: int = 1) -> str:
+def _format_mean_std(cell: dict[str, Any], metric: str, scale: float = 1.0, digits: int = 1) -> str:
     mean, std = cell[f"{metric}_mean"], cell[f"{metric}_std"]
     text = f"{scale * mean:.{digits}f}"
     return text if std is None else f"{text}±{scale * std:.{digits}f}"
@@ -502,7 +504,7 @@ def format_table(results: dict[str, Any]) -> str:
     for mode, method, k in dict.fromkeys(cell_key(c) for c in cells):
         mine = {column_key(c): c for c in cells if cell_key(c) == (mode, method, k)}
         shown = [
-            f"{_mean_std(mine[c], 'M_GT', 100) + _flags(mine[c]):>15}" if c in mine else f"{'-':>15}"
+            f"{_format_mean_std(mine[c], 'M_GT', 100) + _flags(mine[c]):>15}" if c in mine else f"{'-':>15}"
             for c in columns
         ]
         lines.append(
@@ -544,15 +546,15 @@ def format_metrics(results: dict[str, Any]) -> str:
     ]
     for cell in cells:
         values = (
-            _mean_std(cell, "M_GT", 100),
-            _mean_std(cell, "M_GT_live", 100),
-            _mean_std(cell, "M_IP", 1, 3),
-            _mean_std(cell, "M_GT_dec", 100),
-            _mean_std(cell, "MCC", 1, 3),
-            _mean_std(cell, "fvu", 1, 3),
-            _mean_std(cell, "l0", 1, 1),
-            _mean_std(cell, "dead_fraction", 100),
-            _mean_std(cell, "train_seconds", 1, 0),
+            _format_mean_std(cell, "M_GT", 100),
+            _format_mean_std(cell, "M_GT_live", 100),
+            _format_mean_std(cell, "M_IP", 1, 3),
+            _format_mean_std(cell, "M_GT_dec", 100),
+            _format_mean_std(cell, "MCC", 1, 3),
+            _format_mean_std(cell, "fvu", 1, 3),
+            _format_mean_std(cell, "l0", 1, 1),
+            _format_mean_std(cell, "dead_fraction", 100),
+            _format_mean_std(cell, "train_seconds", 1, 0),
         )
         note = "degenerate" if cell["degenerate"] else ""
         if "goal" in cell:

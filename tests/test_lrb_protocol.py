@@ -132,24 +132,24 @@ def test_degenerate_cells_are_planted_and_found():
     # a TopK coder's L0 is its k, above 3x the data's: only an L0 above k counts
     assert degenerate_reasons(_row(method="topk", k=32, l0=32.0), plain) == []
     assert degenerate_reasons(_row(method="batchtopk", k=32, l0=40.0), plain)
-    flagged = flag_degenerate(lost, [plain, _row(variant="plain", seed=2, M_GT_dec=0.0)])
+    flagged = flag_degenerate([lost, plain, _row(variant="plain", seed=2, M_GT_dec=0.0)])[0]
     assert flagged["degenerate"] and flagged["compared_with_plain"]
-    alone = flag_degenerate(lost, [])
+    (alone,) = flag_degenerate([lost])
     assert not alone["degenerate"] and not alone["compared_with_plain"]
+    # a plain row that ran after its sibling (a resume that adds it) still flags the sibling
+    assert flag_degenerate([lost, plain])[0]["degenerate"]
 
 
 def test_the_aggregate_leaves_out_the_development_seed_and_reports_spread():
-    rows = [
-        flag_degenerate(row, [])
-        for row in (
+    rows = flag_degenerate(
+        [
             _row(variant="plain", seed=0, M_GT=0.9),
             _row(variant="plain", seed=1, M_GT=0.2),
             _row(variant="plain", seed=2, M_GT=0.4),
             _row(seed=1, l0=19.0, M_GT=0.6),
             _row(seed=2, l0=31.0, M_GT=0.8),
-        )
-    ]
-    rows = [flag_degenerate(r, rows) for r in rows]
+        ]
+    )
     cells = {c["variant"]: c for c in aggregate(rows, [0, 1, 2])}
     assert cells["plain"]["seeds"] == [1, 2] and cells["plain"]["M_GT_mean"] == pytest.approx(0.3)
     assert cells["plain"]["M_GT_std"] == pytest.approx(0.1414, abs=1e-4)  # sample std (ddof 1)
