@@ -13,6 +13,8 @@ warm-up, as a median of repeats (CUDA-synchronised on a GPU), because these mach
 2. ``coder``: transcoder and crosscoder steps against a stock SAELens SAE with the same latent count.
 3. ``sampling`` / ``feed``: LRB sampling against SAELens's ``ActivationGenerator`` + ``FeatureDictionary``
    (higher is better), and drawing one LRB batch against the SAE training step it feeds.
+   ``synth_sampling``: our SynthSAEBench sampler against SAELens's ``SyntheticModel.sample`` on
+   SynthSAEBench-16k (built once and cached; higher is better).
 4. ``resampling``: one resampling event against one training step at ``d_sae = 16,384``, and the default
    schedule's events amortised over a run.
 5. ``absorption``: our first-letter audit against SAEBench's on the same model and SAE (needs a Python with
@@ -47,6 +49,7 @@ SECTIONS = (
     "coder",
     "transcoder_set",
     "sampling",
+    "synth_sampling",
     "feed",
     "resampling",
     "absorption",
@@ -62,6 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "coder": {"d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 10, "n_sources": 2},
         "transcoder_set": {"n_layers": 4, "d_model": 128, "n_ctx": 64, "d_sae": 512, "k": 16, "training_tokens": 32_768},
         "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 5},
+        "synth_sampling": {"num_features": 16_384, "hidden_dim": 768, "batch_size": 1024, "repeats": 5},
         "feed": {"n_features": 4096, "d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 5},
         "resampling": {"d_in": 256, "d_sae": 16_384, "batch_size": 4096, "steps": 3, "total_steps": 10_000},
         "absorption": {"preset": "realistic"},
@@ -72,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sparse": {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 4096, "steps": 30},
         "coder": {"d": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 50, "n_sources": 2},
         "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 20},
+        "synth_sampling": {"num_features": 16_384, "hidden_dim": 768, "batch_size": 1024, "repeats": 20},
         "feed": {"n_features": 16_384, "d": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 20},
         "resampling": {"d_in": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 20, "total_steps": 10_000},
         "absorption": {"preset": "realistic"},
@@ -90,6 +95,7 @@ TARGETS = {
     "transcoder_set_time": 0.6,  # a set of L layers: well under the wall time of L single-layer runs
     "crosscoder_per_flop": 1.05,  # n_sources times the FLOPs: at most that many times the time
     "sampling": 5.0,
+    "synth_sampling": 10.0,  # issue 33: at least 10x SAELens's generator on the same model
     "feed": 0.10,
     "resampling_amortised": 0.01,
     "absorption": 5.0,
@@ -210,6 +216,18 @@ def sampling_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
     name = f"LRB sampling vs SAELens generator (n={row['n_features']}, d={row['d']}, S={row['sparsity']})"
     details = {k: v for k, v in row.items() if k != "ratio"}
     return [_row(name, "sampling", row["ratio"], TARGETS["sampling"], "higher", **details)]
+
+
+def synth_sampling_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    from sdl_anchor.eval.synth_throughput import measure_synth_generator
+
+    row = measure_synth_generator(**preset, device=device)
+    name = (
+        f"SynthSAEBench generator: ours vs SAELens's (n={row['num_features']}, d={row['hidden_dim']}, "
+        f"batch {row['batch_size']})"
+    )
+    details = {k: v for k, v in row.items() if k != "ratio"}
+    return [_row(name, "synth_sampling", row["ratio"], TARGETS["synth_sampling"], "higher", **details)]
 
 
 def feed_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
@@ -392,6 +410,7 @@ def run_perf(
         "coder": coder_rows,
         "transcoder_set": transcoder_set_rows,
         "sampling": sampling_rows,
+        "synth_sampling": synth_sampling_rows,
         "feed": feed_rows,
         "resampling": resampling_rows,
         "hardware": hardware_rows,

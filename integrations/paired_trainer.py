@@ -4,7 +4,9 @@ A data provider may yield ``x`` (SAEs) or ``(x_in, x_out)`` pairs (transcoders).
 hands ``x_out`` to the coder (``set_training_target``) and runs SAELens's own step on ``x_in``; logging,
 schedulers, coefficient warm-ups, dead-latent counts, checkpoints and W&B are SAELens's, unchanged.
 After each step an ``aligned_encoder`` coder re-ties its encoder to its decoder
-(:meth:`~sdl_anchor.integrations.anchor_mixin.AnchoredMixin.align_encoder_`). Two additions: SAELens's
+(:meth:`~sdl_anchor.integrations.anchor_mixin.AnchoredMixin.align_encoder_`), and each of
+``step_callbacks`` is called with the trainer and the step's output (e.g. the L0 controller of
+:mod:`sdl_anchor.integrations.l0_control`). Two additions: SAELens's
 Adam runs as torch's fused Adam (the same update, in one kernel), and a NaN or
 infinite loss stops training with :class:`NonFiniteLossError`, naming the step and the last checkpoint
 written before it (checked after every step on the CPU; on a GPU a device-side flag is read every
@@ -14,6 +16,7 @@ round trips; no checkpoint is ever written after the loss went bad).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,7 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
         use_fused_adam(self.optimizer)
         self._first_nonfinite_step = torch.zeros((), dtype=torch.long, device=self.cfg.device)
         self.last_checkpoint: Path | None = None
+        self.step_callbacks: list[Callable[[PairedSAETrainer, TrainStepOutput], None]] = []
 
     def step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> TrainStepOutput:
         if isinstance(batch, (tuple, list)):
@@ -74,6 +78,8 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
         self.after_step(output)
         if getattr(self.sae.cfg, "aligned_encoder", False):
             self.sae.align_encoder_()  # the aligned-encoder baseline's hard tie, after the optimizer's step
+        for callback in self.step_callbacks:
+            callback(self, output)
         return output
 
     def before_step(self) -> None:

@@ -51,7 +51,9 @@ class SparseSample:
     num_features: int
 
     def dense(self) -> torch.Tensor:
-        out = torch.zeros(self.batch_size, self.num_features, dtype=self.values.dtype, device=self.values.device)
+        out = torch.zeros(
+            self.batch_size, self.num_features, dtype=self.values.dtype, device=self.values.device
+        )
         out[self.rows, self.features] = self.values
         return out
 
@@ -155,7 +157,7 @@ class FastSyntheticSampler:
         while self.hierarchy is not None and rows.numel():
             rows, features, values = self._children(eps, rows, features, values)
             parts.append((rows, features, values))
-        rows, features, values = (torch.cat(column) for column in zip(*parts))
+        rows, features, values = (torch.cat(column) for column in zip(*parts, strict=True))
         order = torch.argsort(rows * self.num_features + features)
         return SparseSample(rows[order], features[order], values[order], batch_size, self.num_features)
 
@@ -182,7 +184,9 @@ class FastSyntheticSampler:
         keep = values > 0
         return rows[keep], features[keep], values[keep]
 
-    def _fires(self, eps_rows: torch.Tensor, common: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor:
+    def _fires(
+        self, eps_rows: torch.Tensor, common: torch.Tensor | None, features: torch.Tensor
+    ) -> torch.Tensor:
         """Exact copula test ``u + s * eta > t`` for the given (row, feature) entries."""
         if common is None:
             common = (eps_rows * self.factor[features]).sum(dim=1)
@@ -231,7 +235,10 @@ class FastSyntheticSampler:
         magnitude = (self.mean[child_features] + noise * self.std[child_features]).relu()
         active = magnitude > 0
         slot, child_rows, child_features, magnitude = (
-            slot[active], child_rows[active], child_features[active], magnitude[active]
+            slot[active],
+            child_rows[active],
+            child_features[active],
+            magnitude[active],
         )
         parents = features[slot]
         exclusive = h.exclusive[parents]
@@ -241,9 +248,15 @@ class FastSyntheticSampler:
             best.scatter_reduce_(0, slot[exclusive], score[exclusive], reduce="amax")
             keep = ~exclusive | (score >= best[slot])
             slot, child_rows, child_features, magnitude, parents = (
-                slot[keep], child_rows[keep], child_features[keep], magnitude[keep], parents[keep]
+                slot[keep],
+                child_rows[keep],
+                child_features[keep],
+                magnitude[keep],
+                parents[keep],
             )
-        scale = torch.where(h.rescales[parents], values[slot] / self.mean[parents], torch.ones_like(magnitude))
+        scale = torch.where(
+            h.rescales[parents], values[slot] / self.mean[parents], torch.ones_like(magnitude)
+        )
         return child_rows, child_features, magnitude * scale
 
 

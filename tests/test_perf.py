@@ -24,6 +24,7 @@ TINY = {
         "training_tokens": 2048,
     },
     "sampling": {"n_features": 256, "d": 32, "sparsity": 0.99, "batch_size": 64, "repeats": 2},
+    "synth_sampling": {"num_features": 256, "hidden_dim": 32, "batch_size": 64, "repeats": 2},
     "feed": {"n_features": 256, "d": 32, "d_sae": 64, "batch_size": 64, "steps": 2},
     "resampling": {"d_in": 16, "d_sae": 256, "batch_size": 64, "steps": 2, "total_steps": 1000},
     "absorption": {"preset": "toy"},
@@ -38,6 +39,7 @@ def tiny_results(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("perf_cwd")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
+        patch.setenv("SDL_ANCHOR_CACHE", str(tmp_path_factory.mktemp("perf_cache")))
         results = run_perf(TINY)
     assert list(cwd.iterdir()) == []  # timing writes nothing where it runs (SAELens's default ./output)
     return results
@@ -63,6 +65,7 @@ def test_every_section_reports_rows_that_keep_the_contract(tiny_results):
         "coder": 8,
         "transcoder_set": 2,
         "sampling": 1,
+        "synth_sampling": 1,
         "feed": 1,
         "resampling": 2,
         "absorption": 0,
@@ -82,6 +85,9 @@ def test_ratios_are_the_ratios_of_their_own_timings(tiny_results):
         by_section.setdefault(row["section"], []).append(row)
     sampling = by_section["sampling"][0]
     assert sampling["ratio"] == pytest.approx(sampling["sae_lens_seconds"] / sampling["lrb_seconds"])
+    synth = by_section["synth_sampling"][0]
+    assert synth["ratio"] == pytest.approx(synth["saelens_seconds"] / synth["ours_seconds"])
+    assert "synth" in synth["name"].lower() and "generator" in synth["name"].lower()
     feed = by_section["feed"][0]
     assert feed["ratio"] == pytest.approx(feed["generation_seconds"] / feed["step_seconds"])
     for row in by_section["resampling"]:  # 4 default events over the 1000-step run

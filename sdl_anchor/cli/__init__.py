@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {
             ("bench", "lrb"): bench.bench_lrb,
             ("bench", "perf"): bench.bench_perf,
+            ("bench", "synth"): bench.bench_synth,
             ("audit", "absorption"): audit.audit_absorption,
             ("export", "circuit-tracer"): export.export_circuit_tracer,
         }

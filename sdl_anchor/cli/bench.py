@@ -1,5 +1,5 @@
-"""``sdl-anchor bench lrb`` (:mod:`sdl_anchor.eval.lrb_table`) and ``sdl-anchor bench perf``
-(:mod:`sdl_anchor.eval.perf`)."""
+"""``sdl-anchor bench lrb`` (:mod:`sdl_anchor.eval.lrb_table`), ``sdl-anchor bench synth``
+(:mod:`sdl_anchor.eval.synth_bench`) and ``sdl-anchor bench perf`` (:mod:`sdl_anchor.eval.perf`)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def add_parsers(commands: Any) -> None:
     )
     lrb.add_argument("--no-progress", action="store_true", help="hide progress bars")
     lrb.add_argument("--wandb-project", help=WANDB_HELP)
+    _add_synth_parser(bench)
     perf = bench.add_parser(
         "perf",
         help="the performance suite: our steps, sampling, resampling and audit against their baselines",
@@ -102,7 +103,7 @@ def add_parsers(commands: Any) -> None:
         "--sections",
         type=csv_list,
         default=None,
-        help="comma-separated subset of anchor,sparse,coder,transcoder_set,sampling,feed,resampling,absorption,hardware,autocast,"
+        help="comma-separated subset of anchor,sparse,coder,transcoder_set,sampling,synth_sampling,feed,resampling,absorption,hardware,autocast,"
         "compile",
     )
     perf.add_argument(
@@ -111,6 +112,93 @@ def add_parsers(commands: Any) -> None:
         help="python of a virtual environment with sae-bench==0.6.0, for the absorption row",
     )
     perf.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
+
+def _add_synth_parser(bench: Any) -> None:
+    from sdl_anchor.eval.synth_presets import METHODS, PRESETS, VARIANTS
+
+    synth = bench.add_parser(
+        "synth",
+        help="stock SAELens against our variants on SynthSAEBench-16k, scored by SAELens's evaluator",
+        description="Build SynthSAEBench-16k from its documented configuration (cached), train stock SAELens "
+        "and our variants at matched L0, score each SAE with SAELens's eval_sae_on_synthetic_data, and write "
+        "results.json, table.txt, mcc_f1_vs_l0.png and the SAEs (SAELens's format) under --out.",
+    )
+    synth.add_argument(
+        "--preset",
+        default="synth-cpu",
+        choices=list(PRESETS),
+        help="smoke: seconds, a small model of the same family; synth-cpu (default): the 16k model, a small "
+        "budget for 2 CPU cores; synth: the published protocol (200M samples), for a GPU",
+    )
+    synth.add_argument("--out", type=Path, default=None, help="output folder (default: runs/synth-PRESET)")
+    synth.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    synth.add_argument(
+        "--methods", type=csv_list, default=None, help=f"comma-separated subset of {','.join(METHODS)}"
+    )
+    synth.add_argument(
+        "--variants", type=csv_list, default=None, help=f"comma-separated subset of {','.join(VARIANTS)}"
+    )
+    synth.add_argument("--l0", type=int_list, default=None, help="comma-separated L0 targets (default 25,20)")
+    synth.add_argument(
+        "--model-seeds",
+        type=int_list,
+        default=None,
+        help="comma-separated SynthSAEBench model seeds (42 is the published model and the development seed)",
+    )
+    synth.add_argument("--samples", type=int, default=None, help="override the training samples per SAE")
+    synth.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where built models are cached (default: $SDL_ANCHOR_CACHE/synth or ~/.cache/sdl-anchor/synth)",
+    )
+    synth.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    synth.add_argument(
+        "--resume", action="store_true", help="keep the rows already in --out/results.json and run the rest"
+    )
+    synth.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def bench_synth(args: argparse.Namespace) -> int:
+    from sdl_anchor.eval.synth_bench import format_comparisons, format_table, run_synth_bench, write_results
+    from sdl_anchor.io import read_json, write_json
+
+    out = args.out if args.out is not None else Path("runs") / f"synth-{args.preset}"
+    check_output_folder(out)
+    if args.cache_dir is not None:
+        check_output_folder(args.cache_dir, "--cache-dir")
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite and --resume contradict each other; pass one")
+    previous = None
+    if (out / "results.json").exists():
+        if args.resume:
+            previous = read_json(out / "results.json", "bench synth results")
+        elif not args.overwrite:
+            raise ValueError(
+                f"{out / 'results.json'} already exists; pass --resume to finish it, --overwrite to replace it, "
+                "or choose another --out"
+            )
+    results = run_synth_bench(
+        args.preset,
+        device=args.device,
+        methods=args.methods,
+        variants=args.variants,
+        l0_targets=args.l0,
+        model_seeds=args.model_seeds,
+        training_samples=args.samples,
+        out=out,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        previous=previous,
+        on_row=lambda partial: write_json(out / "results.json", partial),
+    )
+    print(format_table(results))
+    print()
+    print(format_comparisons(results))
+    for path in write_results(results, out):
+        print(f"wrote {path}")
+    return 0
 
 
 def bench_lrb(args: argparse.Namespace) -> int:

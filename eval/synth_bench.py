@@ -1,0 +1,533 @@
+"""``sdl-anchor bench synth``: stock SAELens against our variants on SynthSAEBench-16k, judged by SAELens's
+own evaluator (:func:`sae_lens.synthetic.eval_sae_on_synthetic_data`), not by our metric.
+
+For each model seed (42, the published model, is the development seed; others are held out), method, L0
+target and variant (:data:`~sdl_anchor.eval.synth_presets.VARIANTS`), one SAE of width 4,096 trains through
+SAELens's ``SAETrainer`` (our subclass adds only the resampling events, the aligned-encoder tie and the L0
+controller's callback) on data from :class:`~sdl_anchor.integrations.synth_sampler.FastSyntheticSampler`;
+every variant of a (model seed, method, L0) cell sees the same samples. Each SAE is saved in SAELens's
+format and scored:
+
+- by ``eval_sae_on_synthetic_data`` on fresh samples: decoder MCC (Hungarian), F1 / precision / recall of
+  each latent as a detector of its best-matching feature, uniqueness, explained variance, L0, dead latents,
+  shrinkage; these are the table's numbers, as the evaluator computes them, for every row;
+- and without the anchor features (``*_without_anchors``): the 100 anchor features leave the ground truth and
+  the latents a Hungarian matching pairs with them leave the SAE (for an anchored SAE, its anchored latents;
+  for any other, the latents that represent those features), then SAELens's own
+  ``mean_correlation_coefficient``, ``feature_uniqueness`` and ``ClassificationMetricsCalculator`` score what
+  is left. The evaluator cannot exclude features, and an anchored SAE's anchored latents are given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.registry import get_sae_training_class
+from sae_lens.synthetic import SyntheticModel, eval_sae_on_synthetic_data
+from sae_lens.synthetic.evals import (
+    ClassificationMetricsCalculator,
+    feature_uniqueness,
+    mean_correlation_coefficient,
+)
+from scipy.optimize import linear_sum_assignment
+
+from sdl_anchor.anchoring import AnchorSet
+from sdl_anchor.eval.synth_presets import (
+    DEV_MODEL_SEED,
+    K_METHODS,
+    METHODS,
+    PRESETS,
+    PUBLISHED_KEYS,
+    PUBLISHED_L0_25,
+    PUBLISHED_SAMPLES,
+    VARIANTS,
+    SynthPreset,
+)
+from sdl_anchor.integrations.compat import quiet_trainer
+from sdl_anchor.integrations.l0_control import COEFFICIENT_NAMES, L0Controller
+from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+from sdl_anchor.integrations.synth_sampler import FastActivationGenerator, FastSyntheticSampler
+from sdl_anchor.integrations.synthsaebench import load_or_build_model, synthsaebench_16k_config
+from sdl_anchor.resampling import ResamplingConfig
+
+INITIAL_COEFFICIENT = {"standard": 1.0, "jumprelu": 1.0}  # where the L0 controller starts
+EVAL_SEED_OFFSET = 1_000_003  # evaluation samples are drawn apart from the training stream
+SCORE_BATCH = 1024
+
+
+def resolve_preset(preset: SynthPreset | str) -> SynthPreset:
+    if isinstance(preset, SynthPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+def choose_anchors(model: SyntheticModel, preset: SynthPreset, model_seed: int) -> AnchorSet:
+    """``preset.n_anchors`` features drawn uniformly from the ``anchor_pool`` most frequent (seeded by the
+    model seed), their ground-truth directions as anchors."""
+    probabilities = model.activation_generator.firing_probabilities
+    pool = torch.argsort(probabilities, descending=True, stable=True)[: preset.anchor_pool]
+    generator = torch.Generator().manual_seed(model_seed)
+    chosen = pool[torch.randperm(pool.numel(), generator=generator)[: preset.n_anchors]].sort().values
+    directions = model.feature_dict.feature_vectors.detach()[chosen]
+    return AnchorSet(directions, indices=chosen)
+
+
+def build_sae(preset: SynthPreset, method: str, variant: str, target_l0: int, device: str) -> Any:
+    """A fresh SAELens TrainingSAE: SAELens's own class for ``stock`` and ``theory``, ours otherwise."""
+    anchored, _, aligned = VARIANTS[variant]
+    architecture = f"anchored_{method}" if (anchored or aligned) else method
+    settings: dict[str, Any] = {"d_in": preset.hidden_dim, "d_sae": preset.d_sae, "device": device}
+    if method in K_METHODS:
+        settings["k"] = target_l0
+    if method == "matryoshka_batchtopk":
+        settings["matryoshka_widths"] = list(preset.matryoshka_widths)
+    if method == "standard":
+        settings["l1_coefficient"] = INITIAL_COEFFICIENT["standard"]
+    if method == "jumprelu":
+        settings["l0_coefficient"] = INITIAL_COEFFICIENT["jumprelu"]
+    if anchored:
+        settings.update(anchor_coefficient=preset.anchor_coefficient, anchor_init=True)
+    if aligned:
+        settings["aligned_encoder"] = True
+    sae_class, config_class = get_sae_training_class(architecture)
+    return sae_class(config_class(**settings))
+
+
+def _stream(sampler: FastSyntheticSampler, batch_size: int) -> Any:
+    while True:
+        yield sampler.sample(batch_size)
+
+
+def train_sae(
+    sae: Any,
+    model: SyntheticModel,
+    preset: SynthPreset,
+    method: str,
+    variant: str,
+    target_l0: int,
+    data_seed: int,
+    device: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train ``sae`` on ``preset.training_samples`` samples (seed ``data_seed``); returns training facts."""
+    _, theory, _ = VARIANTS[variant]
+    n_steps = preset.n_steps
+    config = SAETrainerConfig(
+        total_training_samples=n_steps * preset.batch_size,
+        train_batch_size_samples=preset.batch_size,
+        lr=preset.lr,
+        lr_end=preset.lr,
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=0,
+        lr_decay_steps=0,
+        device=device,
+        autocast=False,
+        dead_feature_window=max(1, n_steps // preset.dead_window_fraction),
+        feature_sampling_window=max(1, min(2000, n_steps)),
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=10,
+    )
+    sampler = FastSyntheticSampler(model, seed=data_seed)
+    provider = _stream(sampler, preset.batch_size)
+    if theory:
+        trainer: PairedSAETrainer = ResamplingSAETrainer(
+            cfg=config,
+            sae=sae,
+            data_provider=provider,
+            resampling=ResamplingConfig(strategy="theory", seed=data_seed),
+        )
+    else:
+        trainer = PairedSAETrainer(cfg=config, sae=sae, data_provider=provider)
+    controller = None
+    if method in COEFFICIENT_NAMES:
+        controller = L0Controller(target=target_l0, coefficient=COEFFICIENT_NAMES[method])
+        trainer.step_callbacks.append(controller)
+    torch.manual_seed(data_seed)
+    started = time.perf_counter()
+    if progress:
+        trainer.fit()
+    else:
+        with quiet_trainer():
+            trainer.fit()
+    facts: dict[str, Any] = {"train_seconds": round(time.perf_counter() - started, 1), "n_steps": n_steps}
+    if controller is not None and controller.last is not None:
+        facts["final_coefficient"] = controller.last[2]
+        facts["final_batch_l0"] = controller.last[1]
+    if isinstance(trainer, ResamplingSAETrainer):
+        facts["resampling_events"] = len(trainer.resample_log)
+    return facts
+
+
+def _anchor_latents(decoder: torch.Tensor, gt_anchor_directions: torch.Tensor) -> torch.Tensor:
+    """The latents a Hungarian matching (by |cosine|) pairs with the anchor features."""
+    cosine = (gt_anchor_directions / gt_anchor_directions.norm(dim=1, keepdim=True)) @ (
+        decoder / decoder.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    ).T
+    _, latents = linear_sum_assignment(-cosine.abs().cpu().numpy())
+    return torch.as_tensor(latents, dtype=torch.long)
+
+
+@torch.no_grad()
+def score_sae(
+    sae: Any, model: SyntheticModel, anchors: AnchorSet, n_samples: int, eval_seed: int
+) -> dict[str, Any]:
+    """SAELens's evaluator on ``n_samples`` fresh samples, and the same metrics without the anchor features."""
+    generator = FastActivationGenerator(model, seed=eval_seed)
+    result = eval_sae_on_synthetic_data(
+        sae, model.feature_dict, generator, num_samples=n_samples, batch_size=SCORE_BATCH
+    )
+    scores: dict[str, Any] = {
+        "mcc": result.mcc,
+        "f1": result.classification.f1_score,
+        "precision": result.classification.precision,
+        "recall": result.classification.recall,
+        "uniqueness": result.uniqueness,
+        "explained_variance": result.explained_variance,
+        "l0": result.sae_l0,
+        "true_l0": result.true_l0,
+        "dead_latents": result.dead_latents,
+        "dead_fraction": result.dead_latents / sae.cfg.d_sae,
+        "shrinkage": result.shrinkage,
+    }
+    decoder = sae.W_dec.detach()
+    features = model.feature_dict.feature_vectors.detach()
+    keep_features = torch.ones(features.shape[0], dtype=torch.bool)
+    keep_features[anchors.indices] = False
+    keep_latents = torch.ones(decoder.shape[0], dtype=torch.bool)
+    keep_latents[_anchor_latents(decoder, features[anchors.indices])] = False
+    kept_decoder, kept_features = decoder[keep_latents], features[keep_features]
+    scores["mcc_without_anchors"] = mean_correlation_coefficient(kept_decoder, kept_features)
+    scores["uniqueness_without_anchors"] = feature_uniqueness(kept_decoder, kept_features)
+    calculator = ClassificationMetricsCalculator(kept_decoder, kept_features)
+    sampler = FastSyntheticSampler(model, seed=eval_seed)
+    sae.eval()
+    for start in range(0, n_samples, SCORE_BATCH):
+        codes = sampler.sample_codes(min(SCORE_BATCH, n_samples - start))
+        latents = sae.encode(sampler.hidden(codes))
+        calculator.add_batch(latents[:, keep_latents], codes.dense()[:, keep_features])
+    classification = calculator.compute()
+    scores["f1_without_anchors"] = classification.f1_score
+    scores["precision_without_anchors"] = classification.precision
+    scores["recall_without_anchors"] = classification.recall
+    return scores
+
+
+def _row_key(row: dict[str, Any]) -> tuple[int, str, int, str]:
+    return (row["model_seed"], row["method"], row["target_l0"], row["variant"])
+
+
+def _check_choices(values: tuple[Any, ...], allowed: tuple[Any, ...], what: str) -> None:
+    if not values:
+        raise ValueError(f"{what}: the selection is empty")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what}: {', '.join(map(str, values))} repeats an entry")
+    for value in values:
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(map(str, allowed))}")
+
+
+def run_synth_bench(
+    preset: SynthPreset | str = "synth-cpu",
+    *,
+    device: str = "cpu",
+    methods: tuple[str, ...] | None = None,
+    variants: tuple[str, ...] | None = None,
+    l0_targets: tuple[int, ...] | None = None,
+    model_seeds: tuple[int, ...] | None = None,
+    training_samples: int | None = None,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    previous: dict[str, Any] | None = None,
+    on_row: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """Train and score every (model seed, method, L0 target, variant) of the selection; returns results with
+    ``rows``, ``config`` and ``published``. Trained SAEs are saved under ``out/saes/`` when ``out`` is set."""
+    preset = resolve_preset(preset)
+    if training_samples is not None:
+        if training_samples < preset.batch_size:
+            raise ValueError(
+                f"--samples must be at least one batch ({preset.batch_size}), got {training_samples}"
+            )
+        preset = preset.with_samples(training_samples)
+    methods = tuple(methods or preset.methods)
+    variants = tuple(variants or preset.variants)
+    l0_targets = tuple(l0_targets or preset.l0_targets)
+    model_seeds = tuple(model_seeds or preset.model_seeds)
+    _check_choices(methods, METHODS, "method")
+    _check_choices(variants, tuple(VARIANTS), "variant")
+    _check_choices(model_seeds, model_seeds, "model seed")
+    _check_choices(l0_targets, l0_targets, "L0 target")
+    for target in l0_targets:
+        if isinstance(target, bool) or not isinstance(target, int) or not 0 < target < preset.d_sae:
+            raise ValueError(f"an L0 target must be an integer in (0, {preset.d_sae}), got {target!r}")
+    config = {
+        "preset": preset.name,
+        "description": preset.description,
+        **{
+            key: value
+            for key, value in dataclasses.asdict(preset).items()
+            if key not in ("name", "description", "model_seeds", "methods", "variants", "l0_targets")
+        },
+        "model_seeds": list(model_seeds),
+        "dev_model_seed": DEV_MODEL_SEED,
+        "methods": list(methods),
+        "variants": list(variants),
+        "l0_targets": list(l0_targets),
+        "n_steps": preset.n_steps,
+        "published_samples": PUBLISHED_SAMPLES,
+        "published_protocol": preset.published_protocol,
+        "budget_fraction": preset.training_samples / PUBLISHED_SAMPLES,
+        "device": device,
+        "data": "FastSyntheticSampler (SAELens's distribution, tested); evaluation by eval_sae_on_synthetic_data",
+    }
+    config = json.loads(json.dumps(config))  # as results.json holds it (lists, not tuples)
+    rows: list[dict[str, Any]] = []
+    if previous is not None:
+        _check_resumable(previous, config)
+        rows = list(previous["rows"])
+    done = {_row_key(row) for row in rows}
+    models: dict[int, dict[str, Any]] = {}
+
+    def results() -> dict[str, Any]:
+        return {
+            "rows": rows,
+            "config": config,
+            "models": models,
+            "published": {
+                "l0": 25,
+                "samples": PUBLISHED_SAMPLES,
+                "keys": list(PUBLISHED_KEYS),
+                "values": {
+                    method: dict(zip(PUBLISHED_KEYS, PUBLISHED_L0_25[method], strict=True))
+                    for method in methods
+                },
+            },
+        }
+
+    for model_seed in model_seeds:
+        model_config = synthsaebench_16k_config(model_seed, preset.num_features, preset.hidden_dim)
+        model, record = load_or_build_model(model_config, cache_dir=cache_dir, show_progress=progress)
+        models[model_seed] = record
+        anchors = choose_anchors(model, preset, model_seed)
+        for method in methods:
+            for target in l0_targets:
+                for variant in variants:
+                    key = (model_seed, method, target, variant)
+                    if key in done:
+                        continue
+                    data_seed = model_seed * 1000 + target
+                    torch.manual_seed(data_seed)
+                    sae = build_sae(preset, method, variant, target, device)
+                    if VARIANTS[variant][0]:
+                        sae.set_anchors(anchors)
+                    facts = train_sae(
+                        sae, model, preset, method, variant, target, data_seed, device, progress
+                    )
+                    scores = score_sae(sae, model, anchors, preset.eval_samples, data_seed + EVAL_SEED_OFFSET)
+                    row = {
+                        "model_seed": model_seed,
+                        "held_out": model_seed != DEV_MODEL_SEED,
+                        "method": method,
+                        "target_l0": target,
+                        "variant": variant,
+                        "anchored": VARIANTS[variant][0],
+                        "resampling": "theory" if VARIANTS[variant][1] else "none",
+                        "ground_truth_used": VARIANTS[variant][0],
+                        "training_samples": preset.training_samples,
+                        "eval_samples": preset.eval_samples,
+                        **facts,
+                        **scores,
+                        "anchor_features": anchors.indices.tolist(),
+                    }
+                    if out is not None:
+                        folder = Path(out) / "saes" / f"seed{model_seed}-{method}-l0{target}-{variant}"
+                        sae.save_inference_model(str(folder))
+                        row["saved_to"] = str(folder.relative_to(out))
+                    rows.append(row)
+                    if on_row is not None:
+                        on_row(results())
+    return results()
+
+
+def _check_resumable(previous: dict[str, Any], config: dict[str, Any]) -> None:
+    old = previous.get("config")
+    if not isinstance(old, dict) or not isinstance(previous.get("rows"), list):
+        raise ValueError("the results to resume are malformed (no config or rows); use --overwrite")
+    ignore = ("model_seeds", "methods", "variants", "l0_targets", "device")
+    differs = sorted(key for key in config if key not in ignore and old.get(key) != config[key])
+    if differs:
+        raise ValueError(
+            f"the results in --out were made with other settings ({', '.join(differs)}); use --overwrite or "
+            "another --out"
+        )
+    for row in previous["rows"]:
+        if not isinstance(row, dict) or any(
+            k not in row for k in ("model_seed", "method", "target_l0", "variant")
+        ):
+            raise ValueError("the results to resume hold a malformed row; use --overwrite")
+
+
+CELL_METRICS = ("mcc", "f1", "uniqueness", "explained_variance", "l0", "dead_fraction")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """One line per (method, L0, variant): every metric per model seed (H: held out, D: development seed 42),
+    the published number at L0 = 25 beside the method's stock row, and the budget."""
+    config = results["config"]
+    rows = results["rows"]
+    budget = (
+        f"{config['training_samples']:,} training samples per SAE ({100 * config['budget_fraction']:.2f}% of "
+        f"the published {config['published_samples']:,})"
+    )
+    lines = [
+        f"SynthSAEBench ({config['preset']}): {budget}; {config['eval_samples']:,} evaluation samples; "
+        "scored by SAELens's eval_sae_on_synthetic_data",
+    ]
+    if not config["published_protocol"]:
+        lines.append(
+            "NOT the published protocol: the published numbers used 200M samples; compare rows, not to them"
+        )
+    header = (
+        f"{'method':<22}{'L0':>4} {'variant':<16}{'seed':>6} {'MCC':>6} {'F1':>6} {'uniq':>6} {'EV':>7} "
+        f"{'L0 got':>7} {'dead':>6} {'MCC-a':>6} {'F1-a':>6}"
+    )
+    lines += [header, "-" * len(header)]
+    published = results.get("published", {}).get("values", {})
+    for row in sorted(
+        rows,
+        key=lambda r: (r["method"], -r["target_l0"], list(VARIANTS).index(r["variant"]), r["model_seed"]),
+    ):
+        seed = f"{row['model_seed']}{'H' if row['held_out'] else 'D'}"
+        lines.append(
+            f"{row['method']:<22}{row['target_l0']:>4} {row['variant']:<16}{seed:>6} {row['mcc']:>6.3f} "
+            f"{row['f1']:>6.3f} {row['uniqueness']:>6.3f} {row['explained_variance']:>7.3f} {row['l0']:>7.1f} "
+            f"{row['dead_fraction']:>6.3f} {row['mcc_without_anchors']:>6.3f} {row['f1_without_anchors']:>6.3f}"
+        )
+    for method, values in published.items():
+        lines.append(
+            f"{method:<22}{25:>4} {'published':<16}{'200M':>6} {values['mcc']:>6.3f} {values['f1']:>6.3f} "
+            f"{values['uniqueness']:>6.3f} {values['explained_variance']:>7.3f}"
+        )
+    lines.append("MCC-a / F1-a: without the anchor features and the latents matched to them (every row)")
+    return "\n".join(lines)
+
+
+def comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each non-stock variant against stock SAELens of the same (model seed, method, L0): the differences in
+    MCC, F1 and explained variance (without the anchor features for MCC and F1), and whether the issue's
+    goal (+0.02 MCC, +0.02 F1, at most -0.01 EV) holds."""
+    stock = {
+        (r["model_seed"], r["method"], r["target_l0"]): r for r in results["rows"] if r["variant"] == "stock"
+    }
+    out = []
+    for row in results["rows"]:
+        base = stock.get((row["model_seed"], row["method"], row["target_l0"]))
+        if row["variant"] == "stock" or base is None:
+            continue
+        d_mcc = row["mcc_without_anchors"] - base["mcc_without_anchors"]
+        d_f1 = row["f1_without_anchors"] - base["f1_without_anchors"]
+        d_ev = row["explained_variance"] - base["explained_variance"]
+        out.append(
+            {
+                "model_seed": row["model_seed"],
+                "held_out": row["held_out"],
+                "method": row["method"],
+                "target_l0": row["target_l0"],
+                "variant": row["variant"],
+                "d_mcc": d_mcc,
+                "d_f1": d_f1,
+                "d_explained_variance": d_ev,
+                "goal": d_mcc >= 0.02 and d_f1 >= 0.02 and d_ev >= -0.01,
+            }
+        )
+    return out
+
+
+def format_comparisons(results: dict[str, Any]) -> str:
+    lines = [
+        f"{'method':<22}{'L0':>4} {'variant':<16}{'seed':>6} {'dMCC-a':>7} {'dF1-a':>7} {'dEV':>7}  goal"
+    ]
+    for c in comparisons(results):
+        seed = f"{c['model_seed']}{'H' if c['held_out'] else 'D'}"
+        lines.append(
+            f"{c['method']:<22}{c['target_l0']:>4} {c['variant']:<16}{seed:>6} {c['d_mcc']:>+7.3f} "
+            f"{c['d_f1']:>+7.3f} {c['d_explained_variance']:>+7.3f}  {'yes' if c['goal'] else 'no'}"
+        )
+    return "\n".join(lines)
+
+
+def plot_results(results: dict[str, Any], path: Path) -> Path:
+    """MCC and F1 (evaluator's, every row) against the measured L0, one marker per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    markers = dict(zip(VARIANTS, "os^Dv", strict=True))
+    methods = sorted({r["method"] for r in results["rows"]})
+    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for axis, metric in zip(axes, ("mcc", "f1"), strict=True):
+        for row in results["rows"]:
+            axis.scatter(
+                row["l0"],
+                row[metric],
+                marker=markers[row["variant"]],
+                color=colours[row["method"]],
+                facecolors="none" if row["held_out"] else colours[row["method"]],
+                s=40,
+            )
+        for method, values in results.get("published", {}).get("values", {}).items():
+            if method in colours:
+                axis.scatter(25, values[metric], marker="*", s=140, color=colours[method], edgecolors="black")
+        axis.set_xlabel("L0 (measured)")
+        axis.set_ylabel(metric.upper())
+        axis.grid(alpha=0.3)
+    handles = [
+        plt.Line2D([], [], marker=m, linestyle="", color="grey", label=v) for v, m in markers.items()
+    ] + [plt.Line2D([], [], marker="s", linestyle="", color=colours[m], label=m) for m in methods]
+    handles.append(
+        plt.Line2D([], [], marker="*", linestyle="", color="grey", markersize=12, label="published (200M)")
+    )
+    axes[1].legend(handles=handles, fontsize=7, loc="best")
+    config = results["config"]
+    fig.suptitle(
+        f"SynthSAEBench, {config['training_samples']:,} samples per SAE (filled: seed 42, hollow: held out)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    from sdl_anchor.io import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_results(results: dict[str, Any], out: Path) -> list[Path]:
+    from sdl_anchor.io import atomic_write, write_json
+
+    results = {**results, "comparisons": comparisons(results)}
+    paths = [write_json(out / "results.json", results)]
+    text = format_table(results) + "\n\n" + format_comparisons(results) + "\n"
+    paths.append(atomic_write(out / "table.txt", lambda tmp: tmp.write_text(text)))
+    paths.append(plot_results(results, out / "mcc_f1_vs_l0.png"))
+    return paths
