@@ -2,7 +2,8 @@
 never by hand.
 
 A page holds a generated section between ``<!-- lrb-report NAME -->`` and ``<!-- /lrb-report NAME -->``
-markers; :data:`REPORTS` names each section's results file and the command that made it. The section has the
+markers (``synth-report`` for ``bench synth``'s, rendered by
+:func:`~sdl_anchor.eval.synth_bench.render_report`); :data:`REPORTS` names each section's results file and the command that made it. The section has the
 command, the tables (:func:`~sdl_anchor.eval.lrb_table.format_table`) and one paragraph per table row whose
 every number comes from the held-out aggregate (:func:`claims`): what stock SAELens gets, what theory
 resampling alone (no ground truth) gets, what anchoring adds over it and at what cost, the baselines, and
@@ -34,6 +35,7 @@ class Report:
     results: str  # relative to the repository root
     command: str
     pages: tuple[str, ...] = ("README.md",)
+    kind: str = "lrb"  # "lrb" (bench lrb) or "synth" (bench synth, rendered by synth_bench.render_report)
 
 
 REPORTS = (
@@ -55,6 +57,13 @@ REPORTS = (
         "docs/assets/paper-cpu-heldout/results.json",
         "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods topk --k 32 --out runs/paper-cpu-heldout",
         ("README.md", "docs/results.md"),
+    ),
+    Report(
+        "synth-cpu",
+        "docs/assets/synth-cpu/results.json",
+        "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",
+        ("README.md", "docs/synthsaebench.md"),
+        kind="synth",
     ),
 )
 
@@ -168,6 +177,10 @@ def _summary(cells: list[dict[str, Any]], n_anchors: int) -> str | None:
 
 def render(report: Report, results: dict[str, Any]) -> str:
     """The section's markdown: the command, the tables, the claims."""
+    if report.kind == "synth":
+        from sdl_anchor.eval.synth_bench import render_report
+
+        return render_report(report.command, results)
     config = results["config"]
     lines = [
         "```bash",
@@ -186,13 +199,14 @@ def render(report: Report, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _markers(name: str) -> tuple[str, str]:
-    return f"<!-- lrb-report {name} -->", f"<!-- /lrb-report {name} -->"
+def _markers(report: Report) -> tuple[str, str]:
+    tag = f"{report.kind}-report"
+    return f"<!-- {tag} {report.name} -->", f"<!-- /{tag} {report.name} -->"
 
 
 def updated_page(text: str, report: Report, section: str) -> str:
     """``text`` with ``report``'s section replaced by ``section`` (ValueError when its markers are missing)."""
-    start, end = _markers(report.name)
+    start, end = _markers(report)
     pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
         raise ValueError(f"the page has no {start} ... {end} section; add the two markers where it goes")

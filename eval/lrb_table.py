@@ -178,15 +178,16 @@ def select_columns(
     return columns
 
 
-def _check_choices(values: tuple[str, ...], allowed: tuple[str, ...], what: str) -> None:
+def check_choices(values: tuple[Any, ...], allowed: tuple[Any, ...], what: str) -> None:
+    """Refuse an empty selection, a repeated entry or one outside ``allowed`` (ValueError naming it)."""
     if not values:
-        raise ValueError(f"no {what} given; choose from {', '.join(allowed)}")
+        raise ValueError(f"no {what} given; choose from {', '.join(map(str, allowed))}")
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
-        raise ValueError(f"{what} {', '.join(repeated)} given twice; name each once")
+        raise ValueError(f"{what} {', '.join(map(str, repeated))} given twice; name each once")
     for value in values:
         if value not in allowed:
-            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(map(str, allowed))}")
 
 
 def run_lrb_bench(
@@ -226,12 +227,12 @@ def run_lrb_bench(
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {list(seeds)} repeat a seed; name each once")
     methods = preset.methods if methods is None else methods
-    _check_choices(methods, METHODS, "method")
+    check_choices(methods, METHODS, "method")
     if variants is not None:
-        _check_choices(variants, VARIANTS, "variant")
+        check_choices(variants, VARIANTS, "variant")
     if resampling is not None:
-        _check_choices(resampling, RESAMPLING, "resampling")
-    _check_choices(interference, ("bounded", "negative"), "interference")
+        check_choices(resampling, RESAMPLING, "resampling")
+    check_choices(interference, ("bounded", "negative"), "interference")
     columns = select_columns(preset, variants, resampling)
     jobs = _jobs(preset, methods, ks, columns, interference, seeds)
     config = {

@@ -40,6 +40,7 @@ from sae_lens.synthetic.evals import (
 from scipy.optimize import linear_sum_assignment
 
 from sdl_anchor.anchoring import AnchorSet
+from sdl_anchor.eval.lrb_table import check_choices
 from sdl_anchor.eval.synth_presets import (
     DEV_MODEL_SEED,
     K_METHODS,
@@ -166,6 +167,10 @@ def train_sae(
         facts["final_batch_l0"] = controller.last[1]
     if isinstance(trainer, ResamplingSAETrainer):
         facts["resampling_events"] = len(trainer.resample_log)
+        facts["resampled_latents"] = int(sum(event["resample/latents"] for event in trainer.resample_log))
+        facts["resampling_seconds"] = round(
+            sum(event["resample/seconds"] for event in trainer.resample_log), 1
+        )
     return facts
 
 
@@ -227,16 +232,6 @@ def _row_key(row: dict[str, Any]) -> tuple[int, str, int, str]:
     return (row["model_seed"], row["method"], row["target_l0"], row["variant"])
 
 
-def _check_choices(values: tuple[Any, ...], allowed: tuple[Any, ...], what: str) -> None:
-    if not values:
-        raise ValueError(f"{what}: the selection is empty")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{what}: {', '.join(map(str, values))} repeats an entry")
-    for value in values:
-        if value not in allowed:
-            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(map(str, allowed))}")
-
-
 def run_synth_bench(
     preset: SynthPreset | str = "synth-cpu",
     *,
@@ -265,10 +260,10 @@ def run_synth_bench(
     variants = tuple(variants or preset.variants)
     l0_targets = tuple(l0_targets or preset.l0_targets)
     model_seeds = tuple(model_seeds or preset.model_seeds)
-    _check_choices(methods, METHODS, "method")
-    _check_choices(variants, tuple(VARIANTS), "variant")
-    _check_choices(model_seeds, model_seeds, "model seed")
-    _check_choices(l0_targets, l0_targets, "L0 target")
+    check_choices(methods, METHODS, "method")
+    check_choices(variants, tuple(VARIANTS), "variant")
+    check_choices(model_seeds, model_seeds, "model seed")
+    check_choices(l0_targets, l0_targets, "L0 target")
     for target in l0_targets:
         if isinstance(target, bool) or not isinstance(target, int) or not 0 < target < preset.d_sae:
             raise ValueError(f"an L0 target must be an integer in (0, {preset.d_sae}), got {target!r}")
@@ -365,7 +360,7 @@ def _check_resumable(previous: dict[str, Any], config: dict[str, Any]) -> None:
     old = previous.get("config")
     if not isinstance(old, dict) or not isinstance(previous.get("rows"), list):
         raise ValueError("the results to resume are malformed (no config or rows); use --overwrite")
-    ignore = ("model_seeds", "methods", "variants", "l0_targets", "device")
+    ignore = ("description", "model_seeds", "methods", "variants", "l0_targets", "device")
     differs = sorted(key for key in config if key not in ignore and old.get(key) != config[key])
     if differs:
         raise ValueError(
@@ -476,7 +471,8 @@ def format_comparisons(results: dict[str, Any]) -> str:
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """MCC and F1 (evaluator's, every row) against the measured L0, one marker per variant."""
+    """MCC and F1 (evaluator's, every row) against the measured L0, one marker per variant (the variants of
+    one L0 drawn side by side, 0.15 apart, so that they do not hide each other)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -488,8 +484,9 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for axis, metric in zip(axes, ("mcc", "f1"), strict=True):
         for row in results["rows"]:
+            spread = list(VARIANTS).index(row["variant"]) - (len(VARIANTS) - 1) / 2
             axis.scatter(
-                row["l0"],
+                row["l0"] + 0.15 * spread + (0.04 if row["method"] == methods[-1] else 0.0),
                 row[metric],
                 marker=markers[row["variant"]],
                 color=colours[row["method"]],
@@ -499,7 +496,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
         for method, values in results.get("published", {}).get("values", {}).items():
             if method in colours:
                 axis.scatter(25, values[metric], marker="*", s=140, color=colours[method], edgecolors="black")
-        axis.set_xlabel("L0 (measured)")
+        axis.set_xlabel("L0 (measured; the variants drawn side by side)")
         axis.set_ylabel(metric.upper())
         axis.grid(alpha=0.3)
     handles = [
@@ -531,3 +528,61 @@ def write_results(results: dict[str, Any], out: Path) -> list[Path]:
     paths.append(atomic_write(out / "table.txt", lambda tmp: tmp.write_text(text)))
     paths.append(plot_results(results, out / "mcc_f1_vs_l0.png"))
     return paths
+
+
+def claims(results: dict[str, Any]) -> list[str]:
+    """One sentence per (method, model seed): every number from ``results``."""
+    sentences = []
+    by_cell: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for comparison in comparisons(results):
+        key = (comparison["method"], comparison["target_l0"], comparison["model_seed"])
+        by_cell.setdefault(key, []).append(comparison)
+    stock = {
+        (r["method"], r["target_l0"], r["model_seed"]): r for r in results["rows"] if r["variant"] == "stock"
+    }
+    for (method, target, seed), cell in sorted(by_cell.items()):
+        base = stock[(method, target, seed)]
+        best = max(cell, key=lambda c: c["d_mcc"] + c["d_f1"])
+        met = [c["variant"] for c in cell if c["goal"]]
+        kind = "held-out" if seed != DEV_MODEL_SEED else "development"
+        sentences.append(
+            f"{method}, L0 {target}, {kind} model seed {seed}: stock SAELens reaches MCC "
+            f"{base['mcc_without_anchors']:.3f}, F1 {base['f1_without_anchors']:.3f} and explained variance "
+            f"{base['explained_variance']:.3f} (without the anchor features); the best variant, {best['variant']}, "
+            f"changes them by {best['d_mcc']:+.3f}, {best['d_f1']:+.3f} and {best['d_explained_variance']:+.3f}. "
+            + (
+                f"The goal (+0.02 MCC, +0.02 F1, at most -0.01 explained variance) is met by {', '.join(met)}."
+                if met
+                else "No variant meets the goal (+0.02 MCC, +0.02 F1, at most -0.01 explained variance)."
+            )
+        )
+    return sentences
+
+
+def render_report(command: str, results: dict[str, Any]) -> str:
+    """The README's and docs' generated section for a ``bench synth`` run (see ``eval/lrb_report.py``)."""
+    config = results["config"]
+    seconds = sum(row["train_seconds"] for row in results["rows"])
+    lines = [
+        "```bash",
+        command,
+        "```",
+        "",
+        f"{len(results['rows'])} SAEs, {seconds / 60:.0f} minutes of training on 2 CPU cores; "
+        f"{config['training_samples']:,} samples each, {100 * config['budget_fraction']:.2f}% of the published "
+        f"protocol's {config['published_samples']:,}, so the published numbers below are not comparable to ours, "
+        "only ours to each other.",
+        "",
+        "```",
+        format_table(results),
+        "```",
+        "",
+        "Against stock SAELens of the same method, L0 and model seed (without the anchor features):",
+        "",
+        "```",
+        format_comparisons(results),
+        "```",
+        "",
+        *[f"- {sentence}" for sentence in claims(results)],
+    ]
+    return "\n".join(lines)

@@ -99,10 +99,11 @@ PRESETS: dict[str, SynthPreset] = {
     "synth-cpu": SynthPreset(
         name="synth-cpu",
         description="SynthSAEBench-16k on 2 CPU cores: 409,600 samples per SAE (0.2% of the published "
-        "budget), the published model (seed 42) and a held-out model seed (43)",
+        "budget), L0 = 25, the published model (seed 42) and a held-out model seed (43)",
         model_seeds=(DEV_MODEL_SEED, 43),
         training_samples=1024 * 400,
         eval_samples=51_200,
+        l0_targets=(25,),
         methods=K_METHODS,
     ),
     "synth": SynthPreset(

@@ -253,7 +253,10 @@ def test_the_committed_pages_say_what_their_results_say():
     assert stale_pages(ROOT, write=False) == []
     for report in REPORTS:
         results = json.loads((ROOT / report.results).read_text())
-        assert results["config"]["seeds"] and all("degenerate" in r for r in results["rows"])
+        if report.kind == "synth":  # bench synth: model seeds, the evaluator's metrics in every row
+            assert results["config"]["model_seeds"] and all("mcc" in r and "f1" in r for r in results["rows"])
+        else:
+            assert results["config"]["seeds"] and all("degenerate" in r for r in results["rows"])
 
 
 def test_a_changed_number_makes_the_page_stale(tmp_path):
@@ -273,6 +276,14 @@ def test_a_changed_number_makes_the_page_stale(tmp_path):
         "docs/results.md (quick-heldout)",
     ]
     assert stale_pages(tmp_path, write=True) and stale_pages(tmp_path, write=False) == []
+    synth = next(r for r in REPORTS if r.kind == "synth")
+    results = json.loads((tmp_path / synth.results).read_text())
+    results["rows"][0]["mcc"] += 0.1  # the evaluator's MCC of one SAE changes
+    (tmp_path / synth.results).write_text(json.dumps(results))
+    assert stale_pages(tmp_path, write=False) == [
+        "README.md (synth-cpu)",
+        "docs/synthsaebench.md (synth-cpu)",
+    ]
     page = "x\n<!-- lrb-report quick-heldout -->\nold\n<!-- /lrb-report quick-heldout -->\ny\n"
     assert updated_page(page, held_out, "new") == page.replace("old", "new")
     with pytest.raises(ValueError, match="has no <!-- lrb-report quick-heldout -->"):

@@ -240,7 +240,7 @@ def test_bench_synth_smoke_end_to_end(tmp_path, monkeypatch, capsys):
     ("extra", "message"),
     [
         (["--methods", "topk"], "unknown method"),
-        (["--variants", "stock,stock"], "repeats"),
+        (["--variants", "stock,stock"], "given twice"),
         (["--l0", "0"], "L0 target"),
         (["--samples", "10"], "at least one batch"),
     ],
@@ -253,3 +253,50 @@ def test_bench_synth_refuses_bad_selections(tmp_path, monkeypatch, capsys, extra
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def _planted_row(variant: str, mcc: float, f1: float, ev: float, seed: int = 43) -> dict:
+    return {
+        "model_seed": seed,
+        "held_out": seed != 42,
+        "method": "batchtopk",
+        "target_l0": 25,
+        "variant": variant,
+        "mcc": mcc,
+        "f1": f1,
+        "uniqueness": 0.9,
+        "explained_variance": ev,
+        "l0": 25.0,
+        "dead_fraction": 0.1,
+        "mcc_without_anchors": mcc,
+        "f1_without_anchors": f1,
+        "train_seconds": 60.0,
+    }
+
+
+def test_comparisons_apply_the_goal_to_planted_rows():
+    from sdl_anchor.eval.synth_bench import comparisons, render_report
+
+    rows = [
+        _planted_row("stock", 0.50, 0.40, 0.80),
+        _planted_row("theory", 0.53, 0.43, 0.795),  # +0.03, +0.03, -0.005: met
+        _planted_row("anchored", 0.525, 0.43, 0.78),  # explained variance -0.02: missed
+        _planted_row("aligned+theory", 0.515, 0.44, 0.80),  # MCC +0.015: missed
+    ]
+    results = {
+        "rows": rows,
+        "config": {
+            "preset": "planted",
+            "training_samples": 1024,
+            "budget_fraction": 1024 / 200_000_000,
+            "published_samples": 200_000_000,
+            "published_protocol": False,
+            "eval_samples": 2048,
+        },
+        "published": {"values": {}},
+    }
+    goals = {c["variant"]: c["goal"] for c in comparisons(results)}
+    assert goals == {"theory": True, "anchored": False, "aligned+theory": False}
+    text = render_report("sdl-anchor bench synth --preset planted", results)
+    assert "met by theory." in text and "the best variant, theory" in text
+    assert "0.05% of the published" not in text and "0.00% of the published" in text

@@ -114,6 +114,25 @@ def add_parsers(commands: Any) -> None:
     perf.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
 
+def _previous_results(out: Path, args: argparse.Namespace, what: str) -> dict[str, Any] | None:
+    """The results in ``out`` to resume (``--resume``), None for a fresh run; refuses to clobber them unless
+    ``--overwrite``."""
+    from sdl_anchor.io import read_json
+
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite and --resume contradict each other; pass one")
+    if not (out / "results.json").exists():
+        return None
+    if args.resume:
+        return read_json(out / "results.json", what)
+    if not args.overwrite:
+        raise ValueError(
+            f"{out / 'results.json'} already exists; pass --resume to finish it, --overwrite to replace it, "
+            "or choose another --out"
+        )
+    return None
+
+
 def _add_synth_parser(bench: Any) -> None:
     from sdl_anchor.eval.synth_presets import METHODS, PRESETS, VARIANTS
 
@@ -162,23 +181,13 @@ def _add_synth_parser(bench: Any) -> None:
 
 def bench_synth(args: argparse.Namespace) -> int:
     from sdl_anchor.eval.synth_bench import format_comparisons, format_table, run_synth_bench, write_results
-    from sdl_anchor.io import read_json, write_json
+    from sdl_anchor.io import write_json
 
     out = args.out if args.out is not None else Path("runs") / f"synth-{args.preset}"
     check_output_folder(out)
     if args.cache_dir is not None:
         check_output_folder(args.cache_dir, "--cache-dir")
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite and --resume contradict each other; pass one")
-    previous = None
-    if (out / "results.json").exists():
-        if args.resume:
-            previous = read_json(out / "results.json", "bench synth results")
-        elif not args.overwrite:
-            raise ValueError(
-                f"{out / 'results.json'} already exists; pass --resume to finish it, --overwrite to replace it, "
-                "or choose another --out"
-            )
+    previous = _previous_results(out, args, "bench synth results")
     results = run_synth_bench(
         args.preset,
         device=args.device,
@@ -203,21 +212,11 @@ def bench_synth(args: argparse.Namespace) -> int:
 
 def bench_lrb(args: argparse.Namespace) -> int:
     from sdl_anchor.eval.lrb_table import format_table, run_lrb_bench, write_results
-    from sdl_anchor.io import read_json, write_json
+    from sdl_anchor.io import write_json
 
     out = args.out if args.out is not None else Path("runs") / f"lrb-{args.preset}"
     check_output_folder(out)
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite and --resume contradict each other; pass one")
-    previous = None
-    if (out / "results.json").exists():
-        if args.resume:
-            previous = read_json(out / "results.json", "bench lrb results")
-        elif not args.overwrite:
-            raise ValueError(
-                f"{out / 'results.json'} already exists; pass --resume to finish it, --overwrite to replace it, "
-                "or choose another --out"
-            )
+    previous = _previous_results(out, args, "bench lrb results")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be positive, got {args.steps}")
     results = run_lrb_bench(
