@@ -122,14 +122,23 @@ def _weights(sae: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(
             f"W_enc {tuple(w_enc.shape)} and W_dec {tuple(w_dec.shape)} are not [d_in, d_sae] and [d_sae, d_out]"
         )
-    for name, weight in (("W_enc", w_enc), ("W_dec", w_dec)):
-        if not bool(torch.isfinite(weight).all()):
+    check_finite_weights(sae, "recovery", (("W_enc", w_enc), ("W_dec", w_dec)))
+    return w_enc.detach(), w_dec.detach()
+
+
+def check_finite_weights(sae: Any, measurement: str, named: Any = None) -> None:
+    """Raise ValueError naming the first of the SAE's floating-point weights (every parameter, or ``named``:
+    ``(name, tensor)`` pairs) that holds a NaN or an infinite value: no score of such an SAE means anything,
+    and most would come out as a quiet 0."""
+    if named is None:
+        named = sae.named_parameters() if hasattr(sae, "named_parameters") else ()
+    for name, weight in named:
+        if weight.is_floating_point() and not bool(torch.isfinite(weight).all()):
             bad = int((~torch.isfinite(weight)).sum())
             raise ValueError(
-                f"the SAE's {name} holds {bad} NaN or infinite values, so its recovery cannot be scored; "
+                f"the SAE's {name} holds {bad} NaN or infinite values, so its {measurement} cannot be measured; "
                 "training diverged (lower the learning rate) or the weights were corrupted"
             )
-    return w_enc.detach(), w_dec.detach()
 
 
 def _kept_features(n_features: int, exclude: Sequence[int] | torch.Tensor | None) -> torch.Tensor:

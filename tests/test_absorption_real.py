@@ -223,3 +223,13 @@ def test_a_compact_deeper_planted_model_with_word_latents_absorbs_nothing():
     for i, letter in enumerate("abc"):
         assert result["per_class"][letter]["main_latents"] == [i]
     assert result["mean_absorption_fraction_score"] == 0.0 and result["mean_full_absorption_score"] == 0.0
+
+
+def test_an_sae_with_infinite_weights_is_refused_by_the_audit(planted):
+    """Issue 35: the first-letter audit refuses an SAE whose weights are not finite, before any work."""
+    _model, _words, letter_dirs, word_dirs = planted
+    sae = letter_sae(letter_dirs, word_dirs)
+    with torch.no_grad():
+        sae.W_dec[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="W_dec holds 1 NaN or infinite values"):
+        run(planted, sae)

@@ -210,3 +210,13 @@ def test_a_parent_no_latent_represents_is_not_measurable(bench):
         assert pair["absorption"] is None and pair["partial_absorption"] is None
         assert "no latent represents parent 0" in pair["reason"] and "F1" in pair["reason"]
     assert result["mean_absorption"] is None and "no latent represents parent 0" in result["reason"]
+
+
+@pytest.mark.parametrize("weight", ["W_enc", "W_dec", "b_enc"])
+def test_an_sae_with_nan_weights_is_refused_not_scored(bench, weight):
+    """Issue 35: NaN weights audited as 0.0 absorption ("no latent represents the parent"); now an error."""
+    sae = planted_sae(bench)
+    with torch.no_grad():
+        getattr(sae, weight).view(-1)[3] = float("nan")
+    with pytest.raises(ValueError, match=f"{weight} holds 1 NaN or infinite values, so its absorption"):
+        sa.hierarchy_absorption(sae, bench, n_samples=1000)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from sdl_anchor.lrb.hierarchy import FeatureHierarchy
+from sdl_anchor.metrics import check_finite_weights
 
 # a latent at under this fraction of its usual activation per unit of parent counts as "under-firing"
 WEAK = 0.5
@@ -174,6 +175,7 @@ def hierarchy_absorption(
     SAELens ``SyntheticModel``; ``hierarchy`` overrides theirs (``{parent: [children]}`` or SAELens
     ``HierarchyNode`` trees). Returns ``{"pairs": [{"parent", "child", "absorption", "partial_absorption",
     "absorbing_latents", "parent_latent", ...}], "mean_absorption", "mean_partial_absorption"}``."""
+    check_finite_weights(sae, "absorption")
     source = _source(data, hierarchy)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from sdl_anchor.absorption.concepts import ConceptSet, word_activations
 from sdl_anchor.absorption.probes import f1_scores, select_main_latents, train_concept_probe
+from sdl_anchor.metrics import check_finite_weights
 
 FULL_ABSORPTION_COSINE = 0.025
 ABSORBER_COSINE = 0.1
@@ -135,6 +136,7 @@ def concept_absorption(
     ``mean_num_split_features`` and their ``std_dev_*``), ``per_class`` (per letter for the first-letter
     task: ``absorption_fraction``, ``full_absorption``, ``num_split_features``, ``probe_f1``,
     ``main_latents``, or ``skipped`` with the reason) and ``per_child`` breakdowns."""
+    check_finite_weights(sae, "absorption")
     hook = hook_name or sae_hook_name(sae)
     check_hook(model, sae, hook)
     counts = defaultdict(int)
