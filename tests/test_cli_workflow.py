@@ -166,6 +166,14 @@ def test_anchors_from_a_bench_and_from_probe_weights(tmp_path):
         (["--resampling", "sometimes"], "unknown --resampling 'sometimes'"),
         (["--wandb-project", "p", "--log_to_wandb", "False"], "--log_to_wandb turns it off"),
         (["--architecture", "topk", "--d_sae", "lots"], "could not parse the training flags"),
+        (
+            ["--architecture", "topk", "--k", "0"],
+            "--k must be positive",
+        ),  # issue 35: trained all-dead, exit 0
+        (["--architecture", "topk", "--k", "-1"], "--k must be positive"),
+        (["--architecture", "topk", "--d_sae", "8", "--k", "16"], "--k 16 is larger than --d_sae 8"),
+        (["--architecture", "topk", "--d_sae", "0"], "--d_sae must be a positive integer"),
+        (["--architecture", "standard", "--d_sae", "0"], "--d_sae must be a positive integer"),
     ],
 )
 def test_bad_training_flags_exit_2_and_write_nothing(workspace, tmp_path, capsys, extra, message):

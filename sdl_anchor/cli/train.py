@@ -128,6 +128,24 @@ def _check_flags(
             raise ValueError(f"{path} already exists; pass --overwrite or choose another --out")
 
 
+def _check_sizes(sae_config: Any) -> None:
+    """``--d_in``, ``--d_sae`` and ``--k`` that no SAE can have, before a model loads (SAELens builds
+    configs with ``k=-1`` or ``d_sae=0``, and ``k > d_sae`` fails only after the model has loaded)."""
+    for flag in ("d_in", "d_sae"):
+        value = getattr(sae_config, flag, None)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{flag} must be a positive integer, got {value!r}")
+    k = getattr(sae_config, "k", None)
+    if k is not None:
+        if isinstance(k, bool) or not k > 0:
+            raise ValueError(f"--k must be positive (how many latents each input keeps), got {k!r}")
+        if k > sae_config.d_sae:
+            raise ValueError(
+                f"--k {k} is larger than --d_sae {sae_config.d_sae}: an SAE cannot keep more latents than it "
+                "has; lower --k or raise --d_sae"
+            )
+
+
 def _coder_config(config: Any, hook_names: list[str] | None, output_path: Path, wandb_project: str | None):
     """SAELens's parsed runner config as a CoderRunnerConfig with our hooks, output and W&B settings."""
     from sae_lens import LanguageModelSAERunnerConfig
@@ -205,6 +223,7 @@ def train(argv: list[str], usage: str) -> int:
         raise ValueError("could not parse the training flags (see the message above)") from None
     except Exception as err:  # simple_parsing reports bad flags as argparse errors
         raise ValueError(f"could not parse the training flags: {err}") from None
+    _check_sizes(config.sae)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes
     partial = coder_path.with_name(f".{coder_path.name}.partial")
     if main_rank:
