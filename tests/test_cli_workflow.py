@@ -183,6 +183,18 @@ def test_bad_training_flags_exit_2_and_write_nothing(workspace, tmp_path, capsys
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("inside", ["", "ckpts", "a/b"])
+def test_checkpoints_inside_the_coder_folder_are_refused(workspace, tmp_path, capsys, inside):
+    """Issue 35: --output_path DIR --checkpoint_path DIR/ckpts lost the run's checkpoints when the finished
+    coder replaced DIR; refused before anything loads."""
+    coder = tmp_path / "coder"
+    argv = train_argv(workspace, tmp_path / "unused", "--architecture", "topk")
+    argv = [a for a in argv if a not in ("--out", str(tmp_path / "unused"))]
+    assert main([*argv, "--output_path", str(coder), "--checkpoint_path", str(coder / inside)]) == 2
+    assert "lies inside the trained coder's folder" in capsys.readouterr().err
+    assert not coder.exists()
+
+
 def test_existing_output_is_refused_and_other_bad_anchor_input(workspace, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "train.json").write_text("{}")

@@ -123,6 +123,15 @@ def _check_flags(
         raise ValueError("--wandb-project asks for W&B logging but --log_to_wandb turns it off")
     if ours.wandb_project is not None and _flag_value(runner_args, "--wandb_project") is not None:
         raise ValueError("give either --wandb-project or --wandb_project, not both")
+    checkpoint_path = _flag_value(runner_args, "--checkpoint_path")
+    if checkpoint_path:
+        checkpoints, coder = Path(checkpoint_path).resolve(), coder_path.resolve()
+        if checkpoints == coder or coder in checkpoints.parents:
+            raise ValueError(
+                f"--checkpoint_path {checkpoint_path} lies inside the trained coder's folder {coder_path}, which "
+                "the finished coder replaces (the checkpoints would be deleted); put them elsewhere, e.g. "
+                f"{coder_path.parent / 'checkpoints'}"
+            )
     for path in (summary_path, coder_path):
         if path.exists() and not ours.overwrite:
             raise ValueError(f"{path} already exists; pass --overwrite or choose another --out")
