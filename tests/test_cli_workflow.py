@@ -244,3 +244,18 @@ def test_saelens_output_path_works_in_place_of_out(workspace, tmp_path):
     assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["architecture"] == "topk"
     assert json.loads((tmp_path / "sae" / "train.json").read_text())["sae_path"] == str(tmp_path / "sae")
     assert not (tmp_path / "unused").exists() and not (tmp_path / ".sae.partial").exists()
+
+
+@pytest.mark.parametrize("flags", [["--checkpoint_path", "ck/runs"], []])
+def test_checkpoints_get_one_unique_id(tmp_path, flags):
+    """Issue 35: checkpoint paths had two random ids (ck/5d7aaf7d/354301d1/4352): SAELens's parsed config and
+    the coder config built from it each appended one."""
+    import re
+
+    from sdl_anchor.cli.train import _coder_config
+    from sdl_anchor.integrations.compat import parse_runner_args
+
+    config = parse_runner_args(["--architecture", "topk", "--d_in", "8", "--d_sae", "16", "--k", "2", *flags])
+    coder = _coder_config(config, None, tmp_path / "sae", None)
+    base = "ck/runs" if flags else "checkpoints"
+    assert re.fullmatch(re.escape(base) + r"/[0-9a-f]{8}", coder.checkpoint_path), coder.checkpoint_path

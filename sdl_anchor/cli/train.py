@@ -165,6 +165,10 @@ def _coder_config(config: Any, hook_names: list[str] | None, output_path: Path, 
         f.name: getattr(config, f.name) for f in dataclasses.fields(LanguageModelSAERunnerConfig) if f.init
     }
     values["output_path"] = str(output_path)
+    if values.get("checkpoint_path") is not None:
+        # SAELens's config appended its unique id to the path when the flags were parsed, and the new config
+        # appends one again: keep the user's path, so that checkpoints land in PATH/<id>, not PATH/<id>/<id>
+        values["checkpoint_path"] = values["checkpoint_path"].rsplit("/", 1)[0]
     if wandb_project is not None:
         values["logger"] = dataclasses.replace(config.logger, log_to_wandb=True, wandb_project=wandb_project)
     return CoderRunnerConfig(**values, hook_names=hook_names or [config.hook_name])
