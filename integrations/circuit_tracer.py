@@ -6,7 +6,10 @@ circuit-tracer (attribution graphs, replacement models) loads a transcoder set f
 
 * ``config.yaml``: ``model_kind: transcoder_set`` and the hooks inside each block,
   ``feature_input_hook`` / ``feature_output_hook`` (e.g. ``ln2.hook_normalized``, ``hook_mlp_out``); we add
-  ``model_name``, ``scan`` and, for TopK, ``activation_function: topk`` with its ``k``.
+  ``model_name``, ``scan`` and, for TopK, ``activation: topk`` with its ``k`` (the keys circuit-tracer's main
+  branch reads since its PR #94) and our ``activation_function: topk``. Written by PyYAML's ``safe_dump``, so
+  any value (a ``--scan`` of ``2024``, ``on`` or one holding quotes, backslashes or newlines) reads back as the
+  same string and cannot add a key.
 * ``layer_{i}.safetensors``: ``W_enc [d_sae, d_model]`` (the transpose of SAELens's ``[d_in, d_sae]``),
   ``W_dec [d_sae, d_model]``, ``b_enc``, ``b_dec``, and ``activation_function.threshold`` for JumpReLU (whose
   presence is how circuit-tracer picks JumpReLU), ``W_skip [d_out, d_in]`` with a skip connection. Its loader
@@ -14,10 +17,10 @@ circuit-tracer (attribution graphs, replacement models) loads a transcoder set f
 
 circuit-tracer needs a transcoder at every layer ``0..L-1``, of one width, reading and writing ``d_model``.
 Its JumpReLU computes ``x * (x > t)`` without a ReLU; SAELens's equals it for ``t >= 0``, so thresholds are
-written clamped at 0. circuit-tracer 0.5.0 loads only ReLU and JumpReLU transcoders from disk (TopK support,
-its PR #55, is not merged), so a TopK set is written with ``activation_function: topk`` and a warning: load it
-with circuit-tracer's ``TopK`` activation programmatically, or train with ``batchtopk``, which saves as
-JumpReLU. BatchTopK and JumpReLU sets export exactly.
+written clamped at 0. The released circuit-tracer 0.5.0 loads only ReLU and JumpReLU transcoders from disk and
+ignores the TopK keys (it would apply a ReLU), so a TopK set comes with a warning: use circuit-tracer's main
+branch (TopK sets merged in its PR #94), load it with circuit-tracer's ``TopK`` activation programmatically,
+or train with ``batchtopk``, which saves as JumpReLU. BatchTopK and JumpReLU sets export exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from sdl_anchor.integrations.transcoder_set import TranscoderSet
 from sdl_anchor.io import write_safetensors
@@ -96,8 +100,9 @@ def export_circuit_tracer(set_dir: str | Path, out: str | Path, scan: str | None
     if activation == "topk":
         warnings.warn(
             "circuit-tracer 0.5.0 loads only ReLU and JumpReLU transcoders from disk (its loader ignores "
-            "'activation_function: topk' and would apply a ReLU); build its TranscoderSet with its TopK(k) "
-            "activation, or train the set with batchtopk, which exports as JumpReLU",
+            "'activation: topk' and would apply a ReLU); use circuit-tracer's main branch, which reads "
+            "'activation: topk' and 'k', build its TranscoderSet with its TopK(k) activation, or train the set "
+            "with batchtopk, which exports as JumpReLU",
             stacklevel=2,
         )
     out = Path(out)
@@ -115,24 +120,14 @@ def export_circuit_tracer(set_dir: str | Path, out: str | Path, scan: str | None
             "scan": scan or Path(set_dir).resolve().name,
             "activation_function": activation,
         }
+        if activation == "topk":
+            lines["activation"] = "topk"  # the key circuit-tracer's main branch reads (its PR #94)
         if k is not None:
             lines["k"] = k
-        text = "".join(f"{key}: {_yaml_scalar(value)}\n" for key, value in lines.items())
-        (partial / "config.yaml").write_text(text)
+        (partial / "config.yaml").write_text(yaml.safe_dump(lines, sort_keys=False, allow_unicode=True))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out
-
-
-def _yaml_scalar(value: Any) -> str:
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    return (
-        text
-        if text and all(c.isalnum() or c in "._-/" for c in text)
-        else '"' + text.replace('"', '\\"') + '"'
-    )

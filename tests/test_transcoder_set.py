@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from sae_lens import LoggingConfig
 from safetensors.torch import load_file
 
@@ -100,6 +101,22 @@ def test_a_topk_set_exports_with_its_k_and_a_warning(toy, tmp_path):
         out = export_circuit_tracer(tmp_path / "set", tmp_path / "ct")
     text = (out / "config.yaml").read_text()
     assert "activation_function: topk\n" in text and "k: 3\n" in text
+    config_yaml = yaml.safe_load(text)  # the keys circuit-tracer's main branch reads (its PR #94)
+    assert config_yaml["activation"] == "topk" and config_yaml["k"] == 3
+
+
+@pytest.mark.parametrize("scan", ["2024", "true", "on", 'a"b\\c\nmodel_kind: injected', "x: y"])
+def test_config_yaml_keeps_every_value_a_string_and_adds_no_key(toy, tmp_path, scan):
+    """Issue 35: a crafted --scan injected a key (backslashes unescaped); 2024, true, on changed type."""
+    model, dataset = toy
+    sae = sa.JumpReLUTranscoderTrainingSAEConfig(d_in=D, d_out=D, d_sae=16)
+    TranscoderSetRunner(config(sae, tmp_path / "set", tokens=256), layers="all", override_model=model,
+                        override_dataset=dataset).run()  # fmt: skip
+    out = export_circuit_tracer(tmp_path / "set", tmp_path / "ct", scan=scan)
+    loaded = yaml.safe_load((out / "config.yaml").read_text())
+    assert loaded["scan"] == scan and loaded["model_kind"] == "transcoder_set"
+    assert set(loaded) == {"model_kind", "feature_input_hook", "feature_output_hook", "model_name", "scan",
+                           "activation_function"}  # fmt: skip
 
 
 def test_bad_layers_hooks_and_sets_are_refused_before_anything_is_written(toy, tmp_path):
