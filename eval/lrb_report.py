@@ -3,9 +3,10 @@ never by hand.
 
 A page holds a generated section between ``<!-- lrb-report NAME -->`` and ``<!-- /lrb-report NAME -->``
 markers (``synth-report`` for ``bench synth``'s, rendered by
-:func:`~sdl_anchor.eval.synth_bench.render_report`); :data:`REPORTS` names each section's results file and the command that made it. The section has the
-command, the tables (:func:`~sdl_anchor.eval.lrb_table.format_table`) and one paragraph per table row whose
-every number comes from the held-out aggregate (:func:`claims`): what stock SAELens gets, what theory
+:func:`~sdl_anchor.eval.synth_bench.render_report`); :data:`REPORTS` names each section's results file and
+the command that made it. The section has the command, the tables
+(:func:`~sdl_anchor.eval.lrb_table.format_table`) and one paragraph per table row whose every number comes
+from the held-out aggregate (:func:`claims`): what stock SAELens gets, what theory
 resampling alone (no ground truth) gets, what anchoring adds over it and at what cost, the baselines, and
 whether the goal is met.
 

@@ -248,7 +248,14 @@ def run_lrb_bench(
     benches: dict[str, dict[str, Any]] = {}
     earlier_seconds = 0.0
     if previous is not None:
-        _check_resumable(previous, config)
+        check_resumable(
+            previous,
+            config,
+            what="bench lrb",
+            row_keys=("seed", "interference", "method", "k", "resampling", "variant"),
+            per_run=("seeds", "held_out_seeds"),  # a resume may add seeds
+            listed=("seeds",),
+        )
         rows = list(previous["rows"])
         benches = dict(previous["config"].get("benches", {}))
         earlier_seconds = float(previous["config"].get("wall_seconds", 0.0))
@@ -301,23 +308,37 @@ def _row_key(row: dict[str, Any]) -> tuple[int, str, str, int | None, str, str]:
     return (row["seed"], row["interference"], row["method"], row["k"], row["resampling"], row["variant"])
 
 
-def _check_resumable(previous: dict[str, Any], config: dict[str, Any]) -> None:
-    """Refuse to resume from results made with other settings: their rows would not be comparable."""
-    if not isinstance(previous, dict) or "rows" not in previous or "config" not in previous:
-        raise ValueError("the results to resume from are not a bench lrb results.json (no 'rows'/'config')")
+def check_resumable(
+    previous: Any,
+    config: dict[str, Any],
+    *,
+    what: str,
+    row_keys: tuple[str, ...],
+    per_run: tuple[str, ...],
+    listed: tuple[str, ...] = (),
+) -> None:
+    """Refuse to resume from results made with other settings (their rows would not be comparable): ``previous``
+    must be ``what``'s results, with ``rows`` that carry ``row_keys``, a list under each ``listed`` config key,
+    and a ``config`` equal to ``config`` except in the ``per_run`` keys (those a resume may change, e.g. adding
+    seeds)."""
+    if (
+        not isinstance(previous, dict)
+        or "rows" not in previous
+        or not isinstance(previous.get("config"), dict)
+    ):
+        raise ValueError(f"the results to resume from are not a {what} results.json (no 'rows'/'config')")
     earlier = json.loads(json.dumps(previous["config"]))
     current = json.loads(json.dumps(config))  # tuples become lists, as in the saved file
     if not isinstance(previous["rows"], list) or not all(
-        isinstance(r, dict) and {"seed", "interference", "method", "k", "resampling", "variant"} <= set(r)
-        for r in previous["rows"]
+        isinstance(r, dict) and set(row_keys) <= set(r) for r in previous["rows"]
     ):
         raise ValueError(
-            "the results to resume from have rows without seed/interference/method/k/resampling/variant; "
-            "they are not this version's bench lrb results. Use another --out, or --overwrite"
+            f"the results to resume from have rows without {'/'.join(row_keys)}; they are not this version's "
+            f"{what} results. Use another --out, or --overwrite"
         )
-    if not isinstance(earlier.get("seeds"), list):
-        raise ValueError("the results to resume from name no seeds; use another --out, or --overwrite")
-    per_run = ("seeds", "held_out_seeds")  # a resume may add seeds
+    for key in listed:
+        if not isinstance(earlier.get(key), list):
+            raise ValueError(f"the results to resume from name no {key}; use another --out, or --overwrite")
     differing = [key for key in current if key not in per_run and earlier.get(key) != current[key]]
     if differing:
         key = differing[0]

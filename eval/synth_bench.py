@@ -21,8 +21,6 @@ format and scored:
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +38,7 @@ from sae_lens.synthetic.evals import (
 from scipy.optimize import linear_sum_assignment
 
 from sdl_anchor.anchoring import AnchorSet
-from sdl_anchor.eval.lrb_table import check_choices
+from sdl_anchor.eval.lrb_table import check_choices, check_resumable
 from sdl_anchor.eval.synth_presets import (
     DEV_MODEL_SEED,
     K_METHODS,
@@ -287,10 +285,15 @@ def run_synth_bench(
         "device": device,
         "data": "FastSyntheticSampler (SAELens's distribution, tested); evaluation by eval_sae_on_synthetic_data",
     }
-    config = json.loads(json.dumps(config))  # as results.json holds it (lists, not tuples)
     rows: list[dict[str, Any]] = []
     if previous is not None:
-        _check_resumable(previous, config)
+        check_resumable(
+            previous,
+            config,
+            what="bench synth",
+            row_keys=("model_seed", "method", "target_l0", "variant"),
+            per_run=("description", "model_seeds", "methods", "variants", "l0_targets", "device"),
+        )
         rows = list(previous["rows"])
     done = {_row_key(row) for row in rows}
     models: dict[int, dict[str, Any]] = {}
@@ -354,34 +357,6 @@ def run_synth_bench(
                     if on_row is not None:
                         on_row(results())
     return results()
-
-
-def _check_resumable(previous: dict[str, Any], config: dict[str, Any]) -> None:
-    old = previous.get("config")
-    if not isinstance(old, dict) or not isinstance(previous.get("rows"), list):
-        raise ValueError("the results to resume are malformed (no config or rows); use --overwrite")
-    ignore = ("description", "model_seeds", "methods", "variants", "l0_targets", "device")
-    differs = sorted(key for key in config if key not in ignore and old.get(key) != config[key])
-    if differs:
-        raise ValueError(
-            f"the results in --out were made with other settings ({', '.join(differs)}); use --overwrite or "
-            "another --out"
-        )
-    for row in previous["rows"]:
-        if not isinstance(row, dict) or any(
-            k not in row for k in ("model_seed", "method", "target_l0", "variant")
-        ):
-            raise ValueError("the results to resume hold a malformed row; use --overwrite")
-
-
-CELL_METRICS = ("mcc", "f1", "uniqueness", "explained_variance", "l0", "dead_fraction")
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def format_table(results: dict[str, Any]) -> str:

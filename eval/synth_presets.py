@@ -26,7 +26,6 @@ VARIANTS: dict[str, tuple[bool, bool, bool]] = {
     "anchored+theory": (True, True, False),
     "aligned+theory": (False, True, True),
 }
-NO_GROUND_TRUTH = ("stock", "theory", "aligned+theory")
 PUBLISHED_SAMPLES = 200_000_000
 DEV_MODEL_SEED = 42  # the published model; the held-out seed is any other
 

@@ -7,20 +7,23 @@ distribution while touching the dense batch once, for one comparison:
 
 - **Firing.** SAELens fires feature i of a sample when ``g_i = u_i + s_i * eta_i > t_i``, where
   ``u = eps @ F^T`` is the rank-r common factor (``eps ~ N(0, I_r)``), ``s_i`` the square root of the
-  diagonal term, ``eta_i ~ N(0, 1)`` and ``t_i = Phi^-1(1 - p_i)``. Equivalently, with ``V`` uniform on
-  (0, 1), it fires when ``V < Q(z_i)``, ``z_i = (t_i - u_i) / s_i``, ``Q`` the normal upper tail. Split ``V``
-  at ``rho`` (here 1/256): an entry is "low" (``V <= rho``) with probability ``rho``, independently of
-  ``u``; those entries are drawn as a Poisson process over the batch (an entry is low when it receives at
-  least one of ``Poisson(B n lambda)`` uniform points, ``lambda = -log(1 - rho)``). An entry that is not low
-  has ``V > rho`` and can fire only if ``Q(z_i) > rho``, i.e. ``u_i > t_i - s_i Phi^-1(1 - rho)``: one
-  comparison per entry on the computed ``u``. Every candidate (low, or above that threshold) then draws its
-  ``V`` from the right interval and is tested exactly. Nothing is approximated; the dense work is one
+  diagonal term, ``eta_i ~ N(0, 1)`` and ``t_i = Phi^-1(1 - p_i)``. Given ``eps`` the features fire
+  independently, and a child's firing matters only where its parent is active (elsewhere the hierarchy
+  zeroes it), so only the parentless features are drawn over the whole batch. For them, with ``V`` uniform on
+  (0, 1), feature i fires when ``V < Q(z_i)``, ``z_i = (t_i - u_i) / s_i``, ``Q`` the normal upper tail.
+  Split ``V`` at ``rho`` (here 1/256): an entry is "low" (``V <= rho``) with probability ``rho``,
+  independently of ``u``; those entries are drawn as a Poisson process over the batch (an entry is low when it
+  receives at least one of ``Poisson(B n lambda)`` uniform points, ``lambda = -log(1 - rho)``). An entry that
+  is not low has ``V > rho`` and can fire only if ``Q(z_i) > rho``, i.e. ``u_i > t_i - s_i Phi^-1(1 - rho)``:
+  one comparison per entry on the computed ``u``. Every candidate (low, or above that threshold) then draws
+  its ``V`` from the right interval and is tested exactly. Nothing is approximated; the dense work is one
   rank-r product and one comparison per entry, and the exact tests run on a few percent of entries.
-- **Magnitudes** ``relu(mean_i + std_i * N(0, 1))`` on the firing entries, as SAELens draws them.
-- **Hierarchy**, level by level as SAELens's modifier applies it: a child is multiplied by its parent's
-  value over the parent's mean magnitude (``scale_children_by_parent``) or by whether the parent fires, then
-  each mutually exclusive sibling group whose parent sits at that level keeps one uniformly chosen active
-  child. Done on the sorted sparse entries (a parent is found by binary search).
+- **Magnitudes** ``relu(mean_i + std_i * N(0, 1))`` on the firing entries, as SAELens draws them; an entry
+  that comes out 0 is inactive.
+- **Hierarchy**, level by level in SAELens's order: each active entry's children are tested where it is
+  active (``g_c > t_c`` with their own ``eta``), get their magnitudes, each mutually exclusive sibling group
+  keeps one uniformly chosen active child, and a child is multiplied by its parent's value over the parent's
+  mean magnitude (``scale_children_by_parent``).
 - **Hidden activations** ``x = z W + b`` by a weighted embedding bag over the active entries.
 
 Full (non-low-rank) correlation matrices are not supported: use SAELens's generator for them.
@@ -152,7 +155,9 @@ class FastSyntheticSampler:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         eps = torch.randn(batch_size, self.factor.shape[1], generator=self.generator, device=self.device)
         rows, features = self._free_firing(eps)
-        rows, features, values = self._magnitudes(rows, features)
+        values = self._magnitudes(features)
+        active = values > 0
+        rows, features, values = rows[active], features[active], values[active]
         parts = [(rows, features, values)]
         while self.hierarchy is not None and rows.numel():
             rows, features, values = self._children(eps, rows, features, values)
@@ -175,21 +180,14 @@ class FastSyntheticSampler:
         """Hidden activations ``[batch_size, hidden_dim]`` (what an SAE trains on)."""
         return self.hidden(self.sample_codes(batch_size))
 
-    def _magnitudes(
-        self, rows: torch.Tensor, features: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SAELens's ``relu(mean + std * N(0, 1))`` for firing entries; entries that come out 0 are inactive."""
-        noise = torch.randn(rows.numel(), generator=self.generator, device=self.device)
-        values = (self.mean[features] + noise * self.std[features]).relu()
-        keep = values > 0
-        return rows[keep], features[keep], values[keep]
+    def _magnitudes(self, features: torch.Tensor) -> torch.Tensor:
+        """SAELens's ``relu(mean + std * N(0, 1))`` for firing entries (an entry that comes out 0 is inactive)."""
+        noise = torch.randn(features.numel(), generator=self.generator, device=self.device)
+        return (self.mean[features] + noise * self.std[features]).relu()
 
-    def _fires(
-        self, eps_rows: torch.Tensor, common: torch.Tensor | None, features: torch.Tensor
-    ) -> torch.Tensor:
+    def _fires(self, eps_rows: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Exact copula test ``u + s * eta > t`` for the given (row, feature) entries."""
-        if common is None:
-            common = (eps_rows * self.factor[features]).sum(dim=1)
+        common = (eps_rows * self.factor[features]).sum(dim=1)
         eta = torch.randn(features.numel(), generator=self.generator, device=self.device, dtype=torch.float64)
         return common.double() + self.noise_scale[features] * eta > self.thresholds[features]
 
@@ -229,10 +227,9 @@ class FastSyntheticSampler:
         children = h.children[features]  # [m, c]
         slot, position = (children >= 0).nonzero(as_tuple=True)
         child_rows, child_features = rows[slot], children[slot, position]
-        fires = self._fires(eps[child_rows], None, child_features)
+        fires = self._fires(eps[child_rows], child_features)
         slot, child_rows, child_features = slot[fires], child_rows[fires], child_features[fires]
-        noise = torch.randn(slot.numel(), generator=self.generator, device=self.device)
-        magnitude = (self.mean[child_features] + noise * self.std[child_features]).relu()
+        magnitude = self._magnitudes(child_features)
         active = magnitude > 0
         slot, child_rows, child_features, magnitude = (
             slot[active],

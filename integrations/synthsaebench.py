@@ -39,6 +39,8 @@ from sae_lens.synthetic.firing_magnitudes import FoldedNormalMagnitudeConfig, Li
 from sae_lens.util import temporary_seed
 from tqdm.auto import tqdm
 
+from sdl_anchor.io import current_umask
+
 PUBLISHED_SEED = 42
 CACHE_ENV = "SDL_ANCHOR_CACHE"
 
@@ -155,20 +157,14 @@ def load_or_build_model(
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
         try:
             model.save(staging)
-            os.chmod(staging, 0o777 & ~_umask())
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700
             staging.rename(path)
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
             if not path.is_dir():  # a concurrent build that won the rename is fine
                 raise
-        return SyntheticModel.load_from_disk(path), {"path": str(path), "key": key, "built": True}
+        return model, {"path": str(path), "key": key, "built": True}
     saved = json.loads((path / "synthetic_model_config.json").read_text())
     if saved != json.loads(json.dumps(config.to_dict())):
         raise ValueError(f"the cached synthetic model at {path} has another configuration; delete the folder")
     return SyntheticModel.load_from_disk(path), {"path": str(path), "key": key, "built": False}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask (read by setting it, then restoring it)."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -27,7 +27,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a file written in place would honour the umask
+    os.chmod(
+        tmp, 0o666 & ~current_umask()
+    )  # mkstemp makes it 0600; a file written in place would honour the umask
     try:
         write(Path(tmp))
         os.replace(tmp, path)
