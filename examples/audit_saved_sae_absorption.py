@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sdl_anchor.absorption.audit import audit_absorption, write_report
-from sdl_anchor.integrations.loading import load_model, load_sae
+from sdl_anchor.integrations.loading import load_model, load_sae, model_kwargs_of
 from sdl_anchor.testing.planted import planted_letter_model, planted_letter_sae
 
 LETTERS = "abcdefghij"
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.sae_id is None or args.model is None:
             parser.error("--release needs --sae-id and --model")
         sae = load_sae(None, args.release, args.sae_id, args.device)
-        model, label = load_model(args.model, None, args.device), f"{args.release}/{args.sae_id}"
+        model = load_model(args.model, None, args.device, model_kwargs_of(sae))
+        label = f"{args.release}/{args.sae_id}"
         truth: dict[str, float] = {}
         planted: set[str] | None = None
     else:

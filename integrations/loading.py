@@ -1,8 +1,10 @@
 """Loading the models and SAEs users name: SAELens releases, TransformerLens models, local checkpoints.
 
-``load_sae`` reads a saved SAELens folder or ``SAE.from_pretrained(release, sae_id)``; ``load_model`` runs
-``HookedTransformer.from_pretrained(name)`` or boots a local Hugging Face checkpoint through TransformerLens's
-``TransformerBridge``. Both turn the failures a user can fix (a release or id SAELens does not list, a model
+``load_sae`` reads a saved SAELens folder or ``SAE.from_pretrained(release, sae_id)``; ``load_model`` loads a
+model the one way training does (SAELens's ``load_model``: ``HookedTransformer.from_pretrained_no_processing``
+with the run's ``model_from_pretrained_kwargs``), or boots a local Hugging Face checkpoint through
+TransformerLens's ``TransformerBridge`` as ``train --model-path`` does, so an audit, class-mean anchors and
+training read the same activations. ``model_kwargs_of(sae)`` gives the kwargs an SAE records. Both turn the failures a user can fix (a release or id SAELens does not list, a model
 name TransformerLens does not know, a file missing from an offline hub cache) into a ValueError or
 FileNotFoundError that says what is missing and how to fix it, instead of a traceback from deep inside.
 """
@@ -99,9 +101,28 @@ def check_model_name(name: str) -> None:
         ) from None
 
 
-def load_model(name: str, model_path: str | Path | None, device: str) -> Any:
-    """A TransformerLens model: ``name`` from the hub (or its cache), or the local checkpoint at
-    ``model_path``."""
+TRAINING_MODEL_KWARGS: dict[str, Any] = {"center_writing_weights": False}
+"""What SAELens's runner config passes a HookedTransformer when the user names no kwargs (its
+``LanguageModelSAERunnerConfig.__post_init__``); with ``from_pretrained_no_processing`` it changes nothing."""
+
+
+def model_kwargs_of(sae: Any) -> dict[str, Any]:
+    """The ``model_from_pretrained_kwargs`` an SAE was trained with (``cfg.metadata``), as SAELens's own
+    evaluator reads them; training's default where the SAE records none."""
+    metadata = getattr(getattr(sae, "cfg", None), "metadata", None)
+    recorded = getattr(metadata, "model_from_pretrained_kwargs", None)
+    return dict(recorded) if recorded else dict(TRAINING_MODEL_KWARGS)
+
+
+def load_model(
+    name: str,
+    model_path: str | Path | None,
+    device: str,
+    model_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """A TransformerLens model as training loads it: ``name`` from the hub (or its cache) through SAELens's
+    ``load_model`` (no weight processing, then ``model_kwargs``, default :data:`TRAINING_MODEL_KWARGS`), or
+    the local checkpoint at ``model_path`` through ``TransformerBridge``."""
     if model_path is not None:
         folder = Path(model_path)
         if not (folder / "config.json").exists():
@@ -111,13 +132,18 @@ def load_model(name: str, model_path: str | Path | None, device: str) -> Any:
         from transformer_lens.model_bridge import TransformerBridge
 
         return TransformerBridge.boot_transformers(str(folder), device=device)
-    from transformer_lens import HookedTransformer
+    from sae_lens.load_model import load_model as sae_lens_load_model
 
     check_model_name(name)
+    kwargs = dict(TRAINING_MODEL_KWARGS if model_kwargs is None else model_kwargs)
     try:
-        return HookedTransformer.from_pretrained(name, device=device)
+        return sae_lens_load_model(
+            "HookedTransformer", name, device=device, model_from_pretrained_kwargs=kwargs
+        )
     except OSError as err:
         missing = missing_hub_file(err)
         if missing is None:
             raise
         raise FileNotFoundError(f"could not load model {name!r}: {missing}; {offline_hint()}") from None
+    except TypeError as err:
+        raise ValueError(f"model kwargs {kwargs} are not accepted by HookedTransformer: {err}") from None

@@ -387,3 +387,28 @@ def test_a_k_that_is_not_a_number_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "lrb", "--k", "x", "--no-progress"])
     assert exit_info.value.code == 2 and "expected comma-separated integers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "absorption", "--sae-path", "x", "--model", "gpt2", "--out", "o", "--model-kwargs", "{fold"],
+        ["anchors", "class-means", "--model", "gpt2", "--hook", "h", "--prompts", "p.json", "--out", "o",
+         "--model-kwargs", "[1, 2]"],
+    ],
+)  # fmt: skip
+def test_model_kwargs_that_are_not_a_json_object_exit_2(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and "expected a JSON object" in capsys.readouterr().err
+
+
+def test_an_sae_s_recorded_model_kwargs_are_what_the_audit_loads_with():
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from sdl_anchor.integrations.loading import TRAINING_MODEL_KWARGS, model_kwargs_of
+
+    sae = TopKSAE(TopKSAEConfig(d_in=8, d_sae=16, k=2))
+    assert model_kwargs_of(sae) == TRAINING_MODEL_KWARGS  # records none: training's default
+    sae.cfg.metadata.model_from_pretrained_kwargs = {"fold_ln": False, "n_devices": 1}
+    assert model_kwargs_of(sae) == {"fold_ln": False, "n_devices": 1}

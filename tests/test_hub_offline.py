@@ -193,3 +193,38 @@ def test_a_transcoder_set_trains_by_model_name_and_exports_for_circuit_tracer(hu
     )
     assert missing.returncode == 2 and "layers 0..1, not [5]" in missing.stderr
     assert not (tmp_path / "bad" / "set").exists() and not (tmp_path / "bad" / "train.json").exists()
+
+
+SAME_ACTIVATIONS = """
+import json, sys
+import torch
+from sae_lens.load_model import load_model as training_load_model
+from transformer_lens import HookedTransformer
+from sae_lens import TopKSAE, TopKSAEConfig
+from sdl_anchor.integrations.compat import parse_runner_args
+from sdl_anchor.integrations.loading import load_model, model_kwargs_of
+
+hook, d = "blocks.1.hook_resid_post", int(sys.argv[1])
+config = parse_runner_args(["--model_name", "gpt2", "--hook_name", hook, "--d_in", str(d), "--dataset_path", "x"])
+trained_on = training_load_model(config.model_class_name, config.model_name, "cpu", config.model_from_pretrained_kwargs)
+sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=16, k=2))
+sae.cfg.metadata.model_from_pretrained_kwargs = config.model_from_pretrained_kwargs  # as training records it
+models = {
+    "training": trained_on,
+    "audit": load_model("gpt2", None, "cpu", model_kwargs_of(sae)),
+    "class_means": load_model("gpt2", None, "cpu", None),
+    "processed": HookedTransformer.from_pretrained("gpt2"),  # what the audit loaded before issue 35
+}
+tokens = torch.arange(3, 40).reshape(1, -1)
+acts = {name: m.run_with_cache(tokens, names_filter=hook)[1][hook] for name, m in models.items()}
+gap = {name: float((a - acts["training"]).norm() / acts["training"].norm()) for name, a in acts.items()}
+print(json.dumps(gap))
+"""
+
+
+def test_the_audit_and_class_mean_anchors_read_the_activations_training_reads(random_hub):
+    done = run(random_hub, "-c", SAME_ACTIVATIONS, str(random_hub.d_model))
+    assert done.returncode == 0, done.stderr
+    gap = json.loads(done.stdout.strip().splitlines()[-1])
+    assert gap["audit"] == 0.0 and gap["class_means"] == 0.0
+    assert gap["processed"] > 0.05  # weight processing changes this model's activations: the check has teeth

@@ -1,7 +1,8 @@
 """``sdl-anchor audit absorption``: the first-letter absorption audit of a pretrained or saved SAELens SAE.
 
 Loads the SAE (``SAE.from_pretrained(release, sae_id)`` or ``SAE.load_from_disk(path)``) and the model
-(``HookedTransformer.from_pretrained(name)``, or a local Hugging Face checkpoint with its tokenizer through
+(as training loads it: ``HookedTransformer.from_pretrained_no_processing(name, **kwargs)`` with the SAE's
+recorded ``model_from_pretrained_kwargs``, or a local Hugging Face checkpoint with its tokenizer through
 TransformerLens's ``TransformerBridge.boot_transformers(path)``), runs
 :func:`~sdl_anchor.absorption.real.concept_absorption` on the first-letter task at the SAE's own hook, and
 writes ``absorption.json`` (SAEBench's key names, plus ``per_letter``) and a readable ``report.html`` with

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sdl_anchor.cli.common import MODEL_KWARGS_HELP, model_kwargs
+
 
 def add_parser(commands: Any) -> None:
     """The ``anchors`` subcommand and its three sources."""
@@ -34,6 +36,7 @@ def add_parser(commands: Any) -> None:
     )
     means.add_argument("--model", required=True, help="TransformerLens model name, e.g. gpt2")
     means.add_argument("--model-path", type=Path, help="a local Hugging Face checkpoint instead of the hub")
+    means.add_argument("--model-kwargs", type=model_kwargs, default=None, help=MODEL_KWARGS_HELP)
     means.add_argument("--hook", required=True, help="the hook to read, e.g. blocks.8.hook_resid_post")
     means.add_argument("--prompts", type=Path, required=True, help='JSON: {"class": ["prompt", ...], ...}')
     means.add_argument("--device", default="cpu")
@@ -73,7 +76,7 @@ def _class_means(args: argparse.Namespace) -> Any:
         isinstance(v, list) and all(isinstance(p, str) for p in v) for v in prompts.values()
     ):
         raise ValueError(f'--prompts {args.prompts} must hold {{"class": ["prompt", ...], ...}}')
-    model = load_model(args.model, args.model_path, args.device)
+    model = load_model(args.model, args.model_path, args.device, args.model_kwargs)
     return class_mean_anchors_from_prompts(model, prompts, args.hook, center=not args.uncentred)
 
 

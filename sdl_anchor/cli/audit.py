@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sdl_anchor.cli.common import WANDB_HELP
+from sdl_anchor.cli.common import WANDB_HELP, model_kwargs
 
 
 def add_parsers(commands: Any) -> None:
@@ -36,6 +36,13 @@ def add_parsers(commands: Any) -> None:
         default=None,
         help="a local Hugging Face checkpoint (with its tokenizer) to load",
     )
+    absorption.add_argument(
+        "--model-kwargs",
+        type=model_kwargs,
+        default=None,
+        help="JSON keyword arguments for HookedTransformer.from_pretrained_no_processing (default: the "
+        "model_from_pretrained_kwargs the SAE records, as SAELens's evaluator reads them)",
+    )
     absorption.add_argument("--out", type=Path, required=True, help="output folder")
     absorption.add_argument("--device", default="cpu")
     absorption.add_argument("--seed", type=int, default=0)
@@ -63,7 +70,7 @@ def audit_absorption(args: argparse.Namespace) -> int:
         default_cache_dir,
         write_report,
     )
-    from sdl_anchor.integrations.loading import load_model, load_sae
+    from sdl_anchor.integrations.loading import load_model, load_sae, model_kwargs_of
 
     if (args.out / "absorption.json").exists() and not args.overwrite:
         raise ValueError(
@@ -76,7 +83,8 @@ def audit_absorption(args: argparse.Namespace) -> int:
     if args.max_words is not None and args.max_words < 1:
         raise ValueError(f"--max-words must be positive, got {args.max_words}")
     sae = load_sae(args.sae_path, args.release, args.sae_id, args.device)
-    model = load_model(args.model, args.model_path, args.device)
+    kwargs = args.model_kwargs if args.model_kwargs is not None else model_kwargs_of(sae)
+    model = load_model(args.model, args.model_path, args.device, kwargs)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     report = audit_absorption(
         model,
@@ -88,6 +96,7 @@ def audit_absorption(args: argparse.Namespace) -> int:
         cache_dir=cache_dir,
         progress=not args.no_progress,
     )
+    report["model_kwargs"] = kwargs if args.model_path is None else None  # a local checkpoint boots as is
     print(
         f"mean absorption fraction {report['mean_absorption_fraction_score']:.4f}, mean full absorption "
         f"{report['mean_full_absorption_score']:.4f}, mean split features {report['mean_num_split_features']:.2f} "

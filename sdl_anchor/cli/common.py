@@ -37,3 +37,25 @@ def check_output_folder(out: Path, flag: str = "--out") -> None:
         raise ValueError(f"{flag} {out} {where} a file, not a folder; choose another {flag}")
     if existing != out and not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {out} cannot be made: {existing} is not writable; choose another {flag}")
+
+
+MODEL_KWARGS_HELP = (
+    "JSON keyword arguments for HookedTransformer.from_pretrained_no_processing, as train's "
+    "--model_from_pretrained_kwargs takes them (default: what training uses)"
+)
+
+
+def model_kwargs(value: str) -> dict:
+    """``'{"fold_ln": false}'`` -> a dict, or an argparse error saying what is wrong."""
+    import argparse
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {value!r} ({err})") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"fold_ln\": false}}', got {value!r}"
+        )
+    return parsed
