@@ -1,12 +1,15 @@
 """Atomic file writes (DESIGN.md section 7): write a temporary file beside the target, then rename,
-so a crash never leaves a half-written result or checkpoint."""
+so a crash never leaves a half-written result or checkpoint; and an exclusive claim of an output, so two
+runs never write one."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,35 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def exclusive_claim(lock_path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` for the block, or raise ValueError naming the process that
+    holds it. The kernel drops the lock when its holder exits, however it exits, so a crashed run never
+    leaves a stale claim. The lock file is removed on the way out; a run that opened it just before that
+    finds, once it has the lock, that the path no longer names its file, and is refused as well."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino != os.stat(lock_path).st_ino:
+                raise BlockingIOError  # its holder finished and removed it: the next run claims a new file
+        except (BlockingIOError, FileNotFoundError):
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(
+                f"another run (pid {holder}) is writing {what}; wait for it to finish or choose another output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # while still holding the lock
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_json(path: str | Path, data: Any) -> Path:

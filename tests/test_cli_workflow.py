@@ -243,7 +243,7 @@ def test_saelens_output_path_works_in_place_of_out(workspace, tmp_path):
     )
     assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["architecture"] == "topk"
     assert json.loads((tmp_path / "sae" / "train.json").read_text())["sae_path"] == str(tmp_path / "sae")
-    assert not (tmp_path / "unused").exists() and not (tmp_path / ".sae.partial").exists()
+    assert not (tmp_path / "unused").exists() and not list(tmp_path.glob(".sae.partial*"))
 
 
 @pytest.mark.parametrize("flags", [["--checkpoint_path", "ck/runs"], []])
@@ -259,3 +259,44 @@ def test_checkpoints_get_one_unique_id(tmp_path, flags):
     coder = _coder_config(config, None, tmp_path / "sae", None)
     base = "ck/runs" if flags else "checkpoints"
     assert re.fullmatch(re.escape(base) + r"/[0-9a-f]{8}", coder.checkpoint_path), coder.checkpoint_path
+
+
+def test_a_run_into_an_output_another_run_holds_exits_2_and_touches_nothing(workspace, tmp_path, capsys):
+    """Issue 35: two runs into one --out shared one .partial folder and both reported success."""
+    from sdl_anchor.io import exclusive_claim
+
+    out = tmp_path / "run"
+    (out / ".sae.partial-1").mkdir(parents=True)  # a live run's folder: the claim protects it
+    argv = train_argv(workspace, out, "--hook_name", HOOK, "--architecture", "topk", "--d_in", "32")
+    with exclusive_claim(out / ".sae.lock", "the other run's output"):
+        assert main([*argv, "--d_sae", "64", "--k", "4"]) == 2
+    assert "another run (pid" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".sae.partial-1"]
+    assert main([*argv, "--d_sae", "64", "--k", "4"]) == 0  # free again: the dead run's folder is cleared
+    assert sorted(p.name for p in out.iterdir()) == ["sae", "train.json"]
+
+
+def test_two_concurrent_runs_into_one_output_one_wins_the_other_exits_2(workspace, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    argv = train_argv(workspace, out, "--hook_name", HOOK, "--architecture", "topk", "--d_in", "32")
+    argv += ["--d_sae", "64", "--k", "4", "--log_to_wandb", "False"]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sdl_anchor", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "another run (pid" in loser or "already exists" in loser  # it started after the winner finished
+    assert json.loads((out / "sae" / "cfg.json").read_text())["architecture"] == "topk"
+    assert json.loads((out / "train.json").read_text())["sae_path"] == str(out / "sae")
+    assert not list(out.glob(".sae.partial*"))

@@ -22,8 +22,9 @@ Every flag SAELens's ``LanguageModelSAETrainingRunner`` takes works as in SAELen
   --overwrite            replace DIR/train.json and DIR/sae
 
 Training runs through :class:`~sdl_anchor.integrations.coder_runner.CoderTrainingRunner` (SAELens's
-runner for SAEs, transcoders and crosscoders). The coder is written to a temporary folder inside DIR and
-renamed to DIR/sae only when training finished, so a failed run leaves no half-written coder.
+runner for SAEs, transcoders and crosscoders). The run claims DIR/sae first (a lock beside it: a second
+run into the same output exits 2 and touches nothing), writes the coder into a folder of its own inside DIR
+and renames it to DIR/sae only when training finished, so a failed run leaves no half-written coder.
 
 ``torchrun --nproc_per_node N -m sdl_anchor train ...`` (or ``torchrun ... $(which sdl-anchor)
 train ...``) trains data-parallel: ``--train_batch_size_tokens`` is the global batch, split over the
@@ -132,6 +133,10 @@ def _check_flags(
                 "the finished coder replaces (the checkpoints would be deleted); put them elsewhere, e.g. "
                 f"{coder_path.parent / 'checkpoints'}"
             )
+    _check_existing(ours, coder_path, summary_path)
+
+
+def _check_existing(ours: argparse.Namespace, coder_path: Path, summary_path: Path) -> None:
     for path in (summary_path, coder_path):
         if path.exists() and not ours.overwrite:
             raise ValueError(f"{path} already exists; pass --overwrite or choose another --out")
@@ -210,12 +215,8 @@ def _summary(runner: Any, sae: Any, seconds: float, sae_path: Path) -> dict[str,
 def train(argv: list[str], usage: str) -> int:
     """Run ``sdl-anchor train`` (module docstring); return the exit code."""
     import sdl_anchor  # noqa: F401  (registers the architectures)
-    from sdl_anchor.eval.wandb_logging import ensure_wandb_mode
-    from sdl_anchor.integrations.coder_runner import CoderTrainingRunner
     from sdl_anchor.integrations.compat import parse_runner_args
-    from sdl_anchor.integrations.loading import check_model_name, load_model, missing_hub_file, offline_hint
-    from sdl_anchor.io import write_json
-    from sdl_anchor.resampling import ResamplingConfig
+    from sdl_anchor.io import exclusive_claim
 
     ours, runner_args = _parser().parse_known_args(argv)
     if not argv or "--help" in runner_args or "-h" in runner_args:
@@ -238,10 +239,30 @@ def train(argv: list[str], usage: str) -> int:
         raise ValueError(f"could not parse the training flags: {err}") from None
     _check_sizes(config.sae)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes
-    partial = coder_path.with_name(f".{coder_path.name}.partial")
-    if main_rank:
-        coder_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
+    if not main_rank:
+        return _train_claimed(ours, config, coder_path, summary_path, main_rank=False)
+    coder_path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_claim(coder_path.parent / f".{coder_path.name}.lock", str(coder_path)):
+        # again: a run into the same output may have finished since the first check
+        _check_existing(ours, coder_path, summary_path)
+        for stale in coder_path.parent.glob(f".{coder_path.name}.partial*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by runs that died: the claim says none is live
+        return _train_claimed(ours, config, coder_path, summary_path, main_rank=True)
+
+
+def _train_claimed(
+    ours: argparse.Namespace, config: Any, coder_path: Path, summary_path: Path, main_rank: bool
+) -> int:
+    """Train into this run's own partial folder, rename it onto ``coder_path``, write the summary."""
+    from sdl_anchor.eval.wandb_logging import ensure_wandb_mode
+    from sdl_anchor.integrations.coder_runner import CoderTrainingRunner
+    from sdl_anchor.integrations.loading import check_model_name, load_model, missing_hub_file, offline_hint
+    from sdl_anchor.io import write_json
+    from sdl_anchor.resampling import ResamplingConfig
+
+    # this run's own folder (under torchrun every rank names the same one: the launcher's pid)
+    run_id = os.getppid() if "RANK" in os.environ else os.getpid()
+    partial = coder_path.with_name(f".{coder_path.name}.partial-{run_id}")
     coder_config = _coder_config(config, ours.hook_names, partial, ours.wandb_project)
     if coder_config.logger.log_to_wandb:
         os.environ.setdefault("WANDB_DIR", str(summary_path.parent))
