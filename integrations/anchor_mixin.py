@@ -224,6 +224,31 @@ class AnchoredMixin:
             )
         self._firing_inputs.update(output.feature_acts, step_input.sae_in.to(self.W_enc.dtype))
 
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Training state that lives on the coder and is no weight: the mean firing inputs of
+        ``self_anchor_target="inputs"`` (empty before the first step, and for other targets). Checkpoints
+        save it, so a resumed run pulls towards the targets the uninterrupted one would."""
+        if self._firing_inputs is None:
+            return {}
+        return {f"firing_inputs.{name}": t for name, t in self._firing_inputs.state().items()}
+
+    def load_training_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`training_state`."""
+        state = {k.split(".", 1)[1]: t for k, t in tensors.items() if k.startswith("firing_inputs.")}
+        if not state:
+            self._firing_inputs = None
+            return
+        self._firing_inputs = FiringInputMeans(
+            self.cfg.d_sae, self.W_enc.shape[0], FIRING_INPUT_DECAY, like=self.W_enc.detach()
+        )
+        self._firing_inputs.load_state(state)
+
+    def forget_latents(self, latents: torch.Tensor) -> None:
+        """``latents`` were resampled: drop the firing inputs they were tied to (a resampled latent's
+        self-anchoring target starts again from what it fires on next)."""
+        if self._firing_inputs is not None:
+            self._firing_inputs.forget(latents.to(self._firing_inputs.weights.device))
+
     def _self_anchor_loss(self) -> torch.Tensor:
         """Eq. of :func:`~sdl_anchor.anchoring.loss.self_anchor_loss` towards the decoder rows or the mean
         firing inputs."""

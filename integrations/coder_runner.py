@@ -14,7 +14,8 @@ output hooks of a transcoder, or a crosscoder's source hooks (an SAE may keep us
   checks it got the same config, reads its own shard of the dataset and ``train_batch_size_tokens /
   world_size`` rows per step; rank 0 alone logs and writes.
 
-Like SAELens's runner it takes ``override_model`` / ``override_dataset`` / ``override_sae``, checkpoints,
+Unlike SAELens's runner it seeds torch with ``cfg.seed`` first, so one seed gives one coder, however many
+runs came before it in the process. Like SAELens's runner it takes ``override_model`` / ``override_dataset`` / ``override_sae``, checkpoints,
 saves the final coder (``save_inference_model``) with its hooks in ``cfg.metadata.hook_names``, and logs to
 W&B. Hooks and widths are checked against the model before any forward pass (``check_coder_hooks``).
 Cached activations and prefetching (single-hook features of SAELens) are not supported here.
@@ -23,7 +24,11 @@ Cached activations and prefetching (single-hook features of SAELens) are not sup
 from __future__ import annotations
 
 import dataclasses
+import signal
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +41,7 @@ from sae_lens.load_model import load_model
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.util import get_special_token_ids
+from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookedRootModule
 
 from sdl_anchor.integrations.coder_hooks import check_coder_hooks, coder_kind
@@ -48,7 +54,7 @@ from sdl_anchor.integrations.distributed import (
     init_distributed,
     local_batch_size,
 )
-from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.paired_trainer import PairedSAETrainer, TrainingInterrupted
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.splice import evaluate_spliced
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
@@ -98,10 +104,13 @@ class SplicedCoderEvaluator:
     hook_names: list[str]
     n_eval_batches: int
     eval_batch_size_prompts: int | None
+    progress: str | None = None  # a progress bar's label (the final summary shows one; in-training evals not)
 
     def __call__(self, sae: Any, data_provider: Any, activation_scaler: Any) -> dict[str, Any]:
         size = self.eval_batch_size_prompts or self.activations_store.store_batch_size_prompts
-        batches = (self.activations_store.get_batch_tokens(size) for _ in range(self.n_eval_batches))
+        batches: Any = (self.activations_store.get_batch_tokens(size) for _ in range(self.n_eval_batches))
+        if self.progress is not None:
+            batches = tqdm(batches, total=self.n_eval_batches, desc=self.progress, unit="batch")
         return evaluate_spliced(
             sae, self.model, batches, self.hook_names, activation_scaler=activation_scaler
         )
@@ -129,6 +138,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
         if override_dataset is None and cfg.dataset_path == "":
             raise ValueError("give a dataset: set dataset_path in the config or pass override_dataset")
         self.cfg = cfg
+        torch.manual_seed(cfg.seed)  # the coder's initialisation and the store's shuffles follow --seed
         if override_sae is not None:
             self.sae = override_sae
         elif cfg.from_pretrained_path is not None:
@@ -151,6 +161,42 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             n_eval_batches=cfg.n_eval_batches,
             eval_batch_size_prompts=cfg.eval_batch_size_prompts,
         )
+
+    def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
+        """``trainer.fit()``; SIGINT or SIGTERM stops it at the next step boundary and writes a resumable
+        checkpoint ``interrupted_<samples>`` under ``cfg.checkpoint_path`` (weights, optimizer, scheduler,
+        dead-latent, resampler and coder state, the data position and the runner config), then raises
+        :class:`~sdl_anchor.integrations.paired_trainer.TrainingInterrupted` naming it. A second Ctrl-C
+        stops at once and saves nothing. (SAELens's own handler saved only the data position, into a folder
+        it never created.)"""
+        main = self.context is None or self.context.is_main
+
+        def stop_after_this_step(signal_number: int, frame: Any) -> None:
+            if trainer.stop_signal is not None and signal_number == signal.SIGINT:
+                raise KeyboardInterrupt
+            trainer.request_stop(signal_number)
+            if main:
+                print(
+                    "\nsdl-anchor: stopping after this step to save a checkpoint (Ctrl-C again stops at once, "
+                    "saving nothing)",
+                    file=sys.stderr,
+                )
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for number in (signal.SIGINT, signal.SIGTERM):
+                previous[number] = signal.signal(number, stop_after_this_step)
+        try:
+            return trainer.fit()
+        except TrainingInterrupted as stop:
+            if self.cfg.checkpoint_path is not None:
+                name = f"interrupted_{trainer.n_training_samples}"
+                trainer.save_checkpoint(checkpoint_name=name)
+                stop.checkpoint = Path(self.cfg.checkpoint_path) / name
+            raise
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     def _load_model(self, override_model: HookedRootModule | None) -> Any:
         """The model: ``override_model``, or SAELens's ``load_model`` of the config's model."""

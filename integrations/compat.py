@@ -1,6 +1,6 @@
 """Every use of a private SAELens name, in one place (checked against SAELens 6.54.12).
 
-SAELens has no public API for these four things, so we reach into its internals here and nowhere else.
+SAELens has no public API for these five things, so we reach into its internals here and nowhere else.
 ``tests/test_compat.py`` checks each name against the installed SAELens and fails with a message naming
 the name and this module when SAELens changes it:
 
@@ -11,7 +11,9 @@ the name and this module when SAELens changes it:
   :class:`~sdl_anchor.integrations.coder_runner.CoderTrainingRunner` repeats around its own
   multi-hook activation store;
 * the ``tqdm`` global of ``sae_lens.training.sae_trainer``: ``SAETrainer.fit`` always draws a progress bar,
-  which :func:`quiet_trainer` turns off for runs nested in a bench's own progress bar.
+  which :func:`quiet_trainer` turns off for runs nested in a bench's own progress bar;
+* ``SAETrainer._update_pbar(step_output, pbar, update_interval)``, which ``fit`` calls after every step:
+  :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer` overrides it to move the bar every step.
 """
 
 from __future__ import annotations

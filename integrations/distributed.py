@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch.distributed as dist
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from typing_extensions import override
 
-from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.paired_trainer import FINITE_CHECK_EVERY, PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import InputPool, ResamplingSAETrainer
 from sdl_anchor.io import read_json, read_safetensors, write_json, write_safetensors
 from sdl_anchor.resampling import ResampleUpdate
@@ -188,7 +189,8 @@ class DistributedTrainerMixin:
         with torch.no_grad():
             fired = latents_fired(output.feature_acts)
             bad = (~torch.isfinite(output.loss.detach())).to(frequencies.dtype).reshape(1)
-            shared = torch.cat([self.act_freq_scores - frequencies, fired.to(frequencies.dtype), bad])
+            stop = bad.new_full((1,), float(self.stop_signal or 0))  # a signal this rank was sent
+            shared = torch.cat([self.act_freq_scores - frequencies, fired.to(frequencies.dtype), stop, bad])
             dist.all_reduce(
                 shared
             )  # one collective: the firing statistics, and whether any rank's loss broke
@@ -196,7 +198,22 @@ class DistributedTrainerMixin:
             self.act_freq_scores = frequencies + shared[:d_sae]
             self._fired_anywhere = shared[d_sae : 2 * d_sae] > 0
             self.n_forward_passes_since_fired[self._fired_anywhere] = 0  # every rank added 1 already
+            self._stop_votes = shared[-2]
         self.note_nonfinite(shared[-1] > 0)  # every rank sees the same flag, so all of them stop together
+
+    def stop_agreed(self) -> bool:
+        """Whether any rank was sent a stop signal, as of the last step's all-reduce: every rank reads the
+        same value at the same step (on a GPU every ``FINITE_CHECK_EVERY`` steps, to keep the loop free of
+        host round trips), so every rank stops at the same boundary and joins the checkpoint's collectives."""
+        votes = getattr(self, "_stop_votes", None)
+        if votes is None:
+            return False
+        if votes.device.type == "cuda" and self.n_training_steps % FINITE_CHECK_EVERY:
+            return False
+        if float(votes) > 0:
+            self.request_stop(signal.SIGTERM)  # the signal went to another rank
+            return True
+        return False
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         self.check_finite()  # on every rank: the flag is shared, so every rank stops together

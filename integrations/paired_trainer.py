@@ -11,7 +11,12 @@ Adam runs as torch's fused Adam (the same update, in one kernel), and a NaN or
 infinite loss stops training with :class:`NonFiniteLossError`, naming the step and the last checkpoint
 written before it (checked after every step on the CPU; on a GPU a device-side flag is read every
 ``FINITE_CHECK_EVERY`` steps, before every checkpoint and at the end, so the hot loop stays free of host
-round trips; no checkpoint is ever written after the loss went bad).
+round trips; no checkpoint is ever written after the loss went bad). A stop requested by a signal
+(:meth:`PairedSAETrainer.request_stop`, the runner's SIGINT / SIGTERM handler) raises :class:`TrainingInterrupted`
+at the next step boundary, where the weights, optimizer, scheduler, dead-latent and resampler state all
+belong to one step, so the checkpoint written then resumes exactly. Checkpoints also hold the coder's
+non-weight training state (:data:`CODER_STATE_FILE`: the mean firing inputs of
+``self_anchor_target="inputs"``).
 """
 
 from __future__ import annotations
@@ -25,12 +30,27 @@ from sae_lens.saes.sae import TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 from typing_extensions import override
 
+from sdl_anchor.io import read_safetensors, write_safetensors
+
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 FINITE_CHECK_EVERY = 50  # steps between reads of the non-finite-loss flag on a GPU
+CODER_STATE_FILE = "coder_training_state.safetensors"
 
 
 class NonFiniteLossError(ValueError):
     """Training produced a NaN or infinite loss (the message names the step and the last checkpoint)."""
+
+
+class TrainingInterrupted(Exception):
+    """A signal asked training to stop; raised at a step boundary. ``checkpoint`` is where the runner saved
+    the run (None where it could not)."""
+
+    def __init__(self, signal_number: int, steps_done: int, total_steps: int) -> None:
+        super().__init__(f"interrupted by signal {signal_number} after step {steps_done} of {total_steps}")
+        self.signal_number = signal_number
+        self.steps_done = steps_done
+        self.total_steps = total_steps
+        self.checkpoint: Path | None = None
 
 
 def use_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
@@ -60,6 +80,25 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
         self._first_nonfinite_step = torch.zeros((), dtype=torch.long, device=self.cfg.device)
         self.last_checkpoint: Path | None = None
         self.step_callbacks: list[Callable[[PairedSAETrainer, TrainStepOutput], None]] = []
+        self.stop_signal: int | None = None
+
+    def request_stop(self, signal_number: int) -> None:
+        """Stop at the next step boundary (called from a signal handler: it only records the request)."""
+        if self.stop_signal is None:
+            self.stop_signal = signal_number
+
+    def stop_agreed(self) -> bool:
+        """Whether to stop now (under torchrun, whether any rank was asked to; every rank agrees)."""
+        return self.stop_signal is not None
+
+    @override
+    def maybe_reset_sparsity(self) -> Any:
+        # SAETrainer.fit calls this first in every step: the step before has finished, counters included
+        if self.stop_agreed():
+            raise TrainingInterrupted(
+                self.stop_signal or 15, self.n_training_steps, self.cfg.total_training_steps
+            )
+        return super().maybe_reset_sparsity()
 
     def step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> TrainStepOutput:
         if isinstance(batch, (tuple, list)):
@@ -120,6 +159,44 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
         base = kwargs.get("base_path", args[0] if args else None) or self.cfg.checkpoint_path
         if base is not None:
             self.last_checkpoint = Path(base) / checkpoint_name
+
+    @override
+    def _update_pbar(self, step_output: TrainStepOutput, pbar: Any, update_interval: int = 100) -> None:
+        """The bar advances every step (SAELens's advances every 100, so a 40-step run on a real model sat at
+        0% throughout); the losses in its description still refresh every ``update_interval`` steps, so the
+        loop reads no device value more often than SAELens's does."""
+        pbar.update(self.cfg.train_batch_size_samples)
+        if self.n_training_steps % update_interval == 0:
+            losses = " | ".join(f"{name}: {float(value):.5f}" for name, value in step_output.losses.items())
+            pbar.set_description(f"{self.n_training_steps}| {losses}")
+
+    @override
+    def save_trainer_state(self, checkpoint_path: Path) -> None:
+        """SAELens's trainer state, plus the coder's non-weight training state (:data:`CODER_STATE_FILE`)."""
+        super().save_trainer_state(checkpoint_path)
+        state = self.sae.training_state() if hasattr(self.sae, "training_state") else {}
+        if state:
+            write_safetensors(Path(checkpoint_path) / CODER_STATE_FILE, state)
+
+    @override
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        super().load_trainer_state(checkpoint_path)
+        path = Path(checkpoint_path) / CODER_STATE_FILE
+        if path.exists():
+            self.sae.load_training_state(read_safetensors(path, "coder training state", self.sae.device))
+        elif self._needs_coder_state() and self.n_training_steps > 0:
+            raise FileNotFoundError(
+                f"{Path(checkpoint_path)} has no {CODER_STATE_FILE}, which a coder with self_anchor_target="
+                "'inputs' needs (its mean firing inputs); it was written by another coder, or before sdl-anchor "
+                "saved them: resume from a checkpoint of this coder, or train afresh"
+            )
+
+    def _needs_coder_state(self) -> bool:
+        cfg = self.sae.cfg
+        return (
+            getattr(cfg, "self_anchor_coefficient", 0) > 0
+            and getattr(cfg, "self_anchor_target", "") == "inputs"
+        )
 
     @override
     def fit(self) -> Any:

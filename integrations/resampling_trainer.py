@@ -415,6 +415,8 @@ class ResamplingSAETrainer(PairedSAETrainer):
         reset_adam_state(self.optimizer, params, latents)
         self.n_forward_passes_since_fired[latents] = 0
         self.tokens_since_fired[latents] = 0
+        if hasattr(sae, "forget_latents"):
+            sae.forget_latents(latents)  # a self-anchoring target from before the event would be stale
 
     def _rewarm(self, completed: int) -> None:
         """Scale the scheduler's learning rate by ``(steps since the event) / rewarm_steps`` for a while."""

@@ -300,3 +300,63 @@ def test_two_concurrent_runs_into_one_output_one_wins_the_other_exits_2(workspac
     assert json.loads((out / "sae" / "cfg.json").read_text())["architecture"] == "topk"
     assert json.loads((out / "train.json").read_text())["sae_path"] == str(out / "sae")
     assert not list(out.glob(".sae.partial*"))
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_the_resumed_run_finishes_the_rest(
+    workspace, tmp_path, capsys, monkeypatch
+):
+    """Issue 35: Ctrl-C or SIGTERM during train saved nothing (SAELens's handler wrote into a folder it never
+    made), and the weights and trainer state were never in its checkpoint."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+
+    steps = []
+    original = PairedSAETrainer.after_step
+
+    def after_step(self, output):
+        original(self, output)
+        steps.append(self.n_training_steps)
+        if self.n_training_steps == 9 and interrupt:
+            os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C, in the middle of a step
+
+    monkeypatch.setattr(PairedSAETrainer, "after_step", after_step)
+    interrupt = True
+    argv = train_argv(workspace, tmp_path / "run", "--hook_name", HOOK, "--architecture", "topk")
+    argv += ["--d_in", "32", "--d_sae", "64", "--k", "4", "--resampling", "theory", "--log_to_wandb", "False"]
+    argv += ["--checkpoint_path", str(tmp_path / "ck")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted by SIGINT after step 10 of 32" in err
+    (checkpoint,) = (tmp_path / "ck").glob("*/interrupted_2560")  # ck/<the run's unique id>/
+    assert f"--resume_from_checkpoint {checkpoint}" in err
+    assert {
+        "cfg.json", "sae_weights.safetensors", "trainer_state.pt", "activations_store_state.safetensors",
+        "runner_cfg.json", "resampling_state.json", "resampling_state.safetensors",
+    } <= {p.name for p in checkpoint.iterdir()}  # fmt: skip
+    assert not (tmp_path / "run" / "sae").exists() and not list((tmp_path / "run").glob(".sae.*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    saved = load_file(str(checkpoint / "sae_weights.safetensors"))
+    interrupt, steps[:] = False, []
+    assert main([*argv, "--resume_from_checkpoint", str(checkpoint)]) == 0
+    assert steps == list(range(10, 32))  # the remaining 22 steps, not 32 from scratch
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["n_steps"] == 32 and summary["resampling"]["events"]
+    assert not torch.equal(
+        load_file(str(tmp_path / "run" / "sae" / "sae_weights.safetensors"))["W_dec"], saved["W_dec"]
+    )
+
+
+def test_a_transcoder_set_refuses_resume_flags(workspace, tmp_path, capsys):
+    """Issue 35: --layers with --resume_from_checkpoint silently trained from step 0."""
+    for flag in ("--resume_from_checkpoint", "--from_pretrained_path"):
+        argv = train_argv(workspace, tmp_path / "set", "--layers", "all", "--architecture", "topk_transcoder")
+        assert (
+            main([*argv, "--d_in", "32", "--d_out", "32", "--d_sae", "64", "--k", "4", flag, str(tmp_path)])
+            == 2
+        )
+        assert f"{flag} is not supported with --layers" in capsys.readouterr().err
+    assert not (tmp_path / "set").exists()

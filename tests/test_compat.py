@@ -44,3 +44,13 @@ def test_trainer_fit_still_draws_its_bar_with_the_module_tqdm():
         _fail("the tqdm global of sae_lens.training.sae_trainer")
     with compat.quiet_trainer():
         assert trainer_module.tqdm(total=3).disable
+
+
+def test_trainer_fit_still_moves_its_bar_through_update_pbar():
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    method = getattr(SAETrainer, "_update_pbar", None)
+    if method is None or list(inspect.signature(method).parameters)[:3] != ["self", "step_output", "pbar"]:
+        _fail("SAETrainer._update_pbar")
+    if "self._update_pbar(" not in inspect.getsource(SAETrainer.fit):
+        _fail("SAETrainer._update_pbar (no longer called by fit)")

@@ -103,6 +103,91 @@ def test_a_resampling_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one(
     assert torch.equal(resumed.n_forward_passes_since_fired, whole.n_forward_passes_since_fired)
 
 
+def inputs_target_transcoder():
+    torch.manual_seed(0)
+    return sa.TopKTranscoderTrainingSAE(
+        sa.TopKTranscoderTrainingSAEConfig(
+            d_in=D_IN, d_out=16, d_sae=D_SAE, k=3, dtype="float64",
+            self_anchor_coefficient=0.1, self_anchor_target="inputs", self_anchor_start_step=2,
+        )
+    )  # fmt: skip
+
+
+def transcoder_batches(n):
+    bench = sa.LinearRepresentationBench(
+        kind="transcoder", n_features=32, d_in=D_IN, d_out=16, sparsity=0.9, max_interference=0.3, seed=0
+    )
+    stream = bench.stream(BATCH, seed=1, with_targets=True)
+    return [tuple(t.double() for t in next(stream)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("resampled", [False, True])
+def test_an_inputs_target_transcoder_resumed_from_a_checkpoint_equals_an_uninterrupted_one(
+    tmp_path, resampled
+):
+    """Issue 35: the mean firing inputs (self_anchor_target="inputs") were not checkpointed: weights were
+    0.041 apart after a resume, 0.32 with theory resampling."""
+    data = transcoder_batches(STEPS)
+    resampling = sa.ResamplingConfig(
+        strategy="theory", every_n_steps=6, max_events=3, stop_fraction=0.0, dead_steps=3, pool_size=160
+    )
+
+    def make():
+        if resampled:
+            return ResamplingSAETrainer(
+                cfg=trainer_config(tmp_path), sae=inputs_target_transcoder(), data_provider=iter(()),
+                resampling=resampling,
+            )  # fmt: skip
+        return PairedSAETrainer(
+            cfg=trainer_config(tmp_path), sae=inputs_target_transcoder(), data_provider=iter(())
+        )
+
+    whole = make()
+    run(whole, data)
+    first = make()
+    run(first, data[:10])
+    first.save_checkpoint("paused")
+    assert (tmp_path / "checkpoints" / "paused" / "coder_training_state.safetensors").exists()
+    resumed = make()
+    resumed.load_trainer_state(tmp_path / "checkpoints" / "paused")
+    resumed.sae.load_weights_from_checkpoint(tmp_path / "checkpoints" / "paused")
+    run(resumed, data[10:])
+    for name, value in whole.sae.state_dict().items():
+        torch.testing.assert_close(resumed.sae.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    for name, value in whole.sae.training_state().items():
+        torch.testing.assert_close(resumed.sae.training_state()[name], value, rtol=0, atol=0, msg=name)
+    if resampled:
+        assert len(resumed.resample_log) == 3
+
+
+def test_resampled_latents_forget_the_inputs_they_fired_on(tmp_path):
+    """Issue 35: a resampled latent kept its old self-anchoring target (cos 0.94 to the direction it died on)."""
+    trainer = ResamplingSAETrainer(
+        cfg=trainer_config(tmp_path), sae=inputs_target_transcoder(), data_provider=iter(()),
+        resampling=sa.ResamplingConfig(strategy="theory", every_n_steps=6, max_events=1, stop_fraction=0.0,
+                                       dead_steps=3, pool_size=160),
+    )  # fmt: skip
+    data = transcoder_batches(6)
+    run(trainer, data[:5])
+    fired_before = trainer.sae._firing_inputs.weights > 0
+    dead = trainer.dead_latents()
+    assert fired_before[dead].any()  # some of the latents about to be resampled fired once
+    run(trainer, data[5:])  # step 6: the event
+    resampled = dead[: int(trainer.resample_log[0]["resample/latents"])]
+    assert resampled.numel() and (trainer.sae._firing_inputs.weights[resampled] == 0).all()
+
+
+def test_a_checkpoint_without_the_firing_inputs_is_refused_for_an_inputs_target_coder(tmp_path):
+    old = PairedSAETrainer(cfg=trainer_config(tmp_path), sae=fresh_sae(), data_provider=iter(()))
+    run(old, batches(2))
+    old.save_checkpoint("old")
+    trainer = PairedSAETrainer(
+        cfg=trainer_config(tmp_path), sae=inputs_target_transcoder(), data_provider=iter(())
+    )
+    with pytest.raises(FileNotFoundError, match="coder_training_state.safetensors"):
+        trainer.load_trainer_state(tmp_path / "checkpoints" / "old")
+
+
 def test_resuming_a_resampling_run_from_a_plain_checkpoint_says_what_is_missing(tmp_path):
     plain = PairedSAETrainer(cfg=trainer_config(tmp_path), sae=fresh_sae(), data_provider=iter(()))
     run(plain, batches(2))
@@ -167,3 +252,32 @@ def test_atomically_written_files_honour_the_umask(tmp_path):
         assert write_json(tmp_path / "private.json", {}).stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_the_progress_bar_moves_every_step_of_a_short_run(tmp_path, monkeypatch):
+    """Issue 35: SAELens moves its bar every 100 steps, so a 40-step run on a real model showed 0% all along."""
+    import sae_lens.training.sae_trainer as trainer_module
+
+    bars, seen = [], []
+
+    class Recorder:
+        def __init__(self, total, initial=0, **kwargs):
+            self.total, self.n = total, initial
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+            seen.append(self.n)
+
+        def set_description(self, text):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(trainer_module, "tqdm", Recorder)
+    trainer = PairedSAETrainer(
+        cfg=trainer_config(tmp_path, steps=5), sae=fresh_sae(), data_provider=iter(batches(5))
+    )
+    trainer.fit()
+    assert seen == [BATCH * step for step in range(1, 6)] and bars[0].n == bars[0].total

@@ -39,6 +39,31 @@ class FiringInputMeans:
         self.input_sum.mul_(self.decay).add_(x.sum(dim=0), alpha=keep)
         self.input_count.mul_(self.decay).add_(x.shape[0] * keep)
 
+    STATE_NAMES = ("weighted_inputs", "weights", "input_sum", "input_count")
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The running sums, for a checkpoint (:meth:`load_state` restores them exactly)."""
+        return {name: getattr(self, name) for name in self.STATE_NAMES}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore the sums :meth:`state` gave; raises ValueError on missing names or other shapes."""
+        for name in self.STATE_NAMES:
+            current = getattr(self, name)
+            if name not in tensors or tensors[name].shape != current.shape:
+                found = None if name not in tensors else tuple(tensors[name].shape)
+                raise ValueError(
+                    f"firing-input state {name}: expected shape {tuple(current.shape)}, found {found}; the "
+                    "checkpoint was written by a coder of another size"
+                )
+            setattr(self, name, tensors[name].to(current.device, current.dtype).clone())
+
+    @torch.no_grad()
+    def forget(self, latents: torch.Tensor) -> None:
+        """Drop what ``latents`` fired on (they were just resampled): they count as not yet fired, so no
+        stale target pulls their new direction back to the one they died on."""
+        self.weighted_inputs[latents] = 0
+        self.weights[latents] = 0
+
     def directions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``([d_sae, d_in] m_j - mu, [d_sae] bool: latents that have fired)``."""
         seen = self.weights > 0

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"sdl-anchor: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nsdl-anchor: interrupted", file=sys.stderr)
+        return 130  # the shell's code for a process stopped by SIGINT
 
 
 if __name__ == "__main__":

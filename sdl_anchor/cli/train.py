@@ -105,6 +105,13 @@ def _check_flags(
     if ours.layer_hooks is not None and (ours.layers is None or len(ours.layer_hooks) != 2):
         raise ValueError("--layer-hooks IN,OUT (two hooks inside each block) goes with --layers")
     if ours.layers is not None:
+        for flag in ("--resume_from_checkpoint", "--from_pretrained_path"):
+            if _flag_value(runner_args, flag) is not None:
+                raise ValueError(
+                    f"{flag} is not supported with --layers: a transcoder set trains every layer from scratch "
+                    "and writes no resumable checkpoint; train the set afresh, or one layer at a time with "
+                    "--hook-names"
+                )
         architecture = _flag_value(runner_args, "--architecture") or ""
         if not architecture.endswith("_transcoder"):
             raise ValueError(
@@ -197,9 +204,9 @@ def _summary(runner: Any, sae: Any, seconds: float, sae_path: Path) -> dict[str,
         "sae_path": str(sae_path),
     }
     sae.eval()
-    metrics = runner.evaluator(
-        sae, None, None
-    )  # SAELens's eval groups: {"model_performance_preservation": {...}}
+    runner.evaluator.progress = "Evaluating the spliced coder"
+    # SAELens's eval groups: {"model_performance_preservation": {...}}
+    metrics = runner.evaluator(sae, None, None)
     summary["eval"] = {
         f"{group}/{name}": float(v) for group, values in metrics.items() for name, v in values.items()
     }
@@ -257,6 +264,7 @@ def _train_claimed(
     from sdl_anchor.eval.wandb_logging import ensure_wandb_mode
     from sdl_anchor.integrations.coder_runner import CoderTrainingRunner
     from sdl_anchor.integrations.loading import check_model_name, load_model, missing_hub_file, offline_hint
+    from sdl_anchor.integrations.paired_trainer import TrainingInterrupted
     from sdl_anchor.io import write_json
     from sdl_anchor.resampling import ResamplingConfig
 
@@ -285,6 +293,11 @@ def _train_claimed(
         sae = runner.run()
         if runner.context is not None:
             torch.distributed.destroy_process_group()
+    except TrainingInterrupted as stop:
+        if main_rank:
+            shutil.rmtree(partial, ignore_errors=True)
+            print(_interrupted_message(stop), file=sys.stderr)
+        return 128 + stop.signal_number  # the shell's code for a process stopped by that signal
     except BaseException as err:
         if main_rank:
             shutil.rmtree(partial, ignore_errors=True)
@@ -318,6 +331,23 @@ def _train_claimed(
         print(f"  {key}: {value:.4f}")
     print(f"wrote {path}")
     return 0
+
+
+def _interrupted_message(stop: Any) -> str:
+    """What an interrupted run saved, and the command that resumes it."""
+    import signal
+
+    name = signal.Signals(stop.signal_number).name
+    head = f"sdl-anchor: interrupted by {name} after step {stop.steps_done} of {stop.total_steps}"
+    if stop.checkpoint is None:
+        return f"{head}; no --checkpoint_path, so nothing was saved"
+    return (
+        f"{head}; saved a resumable checkpoint in {stop.checkpoint} (weights, optimizer, scheduler, "
+        "dead-latent, resampler and anchoring state, and the data position). Resume with the same command plus "
+        f"--resume_from_checkpoint {stop.checkpoint}. The resumed run equals the uninterrupted one in every "
+        "state it restores; its batches differ slightly, because SAELens restarts the activation store at "
+        "the checkpoint's dataset position with an empty, freshly shuffled buffer"
+    )
 
 
 def _train_set(
