@@ -15,7 +15,7 @@ crossed with dead-latent resampling (``none``, ``theory``, ``anthropic``; :mod:`
 Every row is scored on the same non-anchor features (encoder M_GT / M_IP at tau = 0.95, the decoder-side
 scores, MCC, and the same over live latents only) and carries the paper's numbers, its settings and its
 wall time; with ``LRBPreset.recovery_points`` it also carries its recovery curve (M_GT and M_IP against
-samples seen).
+samples seen, on the same features: a plain row's curve leaves out the anchor features it has no anchors for).
 """
 
 from __future__ import annotations
@@ -384,6 +384,7 @@ def _train_and_score(
         if strategy == "none"
         else ResamplingConfig(strategy=strategy, seed=seed, **preset.resampling_for(method, k)),
         recovery_every=max(1, training["n_steps"] // points) if points else None,
+        exclude=anchors.indices,  # every row, plain ones too, scored on the table's features
     )
     train_seconds = time.perf_counter() - started
     scores = {

@@ -37,9 +37,11 @@ class LRBRecoveryEvaluator:
 
     bench: LinearRepresentationBench
     tau: float = 0.95
+    exclude: torch.Tensor | None = None  # the features left out; None: the coder's own anchored features
 
     def __call__(self, sae: Any, data_provider: Any, activation_scaler: Any) -> dict[str, float]:
-        scores = recovery(sae, self.bench, tau=self.tau, exclude=anchored_features(sae), mcc=False)
+        exclude = self.exclude if self.exclude is not None else anchored_features(sae)
+        scores = recovery(sae, self.bench, tau=self.tau, exclude=exclude, mcc=False)
         return {f"lrb/{name}": value for name, value in scores.items()}
 
 
@@ -48,10 +50,11 @@ def anchored_features(sae: Any) -> torch.Tensor | None:
     return getattr(sae, "anchor_indices", None)
 
 
-def _recovery_point(sae: Any, bench: LinearRepresentationBench, step: int) -> dict[str, float]:
+def _recovery_point(
+    sae: Any, bench: LinearRepresentationBench, step: int, exclude: torch.Tensor | None
+) -> dict[str, float]:
     """One point of a recovery curve: the step, the recovery scores (no MCC) and the live-latent ones
-    (latents firing on 4,096 fresh samples), anchored features left out."""
-    exclude = anchored_features(sae)
+    (latents firing on 4,096 fresh samples), the ``exclude`` features left out."""
     return {
         "step": float(step),
         **recovery(sae, bench, mcc=False, exclude=exclude),
@@ -65,12 +68,29 @@ def _recording_recovery(
     bench: LinearRepresentationBench,
     every: int,
     curve: list[dict[str, float]],
+    exclude: torch.Tensor | None,
 ) -> Iterator[Any]:
-    """Yield ``batches`` unchanged; before every ``every``-th batch, append the recovery scores to ``curve``."""
+    """Yield ``batches`` unchanged; before every ``every``-th batch, append the recovery scores (``exclude``
+    left out) to ``curve``."""
     for step, batch in enumerate(batches):
         if step % every == 0:
-            curve.append(_recovery_point(sae, bench, step))
+            curve.append(_recovery_point(sae, bench, step, exclude))
         yield batch
+
+
+def _excluded_features(
+    sae: Any, bench: LinearRepresentationBench, exclude: torch.Tensor | list[int] | None
+) -> torch.Tensor | None:
+    """The features ``train_on_bench`` leaves out of its scores: ``exclude`` (checked against the bench's
+    features) or, when None, the coder's own anchored features."""
+    if exclude is None:
+        return anchored_features(sae)
+    indices = torch.as_tensor(exclude, dtype=torch.long).flatten()
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= bench.n_features):
+        raise ValueError(
+            f"exclude must hold feature indices in [0, {bench.n_features}) of the bench, got {exclude!r}"
+        )
+    return indices
 
 
 def check_coder_kind(sae: TrainingSAE[Any], bench: LinearRepresentationBench) -> None:
@@ -107,6 +127,7 @@ def train_on_bench(
     show_progress: bool = True,
     resampling: ResamplingConfig | None = None,
     recovery_every: int | None = None,
+    exclude: torch.Tensor | list[int] | None = None,
 ) -> TrainingSAE[Any]:
     """Train ``sae`` for ``n_steps`` batches of LRB data and return it.
 
@@ -118,7 +139,9 @@ def train_on_bench(
     the bench's recovery scores (:func:`~sdl_anchor.metrics.recovery` without MCC, and
     :func:`~sdl_anchor.metrics.live_recovery`) are measured before every that-many steps and at the end,
     and kept in ``sae.cfg.metadata.recovery_curve`` as ``[{"step": ..., "M_GT": ..., "M_GT_live": ...,
-    "n_live": ..., ...}, ...]``.
+    "n_live": ..., ...}, ...]``. The curve and the evaluator's ``lrb/*`` scores leave out the ``exclude``
+    features (default: the coder's own anchored features); pass the anchors' indices to score a plain coder
+    on the same features as an anchored one beside it.
     """
     if not hasattr(sae, "cfg") or not hasattr(sae, "training_forward_pass"):
         raise ValueError("sae must be a SAELens TrainingSAE (e.g. TopKTrainingSAE(cfg))")
@@ -147,9 +170,10 @@ def train_on_bench(
         if dataset is None
         else dataset.loader(batch_size, shuffle=True, seed=seed, with_targets=paired)
     )
+    scored_without = _excluded_features(sae, bench, exclude)
     curve: list[dict[str, float]] = []
     if recovery_every is not None:
-        provider = _recording_recovery(provider, sae, bench, recovery_every, curve)
+        provider = _recording_recovery(provider, sae, bench, recovery_every, curve, scored_without)
     trainer_config = SAETrainerConfig(
         total_training_samples=n_steps * batch_size,
         train_batch_size_samples=batch_size,
@@ -165,7 +189,7 @@ def train_on_bench(
         n_batches_for_norm_estimate=10,
     )
     sae.to(device)
-    evaluator = LRBRecoveryEvaluator(bench)
+    evaluator = LRBRecoveryEvaluator(bench, exclude=scored_without)
     if resampling is None:
         trainer: PairedSAETrainer = PairedSAETrainer(
             cfg=trainer_config, sae=sae, data_provider=provider, evaluator=evaluator
@@ -194,7 +218,7 @@ def train_on_bench(
         if own_run:
             wandb.finish()
     if recovery_every is not None:
-        curve.append(_recovery_point(trained, bench, n_steps))
+        curve.append(_recovery_point(trained, bench, n_steps, scored_without))
         trained.cfg.metadata.recovery_curve = curve
     if isinstance(trainer, ResamplingSAETrainer):
         trained.cfg.metadata.resampling = {

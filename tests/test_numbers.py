@@ -10,6 +10,7 @@ import pytest
 import torch
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainStepInput
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
 import sdl_anchor as sa
 from sdl_anchor.anchoring.loss import anchor_loss
@@ -132,6 +133,36 @@ def test_lrb_scores_in_training_leave_the_anchored_features_out():
     assert sa.recovery(sae, bench, mcc=False)["M_GT"] > scores["lrb/M_GT"]  # anchored features sit at init
     sa.train_on_bench(sae, bench, n_steps=4, batch_size=64, show_progress=False, recovery_every=2)
     assert all(point["n_scored"] == 32 for point in sae.cfg.metadata.recovery_curve)
+
+
+def test_a_plain_lrb_row_s_curve_and_w_and_b_scores_leave_the_anchor_features_out(monkeypatch):
+    """Issue 35: a plain row has no anchors of its own, yet the table scores it without the bench's anchor
+    features; its recovery curve and its ``lrb/*`` W&B scores must leave out the same features."""
+    from dataclasses import replace
+
+    import sdl_anchor.integrations.training as training
+    from sdl_anchor.eval.lrb_presets import PRESETS
+    from sdl_anchor.eval.lrb_table import run_lrb_bench
+
+    evaluators = []
+
+    class Recording(LRBRecoveryEvaluator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            evaluators.append(self)
+
+    monkeypatch.setattr(training, "LRBRecoveryEvaluator", Recording)
+    preset = replace(PRESETS["smoke"], n_steps=4, recovery_points=2)
+    results = run_lrb_bench(preset, variants=("plain",), resampling=("none",), progress=False)
+    (row,) = results["rows"]
+    n_scored = preset.n_features - preset.n_anchors
+    assert row["n_scored"] == n_scored
+    assert [point["n_scored"] for point in row["recovery_curve"]] == [n_scored] * 3
+    (evaluator,) = evaluators
+    plain = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=preset.d_in, d_sae=8, k=2))
+    assert evaluator(plain, None, None)["lrb/n_scored"] == n_scored
+    with pytest.raises(ValueError, match=r"exclude must hold feature indices in \[0, 48\)"):
+        sa.train_on_bench(plain, evaluator.bench, n_steps=1, exclude=[48])
 
 
 def test_anchors_are_directions_whatever_their_scale():
