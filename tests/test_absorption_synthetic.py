@@ -208,8 +208,47 @@ def test_a_parent_no_latent_represents_is_not_measurable(bench):
     result = sa.hierarchy_absorption(sae, bench, n_samples=10_000)
     for pair in result["pairs"]:
         assert pair["absorption"] is None and pair["partial_absorption"] is None
-        assert "no latent represents parent 0" in pair["reason"] and "F1" in pair["reason"]
+        assert "no latent represents parent 0" in pair["reason"] and "correlates" in pair["reason"]
     assert result["mean_absorption"] is None and "no latent represents parent 0" in result["reason"]
+    assert result["n_pairs"] == 3 and result["n_measured"] == 0
+    assert [(r["parent"], r["child"]) for r in result["skipped"]] == [(0, 1), (0, 2), (0, 3)]
+
+
+def five_pair_bench_and_true_relu_sae():
+    """Five (parent, child) pairs among 200 features in 100 dims (interference up to 0.1, firing rate 5%),
+    and the ground-truth ReLU SAE: latent i reads and writes feature i, no bias."""
+    bench = sa.LinearRepresentationBench(
+        n_features=200, d_in=100, sparsity=0.95, hierarchy={2 * i: [2 * i + 1] for i in range(5)}, seed=0
+    )
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=100, d_sae=200, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        sae.W_enc.copy_(bench.features_in.T)
+        sae.W_dec.copy_(bench.features_out)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return bench, sae
+
+
+def test_the_true_relu_sae_passes_the_parent_gate_on_every_pair_and_the_summary_counts_them():
+    """Issue 35: the gate was the F1 of a latent's firing at detecting its parent; the true ReLU latent also
+    fires on about half the samples without the parent (the other features' interference), so at a 5%
+    base rate its F1 was about 0.15 < 0.25 and every pair was skipped, unseen in the summary."""
+    bench, sae = five_pair_bench_and_true_relu_sae()
+    result = sa.hierarchy_absorption(sae, bench, n_samples=20_000)
+    assert [p["parent_latent"] for p in result["pairs"]] == [0, 2, 4, 6, 8]
+    assert all(p["absorption"] is not None and p["parent_latent_correlation"] > 0.7 for p in result["pairs"])
+    assert result["n_pairs"] == 5 and result["n_measured"] == 5 and result["skipped"] == []
+    assert result["mean_absorption"] < 0.05 and result["mean_partial_absorption"] < 0.05
+    # a parent no latent represents is counted out and named, the others still measured
+    with torch.no_grad():
+        sae.W_enc[:, 4] = -bench.features_in[4]
+    result = sa.hierarchy_absorption(sae, bench, n_samples=20_000)
+    assert result["n_pairs"] == 5 and result["n_measured"] == 4
+    (skipped,) = result["skipped"]
+    assert (skipped["parent"], skipped["child"]) == (4, 5)
+    assert skipped["reason"].startswith("no latent represents parent 4")
+    measured = [p["absorption"] for p in result["pairs"] if p["absorption"] is not None]
+    assert result["mean_absorption"] == pytest.approx(sum(measured) / 4)
 
 
 @pytest.mark.parametrize("weight", ["W_enc", "W_dec", "b_enc"])

@@ -5,9 +5,14 @@ pattern of Theorem 3.8: a latent that fires for the child also writes the parent
 own latent goes quiet whenever that child is present. With the ground-truth codes known we measure it
 directly, for every (parent, child) pair:
 
-1. **The parent latent** ``L_p``: the latent whose firing best detects "``p`` active with none of its
-   children" against "``p`` inactive" (F1 of ``a_j > 0``). It is chosen on samples without children, so a
-   latent that absorbed a child cannot win, and on firing alone, so rescaling a latent changes nothing.
+1. **The parent latent** ``L_p``: the latent whose activation best tracks the parent's magnitude ``c_p``
+   (Pearson correlation) on the samples where none of ``p``'s children is active (``p`` alone or
+   inactive). It is chosen on samples without children, so a latent that absorbed a child cannot win, and
+   by correlation, so rescaling a latent changes nothing. (It was the F1 of ``a_j > 0`` at detecting ``p``
+   alone against ``p`` inactive; but a ReLU latent reading exactly ``w_p`` with no bias also fires on about
+   half of the samples without ``p``, from the other features' interference, so at a parent's base rate of
+   1-5% even the true ReLU SAE scored F1 0.03-0.17 and its pairs were called unrepresented. Its
+   correlation is 0.56-0.89, the best other latent's at most 0.15.)
 2. **Full absorption**, the hierarchy-conditioned silence gap (SAELens issue #729): with
    ``s_alone = P(a_Lp = 0 | p alone)`` and ``s_c = P(a_Lp = 0 | c active)``,
    ``absorption = max(0, s_c - s_alone) / (1 - s_alone)``: the share of the samples on which ``L_p`` would
@@ -22,9 +27,11 @@ directly, for every (parent, child) pair:
    samples, so they belong to the child), and whose decoder carries the parent direction (cosine with the
    parent's output-side feature at least ``parent_cosine``).
 
-A parent whose best latent detects it with F1 under ``MIN_PARENT_F1`` has no latent that represents it: its
-pairs are not measurable and report ``absorption`` None with a ``reason`` naming the best F1, and the means
-leave them out.
+A parent whose best latent correlates with it under ``MIN_PARENT_CORRELATION`` has no latent that represents
+it: its pairs are not measurable and report ``absorption`` None with a ``reason`` naming the best
+correlation, and the means leave them out. The summary counts the pairs measured (``n_measured`` of
+``n_pairs``) and lists the others under ``skipped`` with their reasons, so two SAEs' means can be checked to
+average the same pairs.
 
 Inputs are streamed in batches twice with the same seed (once to pick ``L_p``, once to measure), so memory
 does not grow with ``n_samples``.
@@ -48,8 +55,8 @@ WEAK = 0.5
 MIN_ABSORBING_RATE = 0.5
 # ...and at least this many times as often as on samples at large (it belongs to the child)
 MIN_LIFT = 2.0
-# below this F1 at detecting its parent, the best latent does not represent the parent: not measurable
-MIN_PARENT_F1 = 0.25
+# below this correlation with its parent's magnitude, the best latent does not represent the parent
+MIN_PARENT_CORRELATION = 0.3
 
 Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]  # -> (codes, x_in)
 
@@ -151,10 +158,55 @@ def _batches(
 def _masks(
     codes: torch.Tensor, parents: list[int], hierarchy: dict[int, tuple[int, ...]]
 ) -> tuple[torch.Tensor, ...]:
-    """``(parent active [B, P], parent alone [B, P])``: alone = active with none of its children."""
-    active = codes[:, parents] > 0
+    """``(no child active [B, P], parent alone [B, P])``: alone = active with none of its children."""
     any_child = torch.stack([(codes[:, list(hierarchy[p])] > 0).any(dim=1) for p in parents], dim=1)
-    return active, active & ~any_child
+    return ~any_child, (codes[:, parents] > 0) & ~any_child
+
+
+@dataclass
+class _Moments:
+    """Running sums for the correlation of every latent's activation with each parent's magnitude, over
+    the samples where none of that parent's children is active. Activations are shifted by their first
+    batch's means (exact zero variance for a constant latent, less cancellation); sums are float64."""
+
+    n: torch.Tensor  # [P]
+    c: torch.Tensor  # [P]
+    cc: torch.Tensor  # [P]
+    a: torch.Tensor  # [P, d_sae]
+    aa: torch.Tensor  # [P, d_sae]
+    ca: torch.Tensor  # [P, d_sae]
+    shift: torch.Tensor | None = None  # [d_sae]
+
+    @classmethod
+    def zeros(cls, n_parents: int, d_sae: int, device: torch.device) -> _Moments:
+        def z(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, device=device, dtype=torch.float64)
+
+        return cls(z(n_parents), z(n_parents), z(n_parents), *(z(n_parents, d_sae) for _ in range(3)))
+
+    def add(self, eligible: torch.Tensor, magnitude: torch.Tensor, acts: torch.Tensor) -> None:
+        """One batch: ``eligible [B, P]`` (no child active), ``magnitude [B, P]`` (c_p), ``acts [B, d_sae]``."""
+        if self.shift is None:
+            self.shift = acts.mean(dim=0)
+        shifted = acts - self.shift
+        weight = eligible.float()
+        weighted_c = weight * magnitude
+        self.n += weight.sum(dim=0).double()
+        self.c += weighted_c.sum(dim=0).double()
+        self.cc += (weighted_c * magnitude).sum(dim=0).double()
+        self.a += (weight.T @ shifted).double()
+        self.aa += (weight.T @ shifted.pow(2)).double()
+        self.ca += (weighted_c.T @ shifted).double()
+
+    def correlation(self) -> torch.Tensor:
+        """``[P, d_sae]`` Pearson correlations; 0 where the latent or the parent does not vary."""
+        n = self.n.clamp(min=1)[:, None]
+        cov = self.ca - self.c[:, None] * self.a / n
+        var_a = (self.aa - self.a.pow(2) / n).clamp(min=0)
+        var_c = (self.cc - self.c.pow(2) / n.squeeze(1)).clamp(min=0)[:, None]
+        scale = (var_a * var_c).sqrt()
+        flat = (var_a <= 1e-9 * self.aa.clamp(min=1e-30)) | (var_c <= 0)
+        return torch.where(flat, 0.0, cov / scale.clamp(min=1e-30)).float()
 
 
 @torch.no_grad()
@@ -174,7 +226,9 @@ def hierarchy_absorption(
     ``data``: a :class:`~sdl_anchor.lrb.bench.LinearRepresentationBench` built with a hierarchy, or a
     SAELens ``SyntheticModel``; ``hierarchy`` overrides theirs (``{parent: [children]}`` or SAELens
     ``HierarchyNode`` trees). Returns ``{"pairs": [{"parent", "child", "absorption", "partial_absorption",
-    "absorbing_latents", "parent_latent", ...}], "mean_absorption", "mean_partial_absorption"}``."""
+    "absorbing_latents", "parent_latent", ...}], "mean_absorption", "mean_partial_absorption", "n_pairs",
+    "n_measured", "skipped": [{"parent", "child", "reason"}, ...]}``: the means average the ``n_measured``
+    pairs only; ``skipped`` names the others and why."""
     check_finite_weights(sae, "absorption")
     source = _source(data, hierarchy)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
@@ -195,9 +249,9 @@ def hierarchy_absorption(
             )
         return sae.encode(x_in.to(device, sae.W_enc.dtype)).float()
 
-    # pass 1: pick each parent's latent by F1 on "alone" vs "inactive"; its activation per unit of parent
+    # pass 1: pick each parent's latent by correlation without its children; its activation per unit of parent
+    moments = _Moments.zeros(len(parents), d_sae, device)
     hits = torch.zeros(len(parents), d_sae, device=device)
-    false_alarms = torch.zeros(len(parents), d_sae, device=device)
     ac_alone = torch.zeros(len(parents), d_sae, device=device)  # sum of a * c_p where p is alone
     cc_alone = torch.zeros(len(parents), d_sae, device=device)  # sum of c_p^2 where p is alone and a fires
     n_alone = torch.zeros(len(parents), device=device)
@@ -205,15 +259,15 @@ def hierarchy_absorption(
         codes = codes.to(device).float()
         acts = encode(x_in)
         fires = (acts > 0).float()
-        active, alone = _masks(codes, parents, tree)
+        childless, alone = _masks(codes, parents, tree)
+        moments.add(childless, codes[:, parents], acts)
         hits += alone.float().T @ fires
-        false_alarms += (~active).float().T @ fires
         magnitude = alone.float() * codes[:, parents]
         ac_alone += magnitude.T @ acts
         cc_alone += magnitude.pow(2).T @ fires
         n_alone += alone.sum(dim=0)
-    f1 = 2 * hits / (hits + n_alone[:, None] + false_alarms).clamp(min=1)
-    parent_latent = f1.argmax(dim=1)
+    correlation = moments.correlation()
+    parent_latent = correlation.argmax(dim=1)
     rows = torch.arange(len(parents), device=device)
     alone_hits = hits[rows, parent_latent]
     usual_slope = ac_alone[rows, parent_latent] / cc_alone[rows, parent_latent].clamp(min=1e-12)
@@ -257,16 +311,16 @@ def hierarchy_absorption(
     results = []
     for i, (p, c) in enumerate(pairs):
         latent = int(parent_latent[row_of[p]])
-        best_f1 = float(f1[row_of[p], latent])
+        best = float(correlation[row_of[p], latent])
         record: dict[str, Any] = {
             "parent": p,
             "child": c,
             "parent_latent": latent,
-            "parent_latent_f1": best_f1,
+            "parent_latent_correlation": best,
             "n_child_samples": int(n_child[i]),
             "n_parent_alone_samples": int(n_alone[row_of[p]]),
         }
-        reason = _unmeasurable(best_f1, latent, p, record)
+        reason = _unmeasurable(best, latent, p, record)
         if reason is not None:
             results.append({**record, "absorption": None, "partial_absorption": None, "absorbing_latents": [],
                             "reason": reason})  # fmt: skip
@@ -289,7 +343,18 @@ def hierarchy_absorption(
             }
         )
     measured = [r for r in results if r["absorption"] is not None]
-    summary: dict[str, Any] = {"n_samples": n_samples, "parent_cosine": parent_cosine, "pairs": results}
+    summary: dict[str, Any] = {
+        "n_samples": n_samples,
+        "parent_cosine": parent_cosine,
+        "pairs": results,
+        "n_pairs": len(results),
+        "n_measured": len(measured),
+        "skipped": [
+            {"parent": r["parent"], "child": r["child"], "reason": r["reason"]}
+            for r in results
+            if r["absorption"] is None
+        ],
+    }
     if not measured:
         reasons = sorted({r["reason"] for r in results})
         summary.update(mean_absorption=None, mean_partial_absorption=None, reason="; ".join(reasons))
@@ -299,15 +364,15 @@ def hierarchy_absorption(
     return summary
 
 
-def _unmeasurable(best_f1: float, latent: int, parent: int, record: dict[str, Any]) -> str | None:
+def _unmeasurable(correlation: float, latent: int, parent: int, record: dict[str, Any]) -> str | None:
     """Why a pair cannot be measured (None when it can)."""
     if record["n_parent_alone_samples"] == 0:
         return f"parent {parent} never fired without its children; raise n_samples"
     if record["n_child_samples"] == 0:
         return f"child {record['child']} never fired; raise n_samples"
-    if best_f1 < MIN_PARENT_F1:
+    if correlation < MIN_PARENT_CORRELATION:
         return (
-            f"no latent represents parent {parent}: the best, latent {latent}, detects it with F1 "
-            f"{best_f1:.3f} < {MIN_PARENT_F1}"
+            f"no latent represents parent {parent}: the best, latent {latent}, correlates with its magnitude "
+            f"at {correlation:.3f} < {MIN_PARENT_CORRELATION}"
         )
     return None
