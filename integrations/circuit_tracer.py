@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import yaml
 
+from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.transcoder_set import TranscoderSet
 from sdl_anchor.io import write_safetensors
 
@@ -66,8 +67,26 @@ def _activation(transcoder: Any) -> tuple[str, int | None]:
     raise ValueError(f"circuit-tracer has no transcoder of architecture {architecture!r}")
 
 
+def check_transcoders(transcoder_set: TranscoderSet) -> None:
+    """Raise ValueError unless every coder in the set is a transcoder (not an SAE or a crosscoder)."""
+    others = {
+        layer: (coder_kind(coder), coder.cfg.architecture())
+        for layer, coder in transcoder_set.transcoders.items()
+        if coder_kind(coder) != "transcoder"
+    }
+    if others:
+        given = ", ".join(f"layer {layer}: {kind} {arch!r}" for layer, (kind, arch) in sorted(others.items()))
+        raise ValueError(
+            f"circuit-tracer needs a transcoder set (x_in -> x_out per layer); this set holds {given}. Train a "
+            "transcoder set with `sdl-anchor train --layers ... --architecture <activation>_transcoder` "
+            "(e.g. jumprelu_transcoder or batchtopk_transcoder)"
+        )
+
+
 def check_exportable(transcoder_set: TranscoderSet) -> None:
-    """Raise ValueError unless circuit-tracer can load the set: layers 0..L-1, one width, d_in = d_out."""
+    """Raise ValueError unless circuit-tracer can load the set: transcoders only, at layers 0..L-1, of one
+    width, with d_in = d_out."""
+    check_transcoders(transcoder_set)
     layers = transcoder_set.layers
     missing = sorted(set(range(max(layers) + 1)) - set(layers))
     if layers[0] != 0 or missing:

@@ -118,7 +118,7 @@ class TranscoderSet:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"transcoder set {folder} does not exist")
-        manifest = read_json(folder / MANIFEST, "transcoder set manifest")
+        manifest = check_manifest(read_json(folder / MANIFEST, "transcoder set manifest"), folder / MANIFEST)
         missing = [
             layer for layer in manifest["layers"] if not (folder / f"layer_{layer}" / "cfg.json").is_file()
         ]
@@ -134,6 +134,35 @@ class TranscoderSet:
             for layer in manifest["layers"]
         }
         return cls(transcoders, (manifest["input_hook"], manifest["output_hook"]))
+
+
+def check_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``manifest`` if it is a transcoder set's (``TranscoderSet.manifest``): ``layers`` a non-empty list of
+    distinct layer numbers, ``input_hook`` / ``output_hook`` strings; else a ValueError naming ``path`` and the
+    key that is wrong."""
+    problem = None
+    layers = manifest.get("layers")
+    if "format" in manifest and manifest["format"] != "sdl-anchor transcoder set":
+        problem = f"its format is {manifest['format']!r}, not 'sdl-anchor transcoder set'"
+    elif not isinstance(layers, list) or not layers:
+        problem = f"'layers' must be a non-empty list of layer numbers, got {layers!r}"
+    elif not all(isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0 for layer in layers):
+        problem = f"'layers' must hold non-negative integers, got {layers!r}"
+    elif len(set(layers)) != len(layers):
+        problem = f"'layers' names a layer twice: {layers!r}"
+    else:
+        for key in ("input_hook", "output_hook"):
+            if not isinstance(manifest.get(key), str) or not manifest[key]:
+                problem = (
+                    f"{key!r} must be a hook name such as 'ln2.hook_normalized', got {manifest.get(key)!r}"
+                )
+                break
+    if problem is not None:
+        raise ValueError(
+            f"transcoder set manifest: {path} is malformed: {problem}. It is written by `sdl-anchor train "
+            "--layers`; train the set again or restore the file"
+        )
+    return manifest
 
 
 class MultiCoderTrainer(MultiSAETrainer):
