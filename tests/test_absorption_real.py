@@ -233,3 +233,15 @@ def test_an_sae_with_infinite_weights_is_refused_by_the_audit(planted):
         sae.W_dec[0, 0] = float("inf")
     with pytest.raises(ValueError, match="W_dec holds 1 NaN or infinite values"):
         run(planted, sae)
+
+
+def test_the_cache_key_reads_models_with_tensors_past_2_to_the_24_elements():
+    """SmolLM2's embedding (28,311,552 values) broke the audit: a float32 linspace rounded the last index up
+    past the end; GPT-2's (38,597,376) would have too."""
+    from sdl_anchor.absorption.concepts import model_fingerprint
+
+    big = torch.nn.Embedding(28_311_552 // 576, 576)
+    first = model_fingerprint(big)
+    with torch.no_grad():
+        big.weight[-1, -1] += 1.0  # the last value is one of the sampled ones
+    assert model_fingerprint(big) != first

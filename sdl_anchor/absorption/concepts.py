@@ -166,7 +166,9 @@ def model_fingerprint(model: Any) -> str:
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
         flat = parameter.detach().reshape(-1)
-        picks = torch.linspace(0, flat.numel() - 1, steps=min(16, flat.numel()), device=flat.device).long()
+        steps = min(16, flat.numel())
+        # integer positions: a float32 linspace rounds n - 1 up to n past 2**24 elements (GPT-2's embedding)
+        picks = torch.arange(steps, device=flat.device) * (flat.numel() - 1) // max(steps - 1, 1)
         summary = torch.cat([flat.sum(dtype=torch.float64).reshape(1), flat[picks].double()]).cpu()
         digest.update(f"{name}|{tuple(flat.shape)}|{parameter.dtype}|{tuple(parameter.shape)}|".encode())
         digest.update(summary.numpy().tobytes())
