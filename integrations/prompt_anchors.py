@@ -2,8 +2,8 @@
 
 ``class_mean_anchors_from_prompts(model, {"animal": [...], "colour": [...]}, "blocks.0.hook_resid_post")``
 runs the prompts, takes each prompt's activation at the hook (its last token, or the mean over its
-tokens), and returns the normalised, globally centred class means as an :class:`~sdl_anchor.AnchorSet`
-named by the class labels.
+tokens), and returns the normalised class means as an :class:`~sdl_anchor.AnchorSet` named by the class
+labels, centred on the global mean when there are three classes or more (two centred means are antipodal).
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def class_mean_anchors_from_prompts(
     prompts_by_class: Mapping[str, Sequence[str]],
     hook_name: str,
     pooling: str = "last",
-    center: bool = True,
+    center: bool | None = None,
 ) -> AnchorSet:
-    """One anchor per class label: the normalised (centred) mean of its prompts' activations."""
+    """One anchor per class label: the normalised mean of its prompts' activations, centred as
+    :func:`~sdl_anchor.anchoring.sources.class_mean_anchors` does (by default with three classes or more)."""
     if not prompts_by_class or any(len(p) == 0 for p in prompts_by_class.values()):
         raise ValueError("prompts_by_class must map each class label to at least one prompt")
     names = list(prompts_by_class)

@@ -85,7 +85,7 @@ def test_probe_anchors_are_normalised_probe_weights():
         (torch.randn(4, 3), [0, 1], "labels must have shape \\[4\\]"),
         (torch.randn(4), [0, 1, 0, 1], "2-D tensor"),
         (torch.full((4, 3), float("nan")), [0, 1, 0, 1], "NaN"),
-        (torch.ones(4, 3), [0, 1, 0, 1], "zero mean after centring"),
+        (torch.ones(6, 3), [0, 1, 2, 0, 1, 2], "zero mean after centring"),  # 3 classes: centred
     ],
 )
 def test_class_mean_bad_inputs(acts, labels, message):

@@ -412,3 +412,27 @@ def test_an_sae_s_recorded_model_kwargs_are_what_the_audit_loads_with():
     assert model_kwargs_of(sae) == TRAINING_MODEL_KWARGS  # records none: training's default
     sae.cfg.metadata.model_from_pretrained_kwargs = {"fold_ln": False, "n_devices": 1}
     assert model_kwargs_of(sae) == {"fold_ln": False, "n_devices": 1}
+
+
+def test_class_means_of_two_classes_are_raw_by_default_and_centring_them_exits_2(
+    tmp_path, capsys, monkeypatch
+):
+    """Issue 35: ``anchors class-means`` with two classes wrote two antipodal anchors by default."""
+    import sdl_anchor.integrations.loading as loading
+    from sdl_anchor import AnchorSet
+    from sdl_anchor.testing.toy_lm import toy_language_model
+
+    prompts = {"animal": ["the cat", "a dog"], "colour": ["a red", "the blue"]}
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    argv = ["anchors", "class-means", "--model", "no-such-model", "--hook", "blocks.0.hook_resid_post",
+            "--prompts", str(tmp_path / "p.json")]  # fmt: skip
+    assert main([*argv, "--centred", "--out", str(tmp_path / "c")]) == 2  # before any model loads
+    err = capsys.readouterr().err
+    assert "antipodal" in err and "drop --centred" in err and not (tmp_path / "c").exists()
+    model = toy_language_model([" ".join(p for ps in prompts.values() for p in ps)], d_model=16, n_layers=1)
+    monkeypatch.setattr(loading, "load_model", lambda *args: model)
+    assert main([*argv, "--out", str(tmp_path / "raw")]) == 0
+    assert "2 classes: raw class means" in capsys.readouterr().out
+    assert json.loads((tmp_path / "raw" / "anchors.json").read_text())["centred"] is False
+    anchors = AnchorSet.load(tmp_path / "raw" / "anchors.safetensors")
+    assert float(anchors.directions_in[0] @ anchors.directions_in[1]) > -0.99

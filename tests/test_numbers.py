@@ -221,15 +221,25 @@ def test_more_pairwise_obtuse_features_than_d_plus_one_are_refused_up_front():
     sa.LinearRepresentationBench(n_features=7, d_in=6, max_interference=-0.1, interference="negative")
 
 
-def test_two_centred_class_means_warn_that_they_are_antipodal():
+def test_two_classes_give_two_distinct_class_mean_anchors_by_default(recwarn):
+    """Issue 35: two centred class means are exactly antipodal; by default they were centred (with a warning).
+    Now two classes keep their raw means, centring them on request is refused, and three or more are centred."""
     torch.manual_seed(0)
     acts = torch.randn(60, D) + torch.linspace(0, 1, D)
-    labels = torch.arange(60) % 2
-    with pytest.warns(UserWarning, match="antipodal"):
-        centred = sa.class_mean_anchors(acts, labels)
-    assert float(centred.directions_in[0] @ centred.directions_in[1]) == pytest.approx(-1.0, abs=1e-5)
-    raw = sa.class_mean_anchors(acts, labels, center=False)
-    assert float(raw.directions_in[0] @ raw.directions_in[1]) > -0.99
+    two = torch.arange(60) % 2
+    default = sa.class_mean_anchors(acts, two)
+    assert float(default.directions_in[0] @ default.directions_in[1]) > -0.99
+    torch.testing.assert_close(
+        default.directions_in, sa.class_mean_anchors(acts, two, center=False).directions_in
+    )
+    assert not recwarn.list
+    with pytest.raises(ValueError, match="exactly antipodal.*pass center=False"):
+        sa.class_mean_anchors(acts, two, center=True)
+    three = torch.arange(60) % 3
+    torch.testing.assert_close(
+        sa.class_mean_anchors(acts, three).directions_in,
+        sa.class_mean_anchors(acts, three, center=True).directions_in,
+    )
 
 
 def test_no_torch_load_without_weights_only_anywhere():

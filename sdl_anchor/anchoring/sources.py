@@ -2,13 +2,13 @@
 
 * Ground truth: ``LinearRepresentationBench.anchors(k)`` (the LRB knows its features).
 * Class means (Luo et al. 2024, "mean embeddings of dataset subpopulations"): the normalised mean
-  activation of each labelled class, optionally centred on the global mean first.
+  activation of each labelled class, centred on the global mean first when there are three classes or more
+  (two centred class means are exactly antipodal, so two classes keep their raw means).
 * Probes: the normalised weight vectors of linear probes (e.g. logistic regression), one per concept.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -20,16 +20,18 @@ def class_mean_anchors(
     activations: torch.Tensor,
     labels: torch.Tensor | Sequence[int],
     names: Sequence[str] | None = None,
-    center: bool = True,
+    center: bool | None = None,
     output_activations: torch.Tensor | None = None,
 ) -> AnchorSet:
     """One anchor per class: the unit-normalised mean of its activations ``[N, d]``.
 
     ``labels [N]`` are integer class ids 0..C-1, every class present. With ``center=True`` the global
     mean is subtracted first, so the anchor is what distinguishes the class rather than what all
-    activations share; with exactly two classes that makes the two anchors antipodal (a warning says so),
-    and ``center=False`` keeps the raw means. ``output_activations [N, d_out]`` (a transcoder's targets) give the output side;
-    by default it equals the input side.
+    activations share; ``center=False`` keeps the raw means; ``center=None`` (the default) centres when
+    there are three classes or more (:func:`centres_class_means`). Two centred class means are exactly
+    antipodal, one direction twice, so ``center=True`` with two classes is refused.
+    ``output_activations [N, d_out]`` (a transcoder's targets) give the output side; by default it equals the
+    input side.
     """
     acts = _check_activations(activations, "activations")
     labels = torch.as_tensor(labels, dtype=torch.long, device=acts.device)
@@ -48,13 +50,7 @@ def class_mean_anchors(
         )
     if names is not None and len(names) != n_classes:
         raise ValueError(f"names must hold {n_classes} class names, got {len(names)}")
-    if center and n_classes == 2:
-        warnings.warn(
-            "with two classes, class means centred on the global mean are exactly antipodal (the weighted "
-            "means sum to zero), so the two anchors are one direction and its opposite; pass center=False "
-            "(or --uncentred) for two distinct directions, or add classes",
-            stacklevel=2,
-        )
+    center = centres_class_means(center, n_classes)
     directions_in = _class_means(acts, labels, n_classes, counts, center)
     directions_out = None
     if output_activations is not None:
@@ -63,6 +59,22 @@ def class_mean_anchors(
             raise ValueError("output_activations must have one row per activation")
         directions_out = _class_means(out, labels, n_classes, counts, center)
     return AnchorSet(directions_in, directions_out, names=names)
+
+
+def centres_class_means(center: bool | None, n_classes: int) -> bool:
+    """Whether class means of ``n_classes`` classes are centred on the global mean: ``center`` if given,
+    else with three classes or more. With two, the centred means are exactly antipodal (the class-weighted
+    means sum to zero): one direction and its opposite, useless as two anchors, so an explicit
+    ``center=True`` is refused (ValueError) and the default keeps the raw means."""
+    if center is None:
+        return n_classes > 2
+    if center and n_classes == 2:
+        raise ValueError(
+            "with two classes, class means centred on the global mean are exactly antipodal (their weighted "
+            "sum is zero), so the two anchors would be one direction and its opposite; pass center=False "
+            "(the default for two classes; --uncentred in the CLI) for two distinct directions, or add classes"
+        )
+    return bool(center)
 
 
 def probe_anchors(weights: torch.Tensor, names: Sequence[str] | None = None) -> AnchorSet:

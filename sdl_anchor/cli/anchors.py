@@ -2,7 +2,8 @@
 
 - ``from-bench``: ground truth, ``k`` of an LRB bench's features (``bench.anchors(k, seed)``);
 - ``class-means``: normalised class means of a model's activations on labelled prompts
-  (``{"class": ["prompt", ...], ...}`` in a JSON file), read at a hook;
+  (``{"class": ["prompt", ...], ...}`` in a JSON file), read at a hook; centred on the global mean with three
+  classes or more, raw with two (two centred means are antipodal); ``--centred`` / ``--uncentred`` choose;
 - ``probe``: the rows of a probe's weight matrix ``[k, d]`` (a safetensors file).
 
 Each writes ``DIR/anchors.safetensors`` (``sa.AnchorSet.save``; give it to training as ``anchor_path``) and
@@ -40,10 +41,21 @@ def add_parser(commands: Any) -> None:
     means.add_argument("--hook", required=True, help="the hook to read, e.g. blocks.8.hook_resid_post")
     means.add_argument("--prompts", type=Path, required=True, help='JSON: {"class": ["prompt", ...], ...}')
     means.add_argument("--device", default="cpu")
-    means.add_argument(
+    centring = means.add_mutually_exclusive_group()
+    centring.add_argument(
+        "--centred",
+        dest="center",
+        action="store_const",
+        const=True,
+        help="centre on the global mean (the default with three classes or more; refused with two, whose "
+        "centred means are antipodal)",
+    )
+    centring.add_argument(
         "--uncentred",
-        action="store_true",
-        help="raw class means, not centred on the global mean (two classes centred are antipodal)",
+        dest="center",
+        action="store_const",
+        const=False,
+        help="raw class means, not centred on the global mean (the default with two classes)",
     )
     probe = anchors.add_parser("probe", help="the rows of a probe's weight matrix")
     probe.add_argument("--weights", type=Path, required=True, help="a safetensors file with a [k, d] tensor")
@@ -54,15 +66,17 @@ def add_parser(commands: Any) -> None:
         parser.add_argument("--overwrite", action="store_true", help="replace anchors already in --out")
 
 
-def _from_bench(args: argparse.Namespace) -> Any:
+def _from_bench(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from sdl_anchor.lrb import LinearRepresentationBench
 
     if not args.bench.exists():
         raise FileNotFoundError(f"--bench {args.bench} does not exist; save one with bench.save(path)")
-    return LinearRepresentationBench.load(args.bench).anchors(k=args.k, seed=args.seed)
+    return LinearRepresentationBench.load(args.bench).anchors(k=args.k, seed=args.seed), {}
 
 
-def _class_means(args: argparse.Namespace) -> Any:
+def _class_means(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The class-mean anchors and ``{"centred": bool}``, checked before the model loads."""
+    from sdl_anchor.anchoring.sources import centres_class_means
     from sdl_anchor.integrations.loading import load_model
     from sdl_anchor.integrations.prompt_anchors import class_mean_anchors_from_prompts
 
@@ -76,11 +90,23 @@ def _class_means(args: argparse.Namespace) -> Any:
         isinstance(v, list) and all(isinstance(p, str) for p in v) for v in prompts.values()
     ):
         raise ValueError(f'--prompts {args.prompts} must hold {{"class": ["prompt", ...], ...}}')
+    try:
+        center = centres_class_means(args.center, len(prompts))
+    except ValueError:
+        raise ValueError(
+            f"--centred with the two classes of --prompts {args.prompts} gives antipodal anchors (one direction "
+            "and its opposite); drop --centred (two classes keep their raw means) or add classes"
+        ) from None
+    if args.center is None and not center:
+        print(
+            f"{len(prompts)} class{'es' if len(prompts) != 1 else ''}: raw class means, not centred on the "
+            "global mean (centred, two classes are antipodal)"
+        )
     model = load_model(args.model, args.model_path, args.device, args.model_kwargs)
-    return class_mean_anchors_from_prompts(model, prompts, args.hook, center=not args.uncentred)
+    return class_mean_anchors_from_prompts(model, prompts, args.hook, center=center), {"centred": center}
 
 
-def _probe(args: argparse.Namespace) -> Any:
+def _probe(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from sdl_anchor.anchoring import probe_anchors
     from sdl_anchor.io import read_safetensors
 
@@ -91,7 +117,7 @@ def _probe(args: argparse.Namespace) -> Any:
     if key not in tensors:
         raise ValueError(f"--key {key!r} is not in --weights; it holds {sorted(tensors)}")
     names = None if args.names is None else args.names.split(",")
-    return probe_anchors(tensors[key].float(), names)
+    return probe_anchors(tensors[key].float(), names), {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         if (args.out / name).exists() and not args.overwrite:
             raise ValueError(f"{args.out / name} already exists; pass --overwrite or choose another --out")
     build = {"from-bench": _from_bench, "class-means": _class_means, "probe": _probe}[args.anchors]
-    anchors = build(args)
+    anchors, details = build(args)
     args.out.mkdir(parents=True, exist_ok=True)
     path = anchors.save(args.out / "anchors.safetensors")
     summary = {
@@ -113,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         "d_out": anchors.d_out,
         "names": anchors.names,
         "indices": None if anchors.indices is None else [int(i) for i in anchors.indices],
+        **details,
     }
     described = write_json(args.out / "anchors.json", summary)
     print(f"{anchors.k} anchors ({args.anchors}), d_in {anchors.d_in}, d_out {anchors.d_out}")
