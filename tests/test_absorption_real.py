@@ -245,3 +245,30 @@ def test_the_cache_key_reads_models_with_tensors_past_2_to_the_24_elements():
     with torch.no_grad():
         big.weight[-1, -1] += 1.0  # the last value is one of the sampled ones
     assert model_fingerprint(big) != first
+
+
+def test_space_prefixed_word_tokens_stay_one_token_in_their_prompt():
+    """A byte-level BPE vocabulary (SmolLM2, GPT-2) holds mostly " word" tokens; with the space stripped, the
+    word began a prompt line bare and split in two, so SmolLM2 kept 3 of 300 words."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from sdl_anchor.absorption.concepts import first_letter_concepts
+
+    words = ["apple", "banana", "cherry", "damson", "elder", "fig"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        special_tokens=["<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator([" ".join(words) + " has the first letter: A B C D E F\n"] * 50, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>")
+    concepts = first_letter_concepts(tokenizer)
+    spaced = [w for w in concepts.words if w.startswith(" ")]
+    assert {w.strip() for w in spaced} >= set(words[1:])  # " banana" ... as the vocabulary spells them
+    for (head, _), word in zip(concepts.prompts(0), concepts.words, strict=True):
+        if word in spaced:
+            prefix = head[: len(head) - len(word)]
+            assert len(tokenizer(head)["input_ids"]) == len(tokenizer(prefix)["input_ids"]) + 1, word
+    assert all(p == w.strip()[0].lower() for p, w in zip(concepts.parents, concepts.words, strict=True))
