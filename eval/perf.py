@@ -6,8 +6,9 @@ warm-up, as a median of repeats (CUDA-synchronised on a GPU), because these mach
 1. ``anchor``: an ``anchored_<activation>`` training step against SAELens's stock ``<activation>`` step,
    after a noise-floor row timing a stock SAE against an identical copy (this machine's error bar); both
    take the dense step, so the row shows what the anchor loss costs.
-   ``sparse``: the TopK family's sparse-backward step against SAELens's dense step (SAELens's own
-   trainer), and our TopK step against EleutherAI sparsify's ``SparseCoder`` step (when installed).
+   ``sparse``: the TopK family's sparse-backward step against SAELens's dense step (one trainer and one
+   optimiser, torch's fused Adam, for both), and our TopK step against EleutherAI sparsify's
+   ``SparseCoder`` step (when installed).
    ``transcoder_set``: a transcoder set of L layers against L single-layer runs (model forward passes, wall
    time).
 2. ``coder``: transcoder and crosscoder steps against a stock SAELens SAE with the same latent count.

@@ -154,3 +154,30 @@ def test_bench_perf_keeps_earlier_results_without_overwrite(tmp_path, capsys):
     assert main(["bench", "perf", "--sections", "feed", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "perf.json").read_text() == "{}"
+
+
+def test_the_sparse_against_dense_rows_time_both_steps_with_the_same_trainer_and_fused_adam(monkeypatch):
+    """Issue 35: the dense side ran under SAELens's own trainer and unfused Adam, the sparse side under ours
+    with fused Adam, so the row credited the fused optimiser to the sparse step."""
+    import sdl_anchor.eval.sparse_step_time as sparse_step_time
+
+    timed = {}
+
+    def fake_step_seconds(trainers, steps, device, warm_up):
+        timed.update({name: trainer for name, (trainer, _) in trainers.items()})
+        return {name: [1.0] * steps for name in trainers}
+
+    monkeypatch.setattr(sparse_step_time, "step_seconds", fake_step_seconds)
+    for architecture in sparse_step_time.SPARSE_ARCHITECTURES:
+        row = sparse_step_time.measure_against_dense(architecture, TINY["sparse"])
+        dense, sparse = timed["dense"], timed["sparse"]
+        assert not getattr(dense.sae.cfg, "sparse_backward", False) and sparse.sae.cfg.sparse_backward
+        for trainer in (dense, sparse):
+            assert type(trainer.optimizer) is torch.optim.Adam
+            assert all(group["fused"] for group in trainer.optimizer.param_groups), (architecture, trainer)
+        assert type(dense) is type(sparse)
+        stock = sparse_step_time.SPARSE_ARCHITECTURES[architecture]
+        assert (
+            row["name"]
+            == f"{architecture} sparse step / SAELens {stock} dense step (same trainer, fused Adam)"
+        )
