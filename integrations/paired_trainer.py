@@ -167,7 +167,10 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
         loop reads no device value more often than SAELens's does."""
         pbar.update(self.cfg.train_batch_size_samples)
         if self.n_training_steps % update_interval == 0:
-            losses = " | ".join(f"{name}: {float(value):.5f}" for name, value in step_output.losses.items())
+            losses = " | ".join(
+                f"{name}: {float(value.detach() if torch.is_tensor(value) else value):.5f}"
+                for name, value in step_output.losses.items()
+            )
             pbar.set_description(f"{self.n_training_steps}| {losses}")
 
     @override

@@ -3,7 +3,8 @@ table and writes machine-readable JSON into ``--out``.
 
 ``bench lrb`` / ``bench perf`` (:mod:`sdl_anchor.cli.bench`, benchmarks in :mod:`sdl_anchor.eval`), ``audit
 absorption`` (:mod:`sdl_anchor.cli.audit`), ``train`` (:mod:`sdl_anchor.cli.train`), ``anchors``
-(:mod:`sdl_anchor.cli.anchors`), ``export circuit-tracer`` (:mod:`sdl_anchor.cli.export`). Bad input exits with
+(:mod:`sdl_anchor.cli.anchors`), ``export circuit-tracer`` (:mod:`sdl_anchor.cli.export`), ``models smollm2``
+(:mod:`sdl_anchor.cli.models`). Bad input exits with
 code 2 and a message, and writes nothing. The command first sets glibc's malloc to keep freed memory for the
 next training step (:mod:`sdl_anchor.cpu_memory`; ``SDL_ANCHOR_KEEP_FREED_MEMORY=0`` opts out).
 """
@@ -14,7 +15,7 @@ import argparse
 import sys
 
 from sdl_anchor._version import __version__
-from sdl_anchor.cli import anchors, audit, bench, export, train
+from sdl_anchor.cli import anchors, audit, bench, export, models, train
 from sdl_anchor.cli.common import EXIT_USAGE
 from sdl_anchor.cpu_memory import keep_freed_memory_unless_opted_out
 
@@ -37,6 +38,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     anchors.add_parser(commands)
     export.add_parsers(commands)
+    models.add_parsers(commands)
     return parser
 
 
@@ -54,10 +56,14 @@ def main(argv: list[str] | None = None) -> int:
             ("bench", "lrb"): bench.bench_lrb,
             ("bench", "perf"): bench.bench_perf,
             ("bench", "synth"): bench.bench_synth,
+            ("bench", "lm"): bench.bench_lm,
             ("audit", "absorption"): audit.audit_absorption,
             ("export", "circuit-tracer"): export.export_circuit_tracer,
+            ("models", "smollm2"): models.models_smollm2,
         }
-        sub = getattr(args, "bench", None) or getattr(args, "audit", None) or getattr(args, "export", None)
+        sub = next(
+            getattr(args, name) for name in ("bench", "audit", "export", "models") if hasattr(args, name)
+        )
         return handlers[(args.command, sub)](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"sdl-anchor: error: {err}", file=sys.stderr)
