@@ -1,6 +1,6 @@
 """Every use of a private SAELens name, in one place (checked against SAELens 6.54.12).
 
-SAELens has no public API for these five things, so we reach into its internals here and nowhere else.
+SAELens has no public API for these six things, so we reach into its internals here and nowhere else.
 ``tests/test_compat.py`` checks each name against the installed SAELens and fails with a message naming
 the name and this module when SAELens changes it:
 
@@ -13,7 +13,10 @@ the name and this module when SAELens changes it:
 * the ``tqdm`` global of ``sae_lens.training.sae_trainer``: ``SAETrainer.fit`` always draws a progress bar,
   which :func:`quiet_trainer` turns off for runs nested in a bench's own progress bar;
 * ``SAETrainer._update_pbar(step_output, pbar, update_interval)``, which ``fit`` calls after every step:
-  :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer` overrides it to move the bar every step.
+  :class:`~sdl_anchor.integrations.paired_trainer.PairedSAETrainer` overrides it to move the bar every step;
+* the ``load_model`` and ``tqdm`` globals of ``sae_lens.cache_activations_runner``: ``CacheActivationsRunner``
+  loads its model by name, so :func:`cache_activations_with` hands it an already loaded model (a local
+  checkpoint booted through ``TransformerBridge``) for the length of its construction.
 """
 
 from __future__ import annotations
@@ -57,3 +60,20 @@ def quiet_trainer() -> Iterator[None]:
 
     with patch.object(trainer_module, "tqdm", partial(tqdm, disable=True)):
         yield
+
+
+def cache_activations_with(model: Any, config: Any, dataset: Any, progress: bool = True) -> Any:
+    """Run SAELens's ``CacheActivationsRunner(config, override_dataset=dataset)`` on ``model`` (already
+    loaded) instead of the model the config names; returns the cached dataset."""
+    import sae_lens.cache_activations_runner as runner_module
+    from sae_lens import CacheActivationsRunner
+    from tqdm.auto import tqdm
+
+    with patch.object(runner_module, "load_model", lambda **kwargs: model):
+        runner = CacheActivationsRunner(config, override_dataset=dataset)
+    with (
+        contextlib.nullcontext()
+        if progress
+        else patch.object(runner_module, "tqdm", partial(tqdm, disable=True))
+    ):
+        return runner.run()

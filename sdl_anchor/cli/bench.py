@@ -83,6 +83,7 @@ def add_parsers(commands: Any) -> None:
     lrb.add_argument("--no-progress", action="store_true", help="hide progress bars")
     lrb.add_argument("--wandb-project", help=WANDB_HELP)
     _add_synth_parser(bench)
+    _add_lm_parser(bench)
     perf = bench.add_parser(
         "perf",
         help="the performance suite: our steps, sampling, resampling and audit against their baselines",
@@ -131,6 +132,93 @@ def _previous_results(out: Path, args: argparse.Namespace, what: str) -> dict[st
             "or choose another --out"
         )
     return None
+
+
+def _add_lm_parser(bench: Any) -> None:
+    from sdl_anchor.eval.lm_presets import METHODS, PRESETS, VARIANTS
+
+    lm = bench.add_parser(
+        "lm",
+        help="stock SAELens against our variants on a real language model (SmolLM2-135M-Instruct, offline)",
+        description="Cache a real model's residual stream once (SAELens's CacheActivationsRunner) on real "
+        "text, train stock SAELens TopK / BatchTopK and our variants on it, and score each SAE on held-out text: "
+        "FVU, CE loss recovered, KL, L0, dead latents, first-letter absorption and the anchors' precision and "
+        "recall; writes results.json, table.txt, loss_curves.png (the paper's Figure 7) and the SAEs.",
+    )
+    lm.add_argument(
+        "--preset",
+        default="cpu",
+        choices=list(PRESETS),
+        help="smoke: seconds (CI); cpu (default): under 30 minutes on 2 CPU cores; gpu: a realistic budget "
+        "(needs --corpus with 20M tokens of text)",
+    )
+    lm.add_argument("--out", type=Path, default=None, help="output folder (default: runs/lm-PRESET)")
+    lm.add_argument(
+        "--model-path",
+        type=Path,
+        default=None,
+        help="a local Hugging Face checkpoint (default: SmolLM2-135M-Instruct from `sdl-anchor models smollm2`, "
+        "converted on first use)",
+    )
+    lm.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="a folder of .txt/.rst/.md files (default: the Python documentation and docstrings Python ships)",
+    )
+    lm.add_argument("--device", default=None, help="torch device (default: the preset's)")
+    lm.add_argument(
+        "--methods", type=csv_list, default=None, help=f"comma-separated subset of {','.join(METHODS)}"
+    )
+    lm.add_argument(
+        "--variants", type=csv_list, default=None, help=f"comma-separated subset of {','.join(VARIANTS)}"
+    )
+    lm.add_argument(
+        "--seeds", type=int_list, default=None, help="comma-separated seeds (0 is the development seed)"
+    )
+    lm.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    lm.add_argument(
+        "--resume", action="store_true", help="keep the rows already in --out/results.json and run the rest"
+    )
+    lm.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def bench_lm(args: argparse.Namespace) -> int:
+    import shutil
+
+    from sdl_anchor.eval.lm_bench import format_table, goals, run_lm_bench, write_results
+    from sdl_anchor.io import write_json
+
+    out = args.out if args.out is not None else Path("runs") / f"lm-{args.preset}"
+    check_output_folder(out)
+    if args.corpus is not None and not args.corpus.is_dir():
+        raise ValueError(f"--corpus {args.corpus} is not a folder")
+    if args.model_path is not None and not (args.model_path / "config.json").is_file():
+        raise ValueError(
+            f"--model-path {args.model_path} has no config.json; give a Hugging Face checkpoint folder"
+        )
+    previous = _previous_results(out, args, "bench lm results")
+    if args.overwrite:
+        shutil.rmtree(out / "activations", ignore_errors=True)  # cached for the results being replaced
+    results = run_lm_bench(
+        args.preset,
+        out=out,
+        model_path=args.model_path,
+        corpus_dir=args.corpus,
+        device=args.device,
+        methods=args.methods,
+        variants=args.variants,
+        seeds=args.seeds,
+        progress=not args.no_progress,
+        previous=previous,
+        on_row=lambda partial: write_json(out / "results.json", partial),
+    )
+    print(format_table(results))
+    print()
+    print("\n".join(goals(results)))
+    for path in write_results(results, out):
+        print(f"wrote {path}")
+    return 0
 
 
 def _add_synth_parser(bench: Any) -> None:
