@@ -30,11 +30,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(
-        tmp, 0o666 & ~current_umask()
-    )  # mkstemp makes it 0600; a file written in place would honour the umask
     try:
         write(Path(tmp))
+        # after the write: mkstemp makes the file 0600, and a writer may replace it with a 0600 file of its
+        # own (safetensors does); a file written in place would honour the umask
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
