@@ -134,3 +134,33 @@ def test_a_corpus_too_small_for_the_preset_is_refused(checkpoint, tmp_path, caps
     argv = ["bench", "lm", "--preset", "smoke", "--model-path", str(checkpoint), "--corpus", str(corpus)]
     assert main([*argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "pass --corpus DIR with more text" in capsys.readouterr().err
+
+
+@needs_smollm2
+def test_the_audit_and_a_transcoder_set_run_on_the_real_model(checkpoint, tmp_path, capsys):
+    """The user's other paths on SmolLM2: a saved SAE audited by --sae-path / --model-path, and a transcoder set
+    on two layers (circuit-tracer's loader knows no SmolLM2, so the export is not checked there)."""
+    out = tmp_path / "lm"
+    common = ["--model-path", str(checkpoint), "--no-progress"]
+    assert main(["bench", "lm", "--preset", "smoke", "--variants", "stock", "--out", str(out), *common]) == 0
+    audit = ["audit", "absorption", "--sae-path", str(out / "saes" / "seed0-topk-stock"), "--model", "smollm2",
+             "--out", str(tmp_path / "audit"), "--max-words", "300", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main([*audit, *common]) == 0
+    report = json.loads((tmp_path / "audit" / "absorption.json").read_text())
+    assert any("skipped" not in entry for entry in report["per_letter"].values())
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "docs.txt").write_text("\n".join(["The quick brown fox jumps over the lazy dog."] * 200))
+    capsys.readouterr()
+    trained = [
+        "train", "--out", str(tmp_path / "set"), "--model_name", "smollm2", "--model-path", str(checkpoint),
+        "--layers", "0,1", "--architecture", "topk_transcoder", "--d_in", "576", "--d_out", "576", "--d_sae", "256",
+        "--k", "8", "--dataset_path", str(text), "--context_size", "32", "--training_tokens", "2048",
+        "--train_batch_size_tokens", "256", "--store_batch_size_prompts", "8", "--n_batches_in_buffer", "8",
+        "--log_to_wandb", "False", "--n_eval_batches", "1",
+    ]  # fmt: skip
+    assert main(trained) == 0
+    summary = json.loads((tmp_path / "set" / "train.json").read_text())
+    assert summary["layers"] == [0, 1] and summary["model_forward_passes"] > 0
+    # 8 steps train nothing yet: the path runs and scores every layer, the numbers mean nothing
+    assert all(np.isfinite(summary["eval"][f"layer_{i}/explained_variance"]) for i in (0, 1))
