@@ -250,7 +250,10 @@ def test_atomically_written_files_honour_the_umask(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644
         anchors = sa.AnchorSet(torch.eye(3)).save(tmp_path / "anchors.safetensors")  # safetensors writes 0600
         assert anchors.stat().st_mode & 0o777 == 0o644
-        assert write_safetensors(tmp_path / "t.safetensors", {"x": torch.ones(2)}).stat().st_mode & 0o777 == 0o644
+        assert (
+            write_safetensors(tmp_path / "t.safetensors", {"x": torch.ones(2)}).stat().st_mode & 0o777
+            == 0o644
+        )
         os.umask(0o077)
         assert write_json(tmp_path / "private.json", {}).stat().st_mode & 0o777 == 0o600
     finally:
