@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.registry import get_sae_training_class
 
 from sdl_anchor.anchoring import AnchorSet, class_mean_anchors
+from sdl_anchor.eval.bench_common import constant_lr_config, fit, pick_preset, resampling_facts
 from sdl_anchor.eval.lm_corpus import Corpus, folder_corpus, python_docs_corpus
 from sdl_anchor.eval.lm_presets import CURVE_VARIANTS, METHODS, PRESETS, VARIANTS, LMPreset
 from sdl_anchor.eval.lrb_table import check_choices, check_resumable
-from sdl_anchor.integrations.compat import quiet_trainer
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.resampling import ResamplingConfig
@@ -45,11 +44,7 @@ SCORE_BATCH = 4096
 
 
 def resolve_preset(preset: LMPreset | str) -> LMPreset:
-    if isinstance(preset, LMPreset):
-        return preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[preset]
+    return pick_preset(preset, PRESETS)
 
 
 # ---------------------------------------------------------------- the model and its activations
@@ -207,20 +202,8 @@ def train_sae(
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Train ``sae`` for ``preset.n_steps`` batches of the cached activations (order seeded by ``seed``)."""
     _, strategy, _ = VARIANTS[variant]
-    config = SAETrainerConfig(
-        total_training_samples=preset.n_steps * preset.batch_size,
-        train_batch_size_samples=preset.batch_size,
-        lr=preset.lr,
-        lr_end=preset.lr,
-        lr_scheduler_name="constant",
-        lr_warm_up_steps=0,
-        lr_decay_steps=0,
-        device=device,
-        autocast=False,
-        dead_feature_window=max(1, preset.n_steps // preset.dead_window_fraction),
-        feature_sampling_window=max(1, min(2000, preset.n_steps)),
-        logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=10,
+    config = constant_lr_config(
+        preset.n_steps, preset.batch_size, preset.lr, device, preset.dead_window_fraction
     )
     provider = (batch.to(device) for batch in _batches(acts, preset.batch_size, seed))
     if strategy is not None:
@@ -241,20 +224,8 @@ def train_sae(
         sae.b_dec.copy_((acts.mean(dim=0) * factor).to(sae.b_dec))
     curve = LossCurve()
     trainer.step_callbacks.append(curve)
-    started = time.perf_counter()
-    if progress:
-        trainer.fit()
-    else:
-        with quiet_trainer():
-            trainer.fit()
-    facts: dict[str, Any] = {
-        "train_seconds": round(time.perf_counter() - started, 1),
-        "n_steps": preset.n_steps,
-    }
-    if isinstance(trainer, ResamplingSAETrainer):
-        facts["resampling_events"] = len(trainer.resample_log)
-        facts["resampled_latents"] = int(sum(e["resample/latents"] for e in trainer.resample_log))
-        facts["resampling_seconds"] = round(sum(e["resample/seconds"] for e in trainer.resample_log), 1)
+    facts = {"train_seconds": round(fit(trainer, progress), 1), "n_steps": preset.n_steps}
+    facts |= resampling_facts(trainer)
     return facts, curve.downsampled(preset.batch_size)
 
 

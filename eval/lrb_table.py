@@ -31,6 +31,7 @@ import torch
 from sae_lens.registry import get_sae_training_class
 from tqdm.auto import tqdm
 
+from sdl_anchor.eval.bench_common import pick_preset
 from sdl_anchor.eval.lrb_presets import (
     ANCHOR_VARIANTS,
     CODER_KINDS,
@@ -65,11 +66,7 @@ __all__ = [
 
 
 def resolve_preset(preset: LRBPreset | str) -> LRBPreset:
-    if isinstance(preset, LRBPreset):
-        return preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[preset]
+    return pick_preset(preset, PRESETS)
 
 
 def architecture_for(method: str, variant: str, preset: LRBPreset) -> str:

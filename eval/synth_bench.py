@@ -21,13 +21,11 @@ format and scored:
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.registry import get_sae_training_class
 from sae_lens.synthetic import SyntheticModel, eval_sae_on_synthetic_data
 from sae_lens.synthetic.evals import (
@@ -38,6 +36,7 @@ from sae_lens.synthetic.evals import (
 from scipy.optimize import linear_sum_assignment
 
 from sdl_anchor.anchoring import AnchorSet
+from sdl_anchor.eval.bench_common import constant_lr_config, fit, pick_preset, resampling_facts
 from sdl_anchor.eval.lrb_table import check_choices, check_resumable
 from sdl_anchor.eval.synth_presets import (
     DEV_MODEL_SEED,
@@ -50,7 +49,6 @@ from sdl_anchor.eval.synth_presets import (
     VARIANTS,
     SynthPreset,
 )
-from sdl_anchor.integrations.compat import quiet_trainer
 from sdl_anchor.integrations.l0_control import COEFFICIENT_NAMES, L0Controller
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
@@ -64,11 +62,7 @@ SCORE_BATCH = 1024
 
 
 def resolve_preset(preset: SynthPreset | str) -> SynthPreset:
-    if isinstance(preset, SynthPreset):
-        return preset
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[preset]
+    return pick_preset(preset, PRESETS)
 
 
 def choose_anchors(model: SyntheticModel, preset: SynthPreset, model_seed: int) -> AnchorSet:
@@ -122,21 +116,7 @@ def train_sae(
     """Train ``sae`` on ``preset.training_samples`` samples (seed ``data_seed``); returns training facts."""
     _, theory, _ = VARIANTS[variant]
     n_steps = preset.n_steps
-    config = SAETrainerConfig(
-        total_training_samples=n_steps * preset.batch_size,
-        train_batch_size_samples=preset.batch_size,
-        lr=preset.lr,
-        lr_end=preset.lr,
-        lr_scheduler_name="constant",
-        lr_warm_up_steps=0,
-        lr_decay_steps=0,
-        device=device,
-        autocast=False,
-        dead_feature_window=max(1, n_steps // preset.dead_window_fraction),
-        feature_sampling_window=max(1, min(2000, n_steps)),
-        logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=10,
-    )
+    config = constant_lr_config(n_steps, preset.batch_size, preset.lr, device, preset.dead_window_fraction)
     sampler = FastSyntheticSampler(model, seed=data_seed)
     provider = _stream(sampler, preset.batch_size)
     if theory:
@@ -153,23 +133,11 @@ def train_sae(
         controller = L0Controller(target=target_l0, coefficient=COEFFICIENT_NAMES[method])
         trainer.step_callbacks.append(controller)
     torch.manual_seed(data_seed)
-    started = time.perf_counter()
-    if progress:
-        trainer.fit()
-    else:
-        with quiet_trainer():
-            trainer.fit()
-    facts: dict[str, Any] = {"train_seconds": round(time.perf_counter() - started, 1), "n_steps": n_steps}
+    facts: dict[str, Any] = {"train_seconds": round(fit(trainer, progress), 1), "n_steps": n_steps}
     if controller is not None and controller.last is not None:
         facts["final_coefficient"] = controller.last[2]
         facts["final_batch_l0"] = controller.last[1]
-    if isinstance(trainer, ResamplingSAETrainer):
-        facts["resampling_events"] = len(trainer.resample_log)
-        facts["resampled_latents"] = int(sum(event["resample/latents"] for event in trainer.resample_log))
-        facts["resampling_seconds"] = round(
-            sum(event["resample/seconds"] for event in trainer.resample_log), 1
-        )
-    return facts
+    return facts | resampling_facts(trainer)
 
 
 def _anchor_latents(decoder: torch.Tensor, gt_anchor_directions: torch.Tensor) -> torch.Tensor:

@@ -134,6 +134,15 @@ def _previous_results(out: Path, args: argparse.Namespace, what: str) -> dict[st
     return None
 
 
+def _add_run_flags(parser: Any) -> None:
+    """``--overwrite``, ``--resume`` and ``--no-progress``, as every bench that writes results.json takes them."""
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the rows already in --out/results.json and run the rest"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _add_lm_parser(bench: Any) -> None:
     from sdl_anchor.eval.lm_presets import METHODS, PRESETS, VARIANTS
 
@@ -176,11 +185,7 @@ def _add_lm_parser(bench: Any) -> None:
     lm.add_argument(
         "--seeds", type=int_list, default=None, help="comma-separated seeds (0 is the development seed)"
     )
-    lm.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    lm.add_argument(
-        "--resume", action="store_true", help="keep the rows already in --out/results.json and run the rest"
-    )
-    lm.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_run_flags(lm)
 
 
 def bench_lm(args: argparse.Namespace) -> int:
@@ -260,11 +265,7 @@ def _add_synth_parser(bench: Any) -> None:
         default=None,
         help="where built models are cached (default: $SDL_ANCHOR_CACHE/synth or ~/.cache/sdl-anchor/synth)",
     )
-    synth.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    synth.add_argument(
-        "--resume", action="store_true", help="keep the rows already in --out/results.json and run the rest"
-    )
-    synth.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_run_flags(synth)
 
 
 def bench_synth(args: argparse.Namespace) -> int:
