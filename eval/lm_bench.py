@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import shutil
 import time
@@ -54,43 +56,68 @@ def load_subject_model(model_path: Path | None, device: str, progress: bool) -> 
     """The model (booted from ``model_path``, or the cached SmolLM2 checkpoint, converted first if needed)
     and a description of it."""
     from sdl_anchor.integrations.loading import load_model
+    from sdl_anchor.integrations.smollm2 import CONVERSION_REPORT, ensure_checkpoint
 
     if model_path is None:
-        from sdl_anchor.integrations.smollm2 import MODEL_NAME, ensure_checkpoint
+        model_path = ensure_checkpoint(progress=progress)[0]
+    info = {"name": Path(model_path).name, "path": str(model_path)}
+    conversion = Path(model_path) / CONVERSION_REPORT
+    if conversion.is_file():  # a checkpoint `sdl-anchor models` wrote
+        from sdl_anchor.io import read_json
 
-        model_path, report, _ = ensure_checkpoint(progress=progress)
-        info = {"name": MODEL_NAME, "path": str(model_path), "gguf_sha256": report["gguf_sha256"]}
-    else:
-        info = {"name": Path(model_path).name, "path": str(model_path)}
-        conversion = Path(model_path) / "conversion.json"
-        if conversion.is_file():  # a checkpoint `sdl-anchor models` wrote
-            from sdl_anchor.io import read_json
-
-            report = read_json(conversion, "conversion report")
-            info |= {"name": report.get("model", info["name"]), "gguf_sha256": report.get("gguf_sha256")}
+        report = read_json(conversion, "conversion report")
+        info |= {"name": report.get("model", info["name"]), "gguf_sha256": report.get("gguf_sha256")}
     model = load_model(info["name"], model_path, device)
     model.eval()
     info |= {"n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model}
     return model, info
 
 
-def count_tokens(tokenizer: Any, texts: list[str]) -> int:
-    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+def count_tokens(tokenizer: Any, texts: list[str], enough: int) -> int:
+    """How many tokens ``texts`` hold, counted document by document until ``enough`` (the whole corpus is
+    tokenized only when it is too small)."""
+    total = 0
+    for text in texts:
+        total += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if total >= enough:
+            break
+    return total
 
 
 def cache_activations(
-    model: Any, texts: list[str], hook: str, n_tokens: int, preset: LMPreset, folder: Path, progress: bool
+    model: Any,
+    model_key: str,
+    texts: list[str],
+    hook: str,
+    n_tokens: int,
+    preset: LMPreset,
+    folder: Path,
+    progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(activations [N, d], token_ids [N])`` at ``hook`` for the first ``n_tokens`` tokens of ``texts`` (in
     ``context_size`` windows, BOS-prefixed as SAELens's store makes them), through SAELens's
-    ``CacheActivationsRunner`` into ``folder``; BOS positions removed."""
+    ``CacheActivationsRunner`` into ``folder``; BOS positions removed. A cache already in ``folder`` is read
+    only if it was made from the same model (``model_key``, its weights' fingerprint), text, hook and sizes;
+    any other is replaced, so an earlier run's activations can never stand in for this one's."""
     from datasets import Dataset
     from sae_lens import CacheActivationsRunnerConfig
 
     from sdl_anchor.integrations.compat import cache_activations_with
+    from sdl_anchor.io import write_json
 
-    if not (folder / "dataset_info.json").exists():
+    identity = {
+        "model": model_key,
+        "texts": hashlib.sha256("\0".join(texts).encode()).hexdigest(),
+        "hook": hook,
+        "n_tokens": n_tokens,
+        "context_size": preset.context_size,
+        "model_batch_size": preset.model_batch_size,
+    }
+    stamp = folder.parent / f"{folder.name}.identity.json"
+    made = stamp.is_file() and json.loads(stamp.read_text()) == identity
+    if not (made and (folder / "dataset_info.json").exists()):
         shutil.rmtree(folder, ignore_errors=True)
+        stamp.unlink(missing_ok=True)
         batch_tokens = preset.model_batch_size * preset.context_size
         n_batches = max(1, -(-n_tokens // batch_tokens))
         per_buffer = max(1, n_batches // 20)  # about 20 shards, so the progress bar moves
@@ -110,6 +137,7 @@ def cache_activations(
             prepend_bos=True,
         )
         cache_activations_with(model, config, Dataset.from_dict({"text": texts}), progress)
+        write_json(stamp, identity)  # last: a cache cut short has no stamp and is made again
     table = Dataset.load_from_disk(str(folder)).with_format("torch")[:]
     acts = table[hook].reshape(-1, model.cfg.d_model).float()
     tokens = table["token_ids"].reshape(-1).long()
@@ -303,25 +331,45 @@ def anchor_scores(
     return scores
 
 
+SPLICE_BATCH = 4  # sequences per forward pass of the spliced evaluation
+
+
+def next_token_logprobs(
+    model: Any, tokens: torch.Tensor, hook: str, replace: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``[batch, seq - 1, vocabulary]`` float32 log-probabilities of each next token, with ``hook``'s
+    activation replaced by ``replace(activation)`` at every position but the BOS (clean when None)."""
+    if replace is None:
+        logits = model(tokens, return_type="logits")
+    else:
+        keep = (tokens != model.tokenizer.bos_token_id).unsqueeze(-1)
+
+        def swap(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+            return torch.where(keep, replace(activation), activation)
+
+        logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(hook, swap)])
+    return logits[:, :-1].float().log_softmax(dim=-1)
+
+
+def _ce_sum(logprobs: torch.Tensor, tokens: torch.Tensor) -> float:
+    """The summed cross-entropy of ``tokens[:, 1:]`` under ``logprobs``."""
+    return float(-logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1).to(logprobs.device)).sum())
+
+
 @torch.no_grad()
 def splice_metrics(
     model: Any, sae: Any, sequences: torch.Tensor, hook: str, clean: dict[str, Any]
 ) -> dict[str, float]:
     """CE loss with the SAE spliced in at ``hook`` (BOS positions left clean), the fraction of the CE loss
     recovered against zero-ablating the hook, and KL(clean || spliced), per predicted token."""
-    bos = model.tokenizer.bos_token_id
+
+    def reconstruct(activation: torch.Tensor) -> torch.Tensor:
+        return sae(activation.to(sae.device)).to(activation.dtype)
+
     total_ce = total_kl = 0.0
-    for index, tokens in enumerate(sequences.split(4)):
-        keep = (tokens != bos).unsqueeze(-1)
-
-        def splice(activation: torch.Tensor, hook: Any, keep: torch.Tensor = keep) -> torch.Tensor:
-            reconstruction = sae(activation.to(sae.device)).to(activation.dtype)
-            return torch.where(keep, reconstruction, activation)
-
-        logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(hook, splice)])
-        logprobs = logits[:, :-1].float().log_softmax(dim=-1).cpu()
-        targets = tokens[:, 1:].cpu()
-        total_ce += float(-logprobs.gather(-1, targets.unsqueeze(-1)).sum())
+    for index, tokens in enumerate(sequences.split(SPLICE_BATCH)):
+        logprobs = next_token_logprobs(model, tokens, hook, reconstruct).cpu()
+        total_ce += _ce_sum(logprobs, tokens)
         clean_logprobs = clean["logprobs"][index]
         total_kl += float((clean_logprobs.exp() * (clean_logprobs - logprobs)).sum())
     n = clean["n_predictions"]
@@ -333,21 +381,12 @@ def splice_metrics(
 @torch.no_grad()
 def clean_reference(model: Any, sequences: torch.Tensor, hook: str) -> dict[str, Any]:
     """The clean model's log-probabilities and CE, and the CE with ``hook`` zero-ablated (BOS kept)."""
-    bos = model.tokenizer.bos_token_id
     logprobs, ce_clean, ce_ablated, n = [], 0.0, 0.0, 0
-    for tokens in sequences.split(4):
-        keep = (tokens != bos).unsqueeze(-1)
-        clean = model(tokens, return_type="logits")[:, :-1].float().log_softmax(dim=-1)
-
-        def ablate(activation: torch.Tensor, hook: Any, keep: torch.Tensor = keep) -> torch.Tensor:
-            return torch.where(keep, torch.zeros_like(activation), activation)
-
-        ablated = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(hook, ablate)])
-        ablated = ablated[:, :-1].float().log_softmax(dim=-1)
-        targets = tokens[:, 1:].unsqueeze(-1)
-        ce_clean += float(-clean.gather(-1, targets).sum())
-        ce_ablated += float(-ablated.gather(-1, targets).sum())
-        n += targets.numel()
+    for tokens in sequences.split(SPLICE_BATCH):
+        clean = next_token_logprobs(model, tokens, hook)
+        ce_clean += _ce_sum(clean, tokens)
+        ce_ablated += _ce_sum(next_token_logprobs(model, tokens, hook, torch.zeros_like), tokens)
+        n += tokens[:, 1:].numel()
         logprobs.append(clean.cpu())  # host memory: n x context x vocabulary float32
     return {"logprobs": logprobs, "ce_clean": ce_clean / n, "ce_ablated": ce_ablated / n, "n_predictions": n}
 
@@ -372,7 +411,7 @@ def absorption(
 ) -> dict[str, Any]:
     """SAEBench's first-letter absorption audit of ``sae`` on this model's tokenizer (headline numbers, and
     how many letters passed the probe gate)."""
-    from sdl_anchor.absorption.audit import HEADLINE_KEYS, audit_absorption
+    from sdl_anchor.absorption.audit import audit_absorption
 
     try:
         report = audit_absorption(
@@ -389,11 +428,6 @@ def absorption(
         "split_features": report["mean_num_split_features"],
         "letters_scored": len(scored),
         "letters_skipped": len(letters) - len(scored),
-        **{
-            f"audit_{key}": report[key]
-            for key in HEADLINE_KEYS
-            if key not in ("mean_absorption_fraction_score",)
-        },
     }
 
 
@@ -478,17 +512,21 @@ def run_lm_bench(
     if not 0 <= preset.layer < model.cfg.n_layers:
         raise ValueError(f"layer {preset.layer} is not in the model's 0..{model.cfg.n_layers - 1}")
     hook = f"blocks.{preset.layer}.hook_resid_post"
-    available = count_tokens(model.tokenizer, corpus.train)
+    available = count_tokens(model.tokenizer, corpus.train, preset.train_tokens)
     if available < preset.train_tokens:
         raise ValueError(
             f"the corpus's training part holds {available:,} tokens; preset {preset.name!r} trains on "
             f"{preset.train_tokens:,}: pass --corpus DIR with more text, or a smaller preset"
         )
+    from sdl_anchor.absorption.concepts import model_fingerprint
+
     cache = out / "activations"
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    model_key = model_fingerprint(model)
     train_acts, train_tokens = cache_activations(
         model,
+        model_key,
         corpus.train,
         hook,
         preset.train_tokens + preset.train_tokens // 8,
@@ -497,8 +535,9 @@ def run_lm_bench(
         progress,
     )
     eval_acts, eval_tokens = cache_activations(
-        model, corpus.held_out, hook, preset.eval_tokens, preset, cache / "held_out", progress
+        model, model_key, corpus.held_out, hook, preset.eval_tokens, preset, cache / "held_out", progress
     )
+    eval_acts = eval_acts.to(device)
     timings["caching_seconds"] = round(time.perf_counter() - clock, 1)
     classes = anchor_classes(train_tokens, model.tokenizer, preset.n_anchors)
     anchors = build_anchors(train_acts, train_tokens, classes)
@@ -539,7 +578,7 @@ def run_lm_bench(
                 sae.save_inference_model(str(folder))
                 saved = SAE.load_from_disk(str(folder), device=device)
                 score_started = time.perf_counter()
-                metrics, firing = reconstruction_metrics(saved, eval_acts.to(device))
+                metrics, firing = reconstruction_metrics(saved, eval_acts)
                 metrics |= splice_metrics(model, saved, sequences, hook, clean)
                 metrics |= absorption(model, saved, str(folder), preset, seed, out / "audit-cache", progress)
                 anchored = VARIANTS[variant][0]

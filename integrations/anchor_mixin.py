@@ -205,7 +205,7 @@ class AnchoredMixin:
                 self.W_enc, self.W_dec, self.anchor_directions_in, self.anchor_directions_out
             )
         if self.cfg.self_anchor_coefficient > 0:
-            if self.cfg.self_anchor_target == "inputs":  # before the start too: the firing means warm up
+            if self.anchors_to_firing_inputs:  # before the start too: the firing means warm up
                 self._update_firing_inputs(step_input, output)
             if step_input.n_training_steps < self.cfg.self_anchor_start_step:
                 return output
@@ -223,6 +223,11 @@ class AnchoredMixin:
                 self.cfg.d_sae, self.W_enc.shape[0], FIRING_INPUT_DECAY, like=self.W_enc.detach()
             )
         self._firing_inputs.update(output.feature_acts, step_input.sae_in.to(self.W_enc.dtype))
+
+    @property
+    def anchors_to_firing_inputs(self) -> bool:
+        """Whether self-anchoring pulls towards the mean firing inputs, training state a checkpoint must hold."""
+        return self.cfg.self_anchor_coefficient > 0 and self.cfg.self_anchor_target == "inputs"
 
     def training_state(self) -> dict[str, torch.Tensor]:
         """Training state that lives on the coder and is no weight: the mean firing inputs of

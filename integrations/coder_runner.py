@@ -15,8 +15,8 @@ output hooks of a transcoder, or a crosscoder's source hooks (an SAE may keep us
   world_size`` rows per step; rank 0 alone logs and writes.
 
 Unlike SAELens's runner it seeds torch with ``cfg.seed`` first, so one seed gives one coder, however many
-runs came before it in the process. Like SAELens's runner it takes ``override_model`` / ``override_dataset`` / ``override_sae``, checkpoints,
-saves the final coder (``save_inference_model``) with its hooks in ``cfg.metadata.hook_names``, and logs to
+runs came before it in the process. Like SAELens's runner it takes ``override_model`` /
+``override_dataset`` / ``override_sae``, checkpoints, saves the final coder (``save_inference_model``) with its hooks in ``cfg.metadata.hook_names``, and logs to
 W&B. Hooks and widths are checked against the model before any forward pass (``check_coder_hooks``).
 Cached activations and prefetching (single-hook features of SAELens) are not supported here.
 """

@@ -4,7 +4,8 @@
 model the one way training does (SAELens's ``load_model``: ``HookedTransformer.from_pretrained_no_processing``
 with the run's ``model_from_pretrained_kwargs``), or boots a local Hugging Face checkpoint through
 TransformerLens's ``TransformerBridge`` as ``train --model-path`` does, so an audit, class-mean anchors and
-training read the same activations. ``model_kwargs_of(sae)`` gives the kwargs an SAE records. Both turn the failures a user can fix (a release or id SAELens does not list, a model
+training read the same activations. ``model_kwargs_of(sae)`` gives the kwargs an SAE records. Both turn
+the failures a user can fix (a release or id SAELens does not list, a model
 name TransformerLens does not know, a file missing from an offline hub cache) into a ValueError or
 FileNotFoundError that says what is missing and how to fix it, instead of a traceback from deep inside.
 """
@@ -101,6 +102,14 @@ def check_model_name(name: str) -> None:
         ) from None
 
 
+def check_checkpoint_folder(model_path: str | Path) -> None:
+    """Raise ValueError unless ``model_path`` is a Hugging Face checkpoint folder (it has a config.json)."""
+    if not (Path(model_path) / "config.json").exists():
+        raise ValueError(
+            f"--model-path {model_path} has no config.json; give a Hugging Face checkpoint folder"
+        )
+
+
 TRAINING_MODEL_KWARGS: dict[str, Any] = {"center_writing_weights": False}
 """What SAELens's runner config passes a HookedTransformer when the user names no kwargs (its
 ``LanguageModelSAERunnerConfig.__post_init__``); with ``from_pretrained_no_processing`` it changes nothing."""
@@ -124,14 +133,10 @@ def load_model(
     ``load_model`` (no weight processing, then ``model_kwargs``, default :data:`TRAINING_MODEL_KWARGS`), or
     the local checkpoint at ``model_path`` through ``TransformerBridge``."""
     if model_path is not None:
-        folder = Path(model_path)
-        if not (folder / "config.json").exists():
-            raise ValueError(
-                f"--model-path {folder} has no config.json; give a Hugging Face checkpoint folder"
-            )
+        check_checkpoint_folder(model_path)
         from transformer_lens.model_bridge import TransformerBridge
 
-        return TransformerBridge.boot_transformers(str(folder), device=device)
+        return TransformerBridge.boot_transformers(str(model_path), device=device)
     from sae_lens.load_model import load_model as sae_lens_load_model
 
     check_model_name(name)

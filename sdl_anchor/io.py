@@ -24,6 +24,13 @@ def current_umask() -> int:
     return mask
 
 
+def cache_root() -> Path:
+    """Where sdl-anchor keeps what it builds once and reuses (models, synthetic benches):
+    ``$SDL_ANCHOR_CACHE``, or ``~/.cache/sdl-anchor``."""
+    root = os.environ.get("SDL_ANCHOR_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "sdl-anchor"
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary path in the target folder, then rename onto ``path``."""
     path = Path(path)

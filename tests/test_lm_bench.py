@@ -164,3 +164,34 @@ def test_the_audit_and_a_transcoder_set_run_on_the_real_model(checkpoint, tmp_pa
     assert summary["layers"] == [0, 1] and summary["model_forward_passes"] > 0
     # 8 steps train nothing yet: the path runs and scores every layer, the numbers mean nothing
     assert all(np.isfinite(summary["eval"][f"layer_{i}/explained_variance"]) for i in (0, 1))
+
+
+def test_a_cache_made_for_another_hook_or_text_is_made_again_not_read(tmp_path):
+    """The activation cache under --out is read back only for the model, text, hook and sizes it was made
+    from: a run cut short after caching must not hand its activations to a later run of another preset."""
+    import dataclasses
+
+    import torch
+
+    from sdl_anchor.eval.lm_bench import cache_activations
+    from sdl_anchor.eval.lm_presets import PRESETS
+    from sdl_anchor.testing.toy_lm import toy_language_model
+
+    texts = [f"the {a} saw a {b} and ran" for a in ("cat", "dog", "cow") for b in ("red", "blue")] * 10
+    model = toy_language_model(texts, d_model=16, n_layers=2, n_ctx=32)
+    preset = dataclasses.replace(PRESETS["smoke"], context_size=16, model_batch_size=4)
+    folder = tmp_path / "train"
+
+    def cached(hook, corpus=texts):
+        return cache_activations(model, "toy", corpus, hook, 256, preset, folder, progress=False)
+
+    first, tokens = cached("blocks.0.hook_resid_post")
+    stamp = tmp_path / "train.identity.json"
+    made = stamp.stat().st_mtime_ns
+    again, _ = cached("blocks.0.hook_resid_post")
+    assert torch.equal(again, first) and stamp.stat().st_mtime_ns == made  # read back, not made again
+    other, _ = cached("blocks.1.hook_resid_post")
+    assert not torch.equal(other, first)
+    assert json.loads(stamp.read_text())["hook"] == "blocks.1.hook_resid_post"
+    _, new_tokens = cached("blocks.1.hook_resid_post", corpus=list(reversed(texts)))
+    assert not torch.equal(new_tokens, tokens)

@@ -189,22 +189,15 @@ def _add_lm_parser(bench: Any) -> None:
 
 
 def bench_lm(args: argparse.Namespace) -> int:
-    import shutil
-
     from sdl_anchor.eval.lm_bench import format_table, goals, run_lm_bench, write_results
+    from sdl_anchor.integrations.loading import check_checkpoint_folder
     from sdl_anchor.io import write_json
 
     out = args.out if args.out is not None else Path("runs") / f"lm-{args.preset}"
     check_output_folder(out)
-    if args.corpus is not None and not args.corpus.is_dir():
-        raise ValueError(f"--corpus {args.corpus} is not a folder")
-    if args.model_path is not None and not (args.model_path / "config.json").is_file():
-        raise ValueError(
-            f"--model-path {args.model_path} has no config.json; give a Hugging Face checkpoint folder"
-        )
+    if args.model_path is not None:
+        check_checkpoint_folder(args.model_path)  # before the corpus is read (the corpus checks itself)
     previous = _previous_results(out, args, "bench lm results")
-    if args.overwrite:
-        shutil.rmtree(out / "activations", ignore_errors=True)  # cached for the results being replaced
     results = run_lm_bench(
         args.preset,
         out=out,
