@@ -56,6 +56,7 @@ from sdl_anchor.integrations.distributed import (
 )
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer, TrainingInterrupted
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+from sdl_anchor.integrations.sparse_step import record_kernels
 from sdl_anchor.integrations.splice import evaluate_spliced
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.resampling import ResamplingConfig
@@ -315,6 +316,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             }
         if isinstance(trainer, DistributedTrainerMixin):
             trainer.unwrap_sae()
+        record_kernels(sae, self.cfg.train_batch_size_tokens)
         if self.cfg.output_path is not None and main:
             self.save_final_sae(sae, self.cfg.output_path, log_feature_sparsity=trainer.log_feature_sparsity)
         if self.cfg.logger.log_to_wandb and main:

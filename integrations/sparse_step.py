@@ -27,6 +27,7 @@ from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSA
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from typing_extensions import override
 
+from sdl_anchor.kernel_choice import choose_dense_product, cpu_model
 from sdl_anchor.sparse_topk import (
     SparseEntries,
     batch_topk_entries,
@@ -76,6 +77,36 @@ def dense_step_reason(sae: Any) -> str | None:
     if any(hook._forward_hooks or hook._backward_hooks for hook in sae.hook_dict.values()):
         return "hooks are attached to the SAE"
     return None
+
+
+def kernel_record(sae: Any, batch_size: int) -> dict[str, Any] | None:
+    """What the training step of ``sae`` at ``batch_size`` runs on, for its metadata and ``train.json``:
+    ``{"step": "sparse", "dense_product": "onednn" | "addmm", "source": ..., "cpu": ..., "threads": ...,
+    "seconds": {kernel: median}, "calibration_seconds": ...}`` (:mod:`sdl_anchor.kernel_choice`), or
+    ``{"step": "dense", "reason": ...}``; None for a coder without the sparse step."""
+    if not isinstance(sae, SparseTopKStepMixin):
+        return None
+    reason = dense_step_reason(sae)
+    if reason is not None:
+        return {"step": "dense", "reason": reason}
+    W_enc = sae.W_enc
+    choice = choose_dense_product(batch_size, W_enc.shape[0], W_enc.shape[1], W_enc.dtype, W_enc.device)
+    return {
+        "step": "sparse",
+        "dense_product": choice.choice,
+        "source": choice.source,
+        "cpu": cpu_model() if W_enc.device.type == "cpu" else str(W_enc.device),
+        "threads": torch.get_num_threads(),
+        "seconds": choice.seconds,
+        "calibration_seconds": choice.calibration_seconds,
+    }
+
+
+def record_kernels(sae: Any, batch_size: int) -> None:
+    """Keep :func:`kernel_record` in ``sae.cfg.metadata.kernels`` (saved with the coder's config)."""
+    record = kernel_record(sae, batch_size)
+    if record is not None:
+        sae.cfg.metadata.kernels = record
 
 
 class SparseTopKStepMixin:

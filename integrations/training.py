@@ -24,6 +24,7 @@ from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.compat import quiet_trainer
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+from sdl_anchor.integrations.sparse_step import record_kernels
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.lrb.data import LRBDataset
@@ -225,4 +226,5 @@ def train_on_bench(
             "strategy": trainer.resampling.strategy,
             "events": trainer.resample_log,
         }
+    record_kernels(trained, batch_size)
     return trained

@@ -33,6 +33,7 @@ from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainin
 from sdl_anchor.integrations.compat import set_sae_metadata
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+from sdl_anchor.integrations.sparse_step import record_kernels
 from sdl_anchor.integrations.splice import coder_output
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.io import read_json, write_json
@@ -392,6 +393,7 @@ class TranscoderSetRunner(CoderTrainingRunner):
                 wandb.finish()
         for name, layer_trainer in trainer.trainers.items():
             layer_trainer.check_finite()
+            record_kernels(self.saes[name], self.cfg.train_batch_size_tokens)
             if isinstance(layer_trainer, ResamplingSAETrainer):
                 self.saes[name].cfg.metadata.resampling = {
                     "strategy": layer_trainer.resampling.strategy,

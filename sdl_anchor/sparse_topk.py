@@ -16,9 +16,10 @@ respect to an unselected latent's pre-activation is zero: the selection scatters
 * :func:`sparse_decode` — ``A W_dec`` for a sparse activation matrix ``A``; its backward gives
   ``dL/dA`` on ``A``'s entries (a sampled product) and ``dL/dW_dec = A^T dL/dout``.
 
-The one dense product, ``(x - shift) W_enc + b_enc`` (:func:`dense_pre_activations`), runs on oneDNN's
-matmul on the CPU in float32, the kernel torch's inductor compiles CPU linear layers to, where torch's
-``addmm`` calls MKL's sgemm.
+The one dense product, ``(x - shift) W_enc + b_enc`` (:func:`dense_pre_activations`), runs on the CPU in
+float32 on oneDNN's matmul (the kernel torch's inductor compiles CPU linear layers to) or torch's ``addmm``
+(MKL's sgemm), whichever a short, cached calibration on this machine found faster
+(:mod:`sdl_anchor.kernel_choice`).
 
 Entries are kept in row-major order (rows ascending, columns ascending within a row) as a
 :class:`SparseEntries`, so both sides use torch's CSR kernels.
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sdl_anchor.kernel_choice import choose_dense_product, run_dense_product
 
 
 @dataclass(frozen=True)
@@ -100,25 +103,23 @@ BOUND_SAMPLE = 65_536
 BOUND_MARGIN = 2.0
 
 
-def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
 @torch.no_grad()
-def dense_pre_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
+def dense_pre_activations(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, kernel: str | None = None
+) -> torch.Tensor:
     """``x @ W_enc + b_enc`` for a ``[B, d_in]`` batch, without a graph: every pre-activation competes for
     the top k, so this product is the sparse step's only dense one, and most of its time.
 
-    On the CPU in float32 it runs on oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, what torch's
-    inductor compiles a CPU linear layer to); ``torch.addmm`` runs MKL's sgemm. At the paper's size (batch
-    1024, d_in 768, d_sae 16,000) on two AMD EPYC cores oneDNN's took 0.63 to 0.72 of the time
-    (``python -m sdl_anchor.eval.sparse_step_time``'s first row measures it where you run it). The two agree
-    to float round-off (relative 1e-6); elsewhere (float64, a GPU, a torch without oneDNN) this is
-    ``torch.addmm``.
+    On the CPU in float32 two kernels can run it, oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``)
+    and ``torch.addmm`` (MKL's sgemm), and which is faster depends on the CPU (on two AMD EPYC cores
+    oneDNN's took 0.63 to 0.72 of the time at batch 1024, d_in 768, d_sae 16,000; on an Intel Xeon 1.08):
+    :func:`sdl_anchor.kernel_choice.choose_dense_product` times both once per machine and shape class and
+    caches the faster. ``kernel`` (``"calibrate"``, ``"onednn"``, ``"addmm"``; default
+    ``$SDL_ANCHOR_KERNELS``, else calibrate) overrides it. The two agree to float round-off (relative
+    1e-6); elsewhere (float64, a GPU, a torch without oneDNN) this is ``torch.addmm``.
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_linear_available():
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), W_enc.T, b_enc, "none", [], "")
-    return torch.addmm(b_enc, x, W_enc)
+    choice = choose_dense_product(x.shape[0], W_enc.shape[0], W_enc.shape[1], x.dtype, x.device, kernel)
+    return run_dense_product(choice.choice, x, W_enc, b_enc)
 
 
 def largest_indices(values: torch.Tensor, n: int) -> torch.Tensor:

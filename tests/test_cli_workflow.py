@@ -125,7 +125,11 @@ def test_transcoders_and_crosscoders_train_on_hook_pairs(
     summary = json.loads((out / "train.json").read_text())
     assert (summary["kind"], summary["hook_names"]) == (kind, hooks.split(","))
     assert summary["eval"]["reconstruction_quality/mse"] >= 0
-    assert json.loads((out / "sae" / "cfg.json").read_text())["metadata"]["hook_names"] == hooks.split(",")
+    metadata = json.loads((out / "sae" / "cfg.json").read_text())["metadata"]
+    assert metadata["hook_names"] == hooks.split(",")
+    # issue 37: the sparse step's kernel choice, in the coder's metadata and the summary
+    assert summary["kernels"] == metadata["kernels"] and summary["kernels"]["step"] == "sparse"
+    assert summary["kernels"]["dense_product"] in ("onednn", "addmm")
 
 
 def test_anchors_from_a_bench_and_from_probe_weights(tmp_path):

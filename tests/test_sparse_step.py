@@ -144,7 +144,7 @@ def test_sparse_step_is_the_default_on_cpu_only_where_supported():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch is built without oneDNN")
-def test_dense_pre_activations_run_onednn_on_cpu_float32_and_agree_with_addmm(monkeypatch):
+def test_dense_pre_activations_run_onednn_when_chosen_and_agree_with_addmm(monkeypatch):
     torch.manual_seed(0)
     x = torch.randn(40, 64, dtype=torch.float64)
     W_enc = torch.randn(64, 300, dtype=torch.float64)
@@ -154,14 +154,16 @@ def test_dense_pre_activations_run_onednn_on_cpu_float32_and_agree_with_addmm(mo
     calls = []
     onednn = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or onednn(*args))
+    monkeypatch.setenv("SDL_ANCHOR_KERNELS", "onednn")
     x32, W32, b32 = x.float(), W_enc.float(), b_enc.float()
     for batch in (x32, x32[::2], x32[:1], x32.T.contiguous().T):  # strided and single-row batches too
         got = dense_pre_activations(batch, W32, b32)
         assert got.shape == (batch.shape[0], 300) and got.dtype == torch.float32
         torch.testing.assert_close(got, torch.addmm(b32, batch, W32), rtol=1e-5, atol=1e-4)
     assert len(calls) == 4
-    monkeypatch.setattr("sdl_anchor.sparse_topk._onednn_linear_available", lambda: False)
-    assert torch.equal(dense_pre_activations(x32, W32, b32), torch.addmm(b32, x32, W32))
+    assert torch.equal(dense_pre_activations(x32, W32, b32, kernel="addmm"), torch.addmm(b32, x32, W32))
+    monkeypatch.setattr("sdl_anchor.kernel_choice.onednn_linear_available", lambda: False)
+    assert torch.equal(dense_pre_activations(x32, W32, b32), torch.addmm(b32, x32, W32))  # the only candidate
     assert len(calls) == 4
 
 

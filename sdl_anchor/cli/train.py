@@ -216,6 +216,9 @@ def _summary(runner: Any, sae: Any, seconds: float, sae_path: Path) -> dict[str,
     resampling = getattr(sae.cfg.metadata, "resampling", None)
     if resampling:
         summary["resampling"] = resampling
+    kernels = getattr(sae.cfg.metadata, "kernels", None)
+    if kernels:  # the sparse step's kernel choice (sdl_anchor.kernel_choice)
+        summary["kernels"] = kernels
     return summary
 
 
@@ -388,6 +391,9 @@ def _train_set(
         "set_path": str(set_path),
         "eval": runner.set_evaluator(runner.saes, None, None, None),
     }
+    kernels = [coder.cfg.metadata.kernels for coder in runner.saes.values() if coder.cfg.metadata.kernels]
+    if kernels:  # one shape for every layer, so one choice
+        summary["kernels"] = kernels[0]
     path = write_json(summary_path, summary)
     print(
         f"trained {len(transcoder_set.layers)} {summary['architecture']} transcoders (layers "
