@@ -43,6 +43,13 @@ from sae_lens.registry import get_sae_training_class
 from sdl_anchor.eval.anchor_step_time import random_batches
 from sdl_anchor.eval.lrb_throughput import median_seconds
 from sdl_anchor.eval.step_timing import median_step_seconds, trainer_for_timing
+from sdl_anchor.kernel_choice import (
+    KERNELS_ENV,
+    choices_made,
+    cpu_model,
+    dense_product_candidates,
+    kernel_override,
+)
 
 SECTIONS = (
     "anchor",
@@ -64,7 +71,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "anchor": {"d_in": 256, "d_sae": 4096, "batch_size": 1024, "k": 100, "steps": 30},
         "sparse": {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 1024, "steps": 6},
         "coder": {"d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 10, "n_sources": 2},
-        "transcoder_set": {"n_layers": 4, "d_model": 128, "n_ctx": 64, "d_sae": 512, "k": 16, "training_tokens": 32_768},
+        "transcoder_set": {
+            "n_layers": 4, "d_model": 128, "n_ctx": 64, "d_sae": 512, "k": 16, "training_tokens": 32_768, "repeats": 3,
+        },
         "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 5},
         "synth_sampling": {"num_features": 16_384, "hidden_dim": 768, "batch_size": 1024, "repeats": 5},
         "feed": {"n_features": 4096, "d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 5},
@@ -120,13 +129,23 @@ def _row(name: str, section: str, ratio: float, target: float, better: str, **de
 
 
 def device_name(device: str) -> str:
-    """A human-readable name of the device the suite ran on."""
+    """A human-readable name of the device the suite ran on (on the CPU, its model name)."""
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
     return (
-        f"cpu {cpu}, {torch.get_num_threads()} threads of {os.cpu_count()} cores (torch {torch.__version__})"
+        f"cpu {cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads of {os.cpu_count()} cores "
+        f"(torch {torch.__version__})"
     )
+
+
+def describe_kernel_choice(choice: dict[str, Any]) -> str:
+    """One line for a kernel choice (:mod:`sdl_anchor.kernel_choice`): what, for which shape, and why."""
+    shape = choice["key"].rsplit("|", 1)[-1].replace(",", ", ").replace("=", " ~")
+    line = f"{choice['kernel']} ({shape}): {choice['choice']}, {choice['source']}"
+    if choice["seconds"]:
+        timed = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in choice["seconds"].items())
+        line += f" (medians {timed}; calibration took {choice['calibration_seconds']:.2f} s)"
+    return line
 
 
 def anchor_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
@@ -144,7 +163,7 @@ def anchor_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
 
 def sparse_rows(preset: dict[str, Any], device: str) -> tuple[list[dict[str, Any]], str | None]:
     """The sparse-backward step against SAELens's dense step, and against sparsify's (when installed); on
-    the CPU, first its dense product against ``torch.addmm``."""
+    the CPU, first its dense product on the calibrated kernel against the other candidate."""
     from sdl_anchor.eval.sparse_step_time import (
         SPARSE_ARCHITECTURES,
         measure_against_dense,
@@ -154,9 +173,12 @@ def sparse_rows(preset: dict[str, Any], device: str) -> tuple[list[dict[str, Any
     )
 
     rows = []
-    if torch.device(device).type == "cpu":  # elsewhere the product is torch.addmm itself
+    if len(dense_product_candidates(torch.float32, torch.device(device).type)) > 1:  # else addmm alone
         row = measure_dense_product(preset, device)
-        rows.append(_row(row.pop("name"), "sparse", row.pop("ratio"), TARGETS["sparse"], "lower", **row))
+        note = f"{row['chosen']} ({row['choice_source']}) against {row['other']}"
+        rows.append(
+            _row(row.pop("name"), "sparse", row.pop("ratio"), TARGETS["sparse"], "lower", note=note, **row)
+        )
     for architecture in SPARSE_ARCHITECTURES:
         row = measure_against_dense(architecture, preset, device)
         rows.append(_row(row.pop("name"), "sparse", row.pop("ratio"), TARGETS["sparse"], "lower", **row))
@@ -175,11 +197,16 @@ def transcoder_set_rows(preset: dict[str, Any], device: str) -> list[dict[str, A
     row = measure_set_against_single_runs(preset)
     n = row["n_layers"]
     details = {k: v for k, v in row.items() if not k.endswith("_ratio")}
+    rounds = ", ".join(f"{r:.3f}" for r in row["seconds_ratio_rounds"])
+    wall_note = (
+        f"median of {row['repeats']} rounds ({rounds}); noise floor {row['noise_floor']:.3f} "
+        "(spread of the identical single runs over their median)"
+    )
     return [
         _row(f"transcoder set of {n} layers / {n} single-layer runs: model forward passes", "transcoder_set",
              row["passes_ratio"], 1 / n, "lower", **details),
         _row(f"transcoder set of {n} layers / {n} single-layer runs: wall time", "transcoder_set",
-             row["seconds_ratio"], TARGETS["transcoder_set_time"], "lower", **details),
+             row["seconds_ratio"], TARGETS["transcoder_set_time"], "lower", note=wall_note, **details),
     ]  # fmt: skip
 
 
@@ -405,6 +432,7 @@ def run_perf(
     Returns ``{"rows": [...], "device": str, "preset": ..., "skipped": [{"section", "reason"}]}``.
     """
     sizes = PRESETS[preset] if isinstance(preset, str) else preset
+    kernel_setting = kernel_override()  # a bad $SDL_ANCHOR_KERNELS is refused before anything runs
     wanted = [s for s in SECTIONS if s in sizes and (sections is None or s in sections)]
     measure = {
         "anchor": anchor_rows,
@@ -444,6 +472,9 @@ def run_perf(
     return {
         "rows": rows,
         "device": device_name(device),
+        "cpu_model": cpu_model(),
+        "kernel_setting": kernel_setting,  # $SDL_ANCHOR_KERNELS, or "calibrate"
+        "kernels": choices_made(),  # what the sparse step ran on, per shape class
         "preset": preset if isinstance(preset, str) else "custom",
         "sizes": sizes,
         "skipped": skipped,
@@ -460,6 +491,20 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(
             f"{r['name']:<{width}}  {r['ratio']:>8.3f}  {sign} {r['target']:>6.3g}  {'yes' if r['ok'] else 'NO'}"
         )
+    for r in results["rows"]:
+        if r.get("note"):
+            lines.append(f"{r['name']}: {r['note']}")
     for s in results["skipped"]:
         lines.append(f"skipped {s['section']}: {s['reason']}")
+    setting = results.get("kernel_setting", "calibrate")
+    how = (
+        "calibrated, cached per machine and shape class"
+        if setting == "calibrate"
+        else f"{KERNELS_ENV}={setting}"
+    )
+    lines.append(f"kernel choices on {results.get('cpu_model', results['device'])} ({how}):")
+    for choice in results.get("kernels", []):
+        lines.append(f"  {describe_kernel_choice(choice)}")
+    if not results.get("kernels"):
+        lines.append("  none made (no sparse step ran on the CPU in float32, or the kernels were fixed)")
     return "\n".join(lines)

@@ -6,9 +6,10 @@
   every coder), so the ratio is the sparse step's kernels against the dense step's and nothing else. (It
   once timed the stock class under SAELens's own, unfused Adam, crediting the fused optimiser to the sparse
   step.)
-* ``sparse step's dense product: oneDNN matmul / torch.addmm`` (CPU only): the one dense product of the step,
-  ``x @ W_enc + b_enc``, as :func:`sdl_anchor.sparse_topk.dense_pre_activations` runs it, against
-  ``torch.addmm`` (MKL's sgemm), on the same batches.
+* ``sparse step's dense product: calibrated kernel / the other`` (CPU only): the one dense product of the
+  step, ``x @ W_enc + b_enc``, on the kernel :mod:`sdl_anchor.kernel_choice` chose for this machine and shape
+  (oneDNN's matmul or ``torch.addmm``, MKL's sgemm), against the other one, on the same batches: at most 1
+  when the calibration chose right.
 * ``sparse topk step / sparsify SparseCoder step``: our TopK SAE's whole trainer step (SAELens's
   bookkeeping, gradient clipping and all) against sparsify's ``SparseCoder`` forward, backward and update,
   both with torch's fused Adam, on the same batches. sparsify (``pip install eai-sparsify``) is imported
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from functools import partial
 from typing import Any
 
 import torch
 from sae_lens.registry import get_sae_training_class
 
 from sdl_anchor.eval.step_timing import paired_ratio, step_seconds, trainer_for_timing
-from sdl_anchor.sparse_topk import dense_pre_activations
+from sdl_anchor.kernel_choice import DENSE_PRODUCTS, choose_dense_product, run_dense_product
 
 SIZES = {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 1024, "steps": 8}
 SPARSE_ARCHITECTURES = {
@@ -109,18 +111,26 @@ class _Product:
         self.product(batch, self.W_enc, self.b_enc)
 
 
+DENSE_PRODUCT_ROW = "sparse step's dense product: calibrated kernel / the other (oneDNN matmul, MKL addmm)"
+
+
 def measure_dense_product(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """Median seconds of the sparse step's dense product as it runs it, and of ``torch.addmm``, alternating
-    on the same batches (the two differ on the CPU in float32 only)."""
+    """Median seconds of the sparse step's dense product on the kernel the calibration chose for this
+    machine and shape (:func:`sdl_anchor.kernel_choice.choose_dense_product`, run first when not cached)
+    and on the other candidate, alternating on the same batches (CPU float32, where there are two)."""
+    choice = choose_dense_product(sizes["batch_size"], sizes["d_in"], sizes["d_sae"], torch.float32, device)
+    other = next(name for name in DENSE_PRODUCTS if name != choice.choice)
     generator = torch.Generator(device=device).manual_seed(0)
     W_enc = torch.randn(sizes["d_in"], sizes["d_sae"], generator=generator, device=device)
     b_enc = torch.randn(sizes["d_sae"], generator=generator, device=device)
     steppers = {
-        "ours": _Product(dense_pre_activations, W_enc, b_enc),
-        "addmm": _Product(lambda x, w, b: torch.addmm(b, x, w), W_enc, b_enc),
+        choice.choice: _Product(partial(run_dense_product, choice.choice), W_enc, b_enc),
+        other: _Product(partial(run_dense_product, other), W_enc, b_enc),
     }
-    name = "sparse step's dense product: oneDNN matmul / torch.addmm (MKL)"
-    return _paired_row(name, steppers, "ours", "addmm", sizes, device, ("d_in", "d_sae", "batch_size"))
+    row = _paired_row(
+        DENSE_PRODUCT_ROW, steppers, choice.choice, other, sizes, device, ("d_in", "d_sae", "batch_size")
+    )
+    return {**row, "chosen": choice.choice, "other": other, "choice_source": choice.source}
 
 
 class SparsifyStep:

@@ -22,6 +22,7 @@ TINY = {
         "d_sae": 32,
         "k": 4,
         "training_tokens": 2048,
+        "repeats": 2,
     },
     "sampling": {"n_features": 256, "d": 32, "sparsity": 0.99, "batch_size": 64, "repeats": 2},
     "synth_sampling": {"num_features": 256, "hidden_dim": 32, "batch_size": 64, "repeats": 2},
@@ -115,6 +116,36 @@ def test_the_table_lists_every_row_and_the_skipped_sections(tiny_results):
     for row in tiny_results["rows"]:
         assert row["name"] in table
     assert "skipped absorption" in table
+
+
+def test_the_results_name_the_cpu_and_the_kernel_choices(tiny_results):
+    """Issue 37: a figure is never read without its machine and the kernels the step ran on."""
+    from sdl_anchor.kernel_choice import cpu_model, onednn_linear_available
+
+    table = format_table(tiny_results)
+    assert tiny_results["cpu_model"] == cpu_model() and cpu_model() in tiny_results["device"]
+    assert cpu_model() in table.splitlines()[0] and f"kernel choices on {cpu_model()}" in table
+    assert tiny_results["kernel_setting"] == "calibrate"
+    if onednn_linear_available():
+        sparse_shape = [c for c in tiny_results["kernels"] if "batch=32,d_in=16,d_sae=64" in c["key"]]
+        choice = sparse_shape[-1]  # (earlier tests in this process may have chosen for this shape elsewhere)
+        assert choice["kernel"] == "dense_product" and choice["choice"] in ("onednn", "addmm")
+        assert set(choice["seconds"]) == {"onednn", "addmm"} and choice["calibration_seconds"] > 0
+        assert "dense_product (batch ~32, d_in ~16, d_sae ~64): " + choice["choice"] in table
+        (product,) = [r for r in tiny_results["rows"] if r["name"].startswith("sparse step's dense product")]
+        assert product["chosen"] == choice["choice"] and product["other"] != choice["choice"]
+        assert product[f"{product['chosen']}_seconds"] > 0 and product[f"{product['other']}_seconds"] > 0
+
+
+def test_the_transcoder_set_wall_row_is_a_median_with_its_noise_floor(tiny_results):
+    (wall,) = [r for r in tiny_results["rows"] if r["section"] == "transcoder_set" and "wall" in r["name"]]
+    assert wall["repeats"] == 2 and len(wall["seconds_ratio_rounds"]) == 2
+    assert wall["ratio"] == pytest.approx(
+        sorted(wall["seconds_ratio_rounds"])[0] / 2 + sorted(wall["seconds_ratio_rounds"])[1] / 2
+    )
+    rounds = wall["single_runs_seconds_rounds"]
+    assert wall["noise_floor"] == pytest.approx((max(rounds) - min(rounds)) / wall["single_runs_seconds"])
+    assert "noise floor" in format_table(tiny_results)
 
 
 def test_bench_perf_writes_perf_json(tmp_path, capsys):
