@@ -17,7 +17,9 @@ products: a few seconds at the paper's size on 2 cores, against thousands of ste
 recorded with the choice.
 
 Override with the environment variable ``SDL_ANCHOR_KERNELS`` or the ``override`` argument:
-``onednn`` or ``addmm`` fixes the kernel, ``calibrate`` (the default) measures. Elsewhere (float64, a GPU, a
+``onednn`` or ``addmm`` fixes the kernel, ``calibrate`` (the default) measures once and reuses the cache,
+``recalibrate`` measures again (once per process and shape class) and replaces the cached choice, for a
+choice first timed while something else loaded the machine. Elsewhere (float64, a GPU, a
 torch built without oneDNN) ``torch.addmm`` is the only candidate and nothing is timed; an override naming
 oneDNN there is ignored (the choice records ``source: "only candidate"``). The two kernels agree to float
 round-off (relative 1e-6), so the choice changes a run's numbers in round-off only; it is recorded in the
@@ -41,7 +43,7 @@ from typing import Any
 import torch
 
 KERNELS_ENV = "SDL_ANCHOR_KERNELS"
-OVERRIDES = ("calibrate", "onednn", "addmm")
+OVERRIDES = ("calibrate", "recalibrate", "onednn", "addmm")
 DENSE_PRODUCTS = ("onednn", "addmm")
 CACHE_FILE = "kernels.json"
 CACHE_VERSION = 1
@@ -208,20 +210,20 @@ def choose_dense_product(
 ) -> KernelChoice:
     """The dense product's kernel for ``[batch, d_in] @ [d_in, d_sae]`` (module docstring): from memory,
     else the cache file, else measured (``measure``, default :func:`measure_dense_products`) and cached.
-    ``override`` (else ``$SDL_ANCHOR_KERNELS``) is ``calibrate``, ``onednn`` or ``addmm``."""
+    ``override`` (else ``$SDL_ANCHOR_KERNELS``) is ``calibrate``, ``recalibrate``, ``onednn`` or ``addmm``."""
     wanted = kernel_override(override)
     device_type = torch.device(device).type
     key = dense_product_key(batch, d_in, d_sae, dtype, device_type)
     candidates = dense_product_candidates(dtype, device_type)
     if len(candidates) == 1:
         return KernelChoice("dense_product", candidates[0], "only candidate", key)
-    if wanted != "calibrate":
+    if wanted in candidates:
         return KernelChoice("dense_product", wanted, "override", key)
     path = Path(cache_file) if cache_file is not None else cache_path()
-    memory_key = f"{path}|{key}"
+    memory_key = f"{path}|{key}|{wanted}"
     if memory_key in _MEMORY:
         return _MEMORY[memory_key]
-    entry = _read_cache(path).get(key)
+    entry = _read_cache(path).get(key) if wanted == "calibrate" else None
     if isinstance(entry, dict) and entry.get("choice") in candidates:
         choice = KernelChoice(
             "dense_product",

@@ -111,17 +111,34 @@ def test_the_override_fixes_the_kernel_without_timing(monkeypatch, how, kernel):
     assert choice.choice == kernel and choice.source == "override" and measure.calls == []
 
 
+@needs_onednn
+def test_recalibrate_times_again_once_and_replaces_the_cached_choice(monkeypatch):
+    kc.choose_dense_product(64, 16, 64, measure=FakeMeasure({"onednn": 0.5, "addmm": 1.0}))
+    monkeypatch.setenv(kc.KERNELS_ENV, "recalibrate")
+    measure = FakeMeasure({"onednn": 1.0, "addmm": 0.5})
+    assert kc.choose_dense_product(64, 16, 64, measure=measure).choice == "addmm"
+    assert kc.choose_dense_product(64, 16, 64, measure=measure).source == "calibrated"
+    assert len(measure.calls) == 1  # once per process and shape class
+    monkeypatch.delenv(kc.KERNELS_ENV)
+    kc.forget_choices()
+    again = kc.choose_dense_product(64, 16, 64, measure=measure)
+    assert (again.choice, again.source) == ("addmm", "cached") and len(measure.calls) == 1
+
+
 @pytest.mark.parametrize("value", ["mkl", "oneDNN2", "auto"])
 def test_bad_overrides_are_refused_naming_the_allowed_values(monkeypatch, value):
     monkeypatch.setenv(kc.KERNELS_ENV, value)
-    with pytest.raises(ValueError, match="SDL_ANCHOR_KERNELS must be one of calibrate, onednn, addmm"):
+    with pytest.raises(
+        ValueError, match="SDL_ANCHOR_KERNELS must be one of calibrate, recalibrate, onednn, addmm"
+    ):
         kc.choose_dense_product(64, 16, 64)
     x, W, b = torch.randn(4, 16), torch.randn(16, 64), torch.randn(64)
     with pytest.raises(ValueError, match="SDL_ANCHOR_KERNELS must be one of"):
         dense_pre_activations(x, W, b)
     monkeypatch.delenv(kc.KERNELS_ENV)
     with pytest.raises(
-        ValueError, match=f"override must be one of calibrate, onednn, addmm .*got '{value.lower()}'"
+        ValueError,
+        match=f"override must be one of calibrate, recalibrate, onednn, addmm .*got '{value.lower()}'",
     ):
         dense_pre_activations(x, W, b, kernel=value)
 
