@@ -1,9 +1,10 @@
 """Registration of sdl-anchor's architectures with SAELens's registries, on ``import sdl_anchor``.
 
 Training architectures: ``anchored_<activation>`` (:mod:`.anchored`), ``<activation>_transcoder``
-(:mod:`.transcoder`), ``<activation>_crosscoder`` (:mod:`.crosscoder`). Inference architectures (kinds SAELens
-lacks, :mod:`.inference`): ``topk_transcoder``, ``topk_skip_transcoder`` and
-``<standard|topk|jumprelu>_crosscoder``.
+(:mod:`.transcoder`), ``<activation>_crosscoder`` (:mod:`.crosscoder`), ``<activation>_clt``
+(:mod:`.cross_layer_transcoder`). Inference architectures (kinds SAELens lacks, :mod:`.inference`):
+``topk_transcoder``, ``topk_skip_transcoder``, ``<standard|topk|jumprelu>_crosscoder`` and
+``cross_layer_transcoder``.
 
 Registering is idempotent: a name already held by the same class (or by the same class reloaded, i.e. the
 same module and qualified name) is left as it is. A name held by a *different* class, e.g. another plugin's
@@ -22,6 +23,7 @@ from sae_lens.registry import (
 )
 
 from sdl_anchor.integrations.anchored import ANCHORED_ARCHITECTURES
+from sdl_anchor.integrations.cross_layer_transcoder import CLT_ARCHITECTURES, CLT_INFERENCE_ARCHITECTURES
 from sdl_anchor.integrations.crosscoder import CROSSCODER_ARCHITECTURES
 from sdl_anchor.integrations.inference import INFERENCE_ARCHITECTURES
 from sdl_anchor.integrations.transcoder import TRANSCODER_ARCHITECTURES
@@ -30,6 +32,7 @@ TRAINING_ARCHITECTURES: dict[str, tuple[type, type]] = {
     **ANCHORED_ARCHITECTURES,
     **TRANSCODER_ARCHITECTURES,
     **CROSSCODER_ARCHITECTURES,
+    **CLT_ARCHITECTURES,
 }
 ANCHORED_ACTIVATIONS = tuple(name.removeprefix("anchored_") for name in ANCHORED_ARCHITECTURES)
 
@@ -59,7 +62,7 @@ def _register(
 
 def register_all() -> dict[str, tuple[type, type]]:
     """Register every inference and training architecture of ours; return the training ones by name."""
-    for name, classes in INFERENCE_ARCHITECTURES.items():
+    for name, classes in {**INFERENCE_ARCHITECTURES, **CLT_INFERENCE_ARCHITECTURES}.items():
         _register(SAE_CLASS_REGISTRY, register_sae_class, name, classes)
     for name, classes in TRAINING_ARCHITECTURES.items():
         _register(SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class, name, classes)

@@ -10,7 +10,9 @@ Every flag SAELens's ``LanguageModelSAETrainingRunner`` takes works as in SAELen
                          (or SAELens's --output_path DIR: the coder in DIR, with DIR/train.json)
   --hook-names A,B       a transcoder's input and output hooks, or a crosscoder's sources
   --layers all|0,1,...   a transcoder set: one transcoder per layer, trained from the same forward passes
-                         (DIR/set: layer_<L>/ in SAELens's format and manifest.json)
+                         (DIR/set: layer_<L>/ in SAELens's format and manifest.json); with a cross-layer
+                         transcoder --architecture (<activation>_clt, e.g. batchtopk_clt), one CLT over
+                         those layers (DIR/clt: SAELens's format and manifest.json; sdl_anchor.cli.train_clt)
   --layer-hooks IN,OUT   the hooks inside each block a set's transcoders read and write
                          (default ln2.hook_normalized,hook_mlp_out)
   --resampling S         dead-latent resampling: none (default), anthropic or theory
@@ -81,6 +83,11 @@ def _check_architecture(runner_args: list[str]) -> None:
         raise ValueError(f"unknown architecture {name!r}; known architectures: {known}")
 
 
+def _is_clt(runner_args: list[str]) -> bool:
+    """Whether ``--architecture`` names a cross-layer transcoder (``<activation>_clt``)."""
+    return (_flag_value(runner_args, "--architecture") or "").endswith("_clt")
+
+
 def _destinations(ours: argparse.Namespace, runner_args: list[str]) -> tuple[Path, Path]:
     """Where the coder and train.json go: DIR/sae and DIR/train.json for ``--out DIR``, or SAELens's
     ``--output_path DIR`` and DIR/train.json."""
@@ -88,7 +95,8 @@ def _destinations(ours: argparse.Namespace, runner_args: list[str]) -> tuple[Pat
     if ours.out is not None and output_path is not None:
         raise ValueError("give either --out (sdl-anchor) or --output_path (SAELens), not both")
     if ours.out is not None:
-        return ours.out / ("set" if ours.layers is not None else "sae"), ours.out / "train.json"
+        folder = "sae" if ours.layers is None else "clt" if _is_clt(runner_args) else "set"
+        return ours.out / folder, ours.out / "train.json"
     if not output_path:
         raise ValueError("give --out DIR (the trained coder goes to DIR/sae, its summary to DIR/train.json)")
     return Path(output_path), Path(output_path) / "train.json"
@@ -113,11 +121,15 @@ def _check_flags(
                     "--hook-names"
                 )
         architecture = _flag_value(runner_args, "--architecture") or ""
-        if not architecture.endswith("_transcoder"):
+        if not architecture.endswith("_transcoder") and not _is_clt(runner_args):
             raise ValueError(
-                f"--layers trains a transcoder set: give a transcoder --architecture (e.g. topk_transcoder), "
-                f"not {architecture or 'the default'}"
+                f"--layers trains a transcoder set or a cross-layer transcoder: give a transcoder or CLT "
+                f"--architecture (e.g. topk_transcoder, batchtopk_clt), not {architecture or 'the default'}"
             )
+    if _is_clt(runner_args):
+        from sdl_anchor.cli.train_clt import check_clt_flags
+
+        check_clt_flags(ours, runner_args)
     if ours.resampling not in RESAMPLING:
         raise ValueError(f"unknown --resampling {ours.resampling!r}; use one of {', '.join(RESAMPLING)}")
     if ours.resample_every is not None and ours.resampling == "none":
@@ -289,6 +301,10 @@ def _train_claimed(
         check_model_name(config.model_name)
     model = None if ours.model_path is None else load_model(config.model_name, ours.model_path, config.device)
     started = time.perf_counter()
+    if ours.layers is not None and config.sae.architecture().endswith("_clt"):
+        from sdl_anchor.cli.train_clt import train_clt
+
+        return train_clt(ours, coder_config, model, coder_path, summary_path, partial, started)
     if ours.layers is not None:
         return _train_set(ours, coder_config, model, resampling, coder_path, summary_path, partial, started)
     try:
