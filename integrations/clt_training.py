@@ -15,7 +15,9 @@ on a TransformerLens model, as transcoder sets are trained (:mod:`~sdl_anchor.in
   ``sae_weights.safetensors``, architecture ``cross_layer_transcoder``) plus ``manifest.json`` (layers, hooks,
   widths), written to a temporary folder and renamed when complete, and loads it back.
 
-Not supported yet (refused with an error): dead-latent resampling, anchoring, torchrun and resuming.
+With ``resampling=ResamplingConfig(...)`` dead latents are resampled layer by layer
+(:class:`~sdl_anchor.integrations.clt_resampling.CLTResamplingTrainer`). Not supported yet (refused with an
+error): anchoring, merging duplicate latents (``duplicate_cosine``), torchrun and resuming.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS, layer_hooks, resolve_layers
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.io import read_json, write_json
+from sdl_anchor.resampling import ResamplingConfig
 
 MANIFEST = "manifest.json"
 CLT_FORMAT = "sdl-anchor cross-layer transcoder"
@@ -340,6 +343,7 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
         hooks: Sequence[str] = DEFAULT_LAYER_HOOKS,
         override_dataset: HfDataset | None = None,
         override_model: Any = None,
+        resampling: ResamplingConfig | None = None,
     ) -> None:
         if override_dataset is None and cfg.dataset_path == "":
             raise ValueError("give a dataset: set dataset_path in the config or pass override_dataset")
@@ -350,8 +354,10 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
                 raise ValueError(f"{flag} is not supported for cross-layer transcoders yet; train afresh")
         if len(hooks) != 2:
             raise ValueError(f"hooks must be (input hook, output hook) inside each block, got {list(hooks)}")
+        if resampling is not None and resampling.duplicate_cosine is not None:
+            raise ValueError("duplicate_cosine is not supported for cross-layer transcoders; leave it unset")
         self.cfg = cfg
-        self.resampling = None
+        self.resampling = resampling
         self.hooks = (str(hooks[0]), str(hooks[1]))
         sae_dict = cfg.get_training_sae_cfg_dict()
         template = TrainingSAEConfig.from_dict(sae_dict)
@@ -398,18 +404,29 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
                 id=self.cfg.logger.wandb_id,
                 **wandb_env_settings(),
             )
-        trainer = CLTTrainer(
-            cfg=self.cfg.to_sae_trainer_config(),
-            sae=self.sae,
-            data_provider=clt_batches(self.activations_store, self.layers, self.hooks),
-            evaluator=self.evaluator,
-            save_checkpoint_fn=self.save_checkpoint,
-        )
+        kwargs = {
+            "cfg": self.cfg.to_sae_trainer_config(),
+            "sae": self.sae,
+            "data_provider": clt_batches(self.activations_store, self.layers, self.hooks),
+            "evaluator": self.evaluator,
+            "save_checkpoint_fn": self.save_checkpoint,
+        }
+        if self.resampling is None:
+            trainer = CLTTrainer(**kwargs)
+        else:
+            from sdl_anchor.integrations.clt_resampling import CLTResamplingTrainer
+
+            trainer = CLTResamplingTrainer(**kwargs, resampling=self.resampling)
         try:
             self.run_trainer_with_interruption_handling(trainer)
         finally:
             if self.cfg.logger.log_to_wandb:
                 wandb.finish()
+        if self.resampling is not None:
+            self.sae.cfg.metadata.resampling = {
+                "strategy": self.resampling.strategy,
+                "events": trainer.resample_log,  # type: ignore[attr-defined]
+            }
         bundle = CLTBundle(self.sae, self.layers, self.hooks)
         if self.cfg.output_path is not None:
             bundle.save(self.cfg.output_path)

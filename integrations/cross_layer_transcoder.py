@@ -37,8 +37,9 @@ save, as SAELens does.
 
 Saved inference architecture: ``cross_layer_transcoder`` (:class:`CrossLayerTranscoder`) with
 ``activation`` ``relu``, ``jumprelu`` (JumpReLU, and BatchTopK with its per-layer thresholds) or ``topk``.
-Not supported here (refused with an error by the runner and CLI): anchoring, dead-latent resampling, the
-sparse-backward step, skip connections and activation normalisation.
+Dead-latent resampling runs layer by layer (:mod:`~sdl_anchor.integrations.clt_resampling`). Not supported
+here (refused with an error by the configs, runner and CLI): anchoring, the sparse-backward step, skip
+connections and activation normalisation.
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ from sae_lens.saes.sae import SAE, TrainStepInput
 from safetensors.torch import load_file
 
 import sdl_anchor  # noqa: F401  (registers the CLT architectures)
+from sdl_anchor import ResamplingConfig
 from sdl_anchor.cli import main
 from sdl_anchor.cli.train import count_forward_passes
+from sdl_anchor.integrations.clt_resampling import CLTResamplingTrainer
 from sdl_anchor.integrations.clt_training import (
     CLTBundle,
     CrossLayerTranscoderRunner,
@@ -27,6 +29,7 @@ from sdl_anchor.integrations.cross_layer_transcoder import CLT_ARCHITECTURES, Cr
 from sdl_anchor.testing.toy_lm import tokenized_dataset, toy_language_model, word_level_tokenizer
 
 L, D_IN, D_OUT, D_SAE = 3, 5, 4, 6
+D_SAE_RESAMPLED = 8  # the resampling test's d_sae: layer 1's latents start at flat index 8
 ARCHITECTURES = sorted(CLT_ARCHITECTURES)
 CORPUS = ["the cat sat on the mat and the dog ran in the park while the birds sang"] * 20
 
@@ -182,6 +185,42 @@ def test_bad_shapes_configs_and_folders_are_refused(tmp_path):
         CLTBundle.load(folder)
 
 
+@pytest.mark.parametrize("strategy", ["anthropic", "theory"])
+def test_resampling_rewrites_only_the_dead_latents_own_layer_and_their_adam_moments(strategy):
+    torch.manual_seed(3)
+    clt = make_clt("jumprelu_clt", d_sae=8)
+    config = runner_config(clt.cfg, tokens=64 * 40)
+    config.train_batch_size_tokens = 64
+    trainer = CLTResamplingTrainer(cfg=config.to_sae_trainer_config(), sae=clt, data_provider=iter(()),
+                                   resampling=ResamplingConfig(strategy=strategy, every_n_steps=10))  # fmt: skip
+    mix = torch.randn(L * D_IN, L * D_OUT) / 3
+    for _ in range(6):
+        x = torch.randn(64, L * D_IN)
+        trainer.step((x, torch.relu(x @ mix)))
+    dead = torch.tensor([1, 4])
+    trainer.n_forward_passes_since_fired.zero_()
+    trainer.n_forward_passes_since_fired[D_SAE_RESAMPLED + dead] = 10**6  # layer 1's latents 1 and 4
+    before = {name: p.detach().clone() for name, p in clt.named_parameters()}
+    moments = {name: trainer.optimizer.state[p]["exp_avg"].clone() for name, p in clt.named_parameters()}
+    record = trainer.resample(1)
+    assert record["resample/dead_before"] == 2 and record["resample/latents"] + record["resample/split"] >= 1
+    after = dict(clt.named_parameters())
+    for layer in (0, 2):  # other layers untouched, weights and Adam state
+        torch.testing.assert_close(after["W_enc"][layer], before["W_enc"][layer], rtol=0, atol=0)
+        torch.testing.assert_close(after[f"W_dec.{layer}"], before[f"W_dec.{layer}"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            trainer.optimizer.state[after["W_enc"]]["exp_avg"][layer], moments["W_enc"][layer]
+        )
+    changed = (after["W_enc"][1] != before["W_enc"][1]).any(dim=0)
+    assert changed[dead].all()
+    if strategy == "anthropic":  # exactly the dead latents (theory also re-points the latents it splits)
+        assert changed.sum() == 2
+        assert (trainer.optimizer.state[after["W_enc"]]["exp_avg"][1][:, dead] == 0).all()
+        assert (trainer.optimizer.state[after["W_dec.1"]]["exp_avg"][dead] == 0).all()
+        assert (after["threshold"][1][dead] == clt.cfg.jumprelu_init_threshold).all()
+    assert after["W_dec.1"].shape == (8, L - 1, D_OUT)
+
+
 @pytest.fixture(scope="module")
 def toy():
     model = toy_language_model(CORPUS, d_model=16, n_layers=3, n_ctx=16)
@@ -251,12 +290,14 @@ def train_argv(checkpoint, out, *extra):
 
 def test_the_cli_trains_a_batchtopk_clt_over_every_layer_and_saves_it_loadable(checkpoint, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = train_argv(checkpoint, out, "--architecture", "batchtopk_clt", "--k", "4", "--layers", "all")
+    argv = train_argv(checkpoint, out, "--architecture", "batchtopk_clt", "--k", "4", "--layers", "all",
+                      "--resampling", "theory", "--resample-every", "2")  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     summary = json.loads((out / "train.json").read_text())
     assert summary["kind"] == "cross_layer_transcoder" and summary["architecture"] == "batchtopk_clt"
     assert summary["layers"] == [0, 1, 2] and summary["activation"] == "jumprelu" and summary["n_steps"] == 4
     assert summary["model_forward_passes"] > 0
+    assert [event["resample/step"] for event in summary["resampling"]["events"]] == [2.0]
     assert {
         "clt/ce_loss_score",
         "clt/ce_loss_with_clt",
@@ -274,8 +315,8 @@ def test_the_cli_trains_a_batchtopk_clt_over_every_layer_and_saves_it_loadable(c
     [
         (["--architecture", "topk_clt", "--k", "4", "--layers", "0,7"], r"layers 0..2, not \[7\]"),
         (["--architecture", "topk_clt", "--k", "4", "--hook_name", "blocks.0.hook_mlp_out"], "give --layers all"),
-        (["--architecture", "topk_clt", "--k", "4", "--layers", "all", "--resampling", "theory"],
-         "not supported for cross-layer transcoders"),
+        (["--architecture", "topk_clt", "--k", "4", "--layers", "all", "--resampling", "theory",
+          "--duplicate-cosine", "0.8"], "not supported for cross-layer transcoders"),
         (["--architecture", "topk_clt", "--k", "40", "--layers", "all"], "--k 40 is larger than --d_sae 32"),
         (["--architecture", "topk_sae_clt", "--layers", "all"], "unknown architecture 'topk_sae_clt'"),
     ],

@@ -304,7 +304,7 @@ def _train_claimed(
     if ours.layers is not None and config.sae.architecture().endswith("_clt"):
         from sdl_anchor.cli.train_clt import train_clt
 
-        return train_clt(ours, coder_config, model, coder_path, summary_path, partial, started)
+        return train_clt(ours, coder_config, model, resampling, coder_path, summary_path, partial, started)
     if ours.layers is not None:
         return _train_set(ours, coder_config, model, resampling, coder_path, summary_path, partial, started)
     try:

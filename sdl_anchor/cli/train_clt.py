@@ -21,16 +21,15 @@ def check_clt_flags(ours: argparse.Namespace, runner_args: list[str]) -> None:
             "a cross-layer transcoder reads every layer it spans: give --layers all (or e.g. --layers 0,1,2); "
             "--hook-names / --hook_name train single coders"
         )
-    if ours.resampling != "none":
-        raise ValueError(
-            f"--resampling {ours.resampling} is not supported for cross-layer transcoders yet; drop it"
-        )
+    if ours.duplicate_cosine is not None:
+        raise ValueError("--duplicate-cosine is not supported for cross-layer transcoders yet; drop it")
 
 
 def train_clt(
     ours: argparse.Namespace,
     config: Any,
     model: Any,
+    resampling: Any,
     clt_path: Path,
     summary_path: Path,
     partial: Path,
@@ -44,7 +43,9 @@ def train_clt(
 
     hooks = tuple(ours.layer_hooks or DEFAULT_LAYER_HOOKS)
     try:
-        runner = CrossLayerTranscoderRunner(config, layers=ours.layers, hooks=hooks, override_model=model)
+        runner = CrossLayerTranscoderRunner(
+            config, layers=ours.layers, hooks=hooks, override_model=model, resampling=resampling
+        )
         passes = count_forward_passes(runner.model)
         bundle = runner.run()
     except BaseException:
@@ -68,6 +69,9 @@ def train_clt(
         "clt_path": str(clt_path),
         "eval": runner.evaluator(saved.coder),
     }
+    resampling_record = getattr(runner.sae.cfg.metadata, "resampling", None)
+    if resampling_record:
+        summary["resampling"] = resampling_record
     path = write_json(summary_path, summary)
     print(
         f"trained a {summary['architecture']} cross-layer transcoder over layers "
