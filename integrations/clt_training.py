@@ -49,11 +49,6 @@ CLT_FORMAT = "sdl-anchor cross-layer transcoder"
 CLT_FORMAT_VERSION = 1
 
 
-def is_clt_architecture(name: str | None) -> bool:
-    """Whether a training architecture name is one of the ``<activation>_clt``."""
-    return bool(name) and name.endswith("_clt")  # type: ignore[union-attr]
-
-
 def clt_batches(
     store: Any, layers: Sequence[int], hooks: Sequence[str]
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -59,6 +59,7 @@ from sae_lens.saes.jumprelu_sae import (
 from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
+    SAEMetadata,
     TrainCoefficientConfig,
     TrainingSAE,
     TrainStepInput,
@@ -280,8 +281,6 @@ class CrossLayerTranscoderConfig(SAEConfig):
     @override
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> CrossLayerTranscoderConfig:
-        from sae_lens.saes.sae import SAEMetadata
-
         config = cls(**filter_valid_dataclass_fields(config_dict, cls))
         if "metadata" in config_dict:
             config.metadata = SAEMetadata(**config_dict["metadata"])
