@@ -716,6 +716,38 @@ class JumpReLUCLTTrainingSAEConfig(CLTConfigFields, JumpReLUTrainingSAEConfig):
         return "jumprelu"
 
 
+@torch.no_grad()
+def circuit_tracer_tensors(coder: CrossLayerTranscoder) -> dict[str, dict[str, torch.Tensor]]:
+    """A saved CLT's tensors as circuit-tracer's ``load_clt`` reads them, by file name: for each layer
+    position ``l``, ``W_enc_{l}.safetensors`` with ``W_enc_{l}`` (``W_enc[l].T``, ``[d_sae, d_model]``),
+    ``b_enc_{l}``, ``b_dec_{l}`` and, for a JumpReLU, ``threshold_{l}`` (``[d_sae]``), and
+    ``W_dec_{l}.safetensors`` with ``W_dec_{l}`` (``W_dec[l]``, ``[d_sae, n_layers - l, d_model]``). Only the
+    ReLU and JumpReLU activations have a circuit-tracer equivalent (convert a TopK CLT first)."""
+    if not isinstance(coder, CrossLayerTranscoder):
+        raise ValueError(
+            f"give the saved CLT (CrossLayerTranscoder, e.g. CLTBundle.load(folder).coder), not {type(coder).__name__}"
+        )
+    if coder.cfg.activation not in ("relu", "jumprelu"):
+        raise ValueError(
+            f"circuit-tracer loads ReLU and JumpReLU CLTs only; this one uses {coder.cfg.activation!r}: convert it "
+            "to a JumpReLU CLT first"
+        )
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    for layer in range(coder.n_layers):
+        encoder = {
+            f"W_enc_{layer}": coder.W_enc[layer].T.contiguous(),
+            f"b_enc_{layer}": coder.b_enc[layer].contiguous(),
+            f"b_dec_{layer}": coder.b_dec[layer].contiguous(),
+        }
+        if coder.cfg.activation == "jumprelu":
+            encoder[f"threshold_{layer}"] = coder.threshold[layer].contiguous()
+        files[f"W_enc_{layer}.safetensors"] = {k: v.detach().cpu() for k, v in encoder.items()}
+        files[f"W_dec_{layer}.safetensors"] = {
+            f"W_dec_{layer}": coder.W_dec[layer].detach().cpu().contiguous()
+        }
+    return files
+
+
 CLT_ARCHITECTURES: dict[str, tuple[type, type]] = {
     "standard_clt": (StandardCLTTrainingSAE, StandardCLTTrainingSAEConfig),
     "topk_clt": (TopKCLTTrainingSAE, TopKCLTTrainingSAEConfig),

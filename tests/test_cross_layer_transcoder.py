@@ -25,7 +25,11 @@ from sdl_anchor.integrations.clt_training import (
     evaluate_spliced_clt,
 )
 from sdl_anchor.integrations.coder_runner import CoderRunnerConfig
-from sdl_anchor.integrations.cross_layer_transcoder import CLT_ARCHITECTURES, CrossLayerTranscoder
+from sdl_anchor.integrations.cross_layer_transcoder import (
+    CLT_ARCHITECTURES,
+    CrossLayerTranscoder,
+    circuit_tracer_tensors,
+)
 from sdl_anchor.testing.toy_lm import tokenized_dataset, toy_language_model, word_level_tokenizer
 
 L, D_IN, D_OUT, D_SAE = 3, 5, 4, 6
@@ -154,6 +158,42 @@ def test_save_and_load_round_trip_in_circuit_tracers_layout(name, tmp_path):
     assert back.hooks == ("ln2.hook_normalized", "hook_mlp_out")
     torch.testing.assert_close(back.coder(x), expected.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(SAE.load_from_disk(str(folder))(x), expected.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["standard_clt", "jumprelu_clt", "batchtopk_clt"])
+def test_circuit_tracers_tensors_give_the_same_reconstruction_by_its_formula(name, tmp_path):
+    """circuit-tracer's CLT: a_l = act(x_l @ W_enc_l.T + b_enc_l) (JumpReLU: a * (a > threshold_l)),
+    y_m = sum_{l <= m} a_l @ W_dec_l[:, m - l] + b_dec_m."""
+    torch.manual_seed(4)
+    clt = make_clt(name, **({"k": 3} if "topk" in name else {}))
+    with torch.no_grad():
+        clt.b_enc.normal_(0, 0.3)
+        clt.b_dec.normal_()
+        if name == "jumprelu_clt":
+            clt.threshold.uniform_(0, 0.2)
+        if name == "batchtopk_clt":
+            clt.topk_threshold.fill_(0.05)
+    saved = CLTBundle.load(CLTBundle(clt, [0, 1, 2]).save(tmp_path / "clt")).coder
+    files = circuit_tracer_tensors(saved)
+    assert sorted(files) == sorted(f"W_{kind}_{i}.safetensors" for kind in ("enc", "dec") for i in range(L))
+    x = torch.randn(7, L, D_IN)
+    acts = []
+    for i in range(L):
+        enc = files[f"W_enc_{i}.safetensors"]
+        assert enc[f"W_enc_{i}"].shape == (D_SAE, D_IN)
+        pre = x[:, i] @ enc[f"W_enc_{i}"].T + enc[f"b_enc_{i}"]
+        threshold = enc.get(f"threshold_{i}")
+        acts.append(torch.relu(pre) if threshold is None else pre * (pre > threshold))
+    y = torch.stack([
+        sum(acts[i] @ files[f"W_dec_{i}.safetensors"][f"W_dec_{i}"][:, m - i] for i in range(m + 1))
+        + files[f"W_enc_{m}.safetensors"][f"b_dec_{m}"]
+        for m in range(L)
+    ], dim=1)  # fmt: skip
+    torch.testing.assert_close(y, saved.decode_layers(saved.encode_layers(x)))
+    with pytest.raises(ValueError, match="ReLU and JumpReLU CLTs only"):
+        circuit_tracer_tensors(
+            CLTBundle.load(CLTBundle(make_clt("topk_clt", k=2), [0, 1, 2]).save(tmp_path / "t")).coder
+        )
 
 
 def test_bad_shapes_configs_and_folders_are_refused(tmp_path):
