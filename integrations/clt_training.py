@@ -390,6 +390,10 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
         set_sae_metadata(self)
         self.sae.cfg.metadata.hook_names = list(self.cfg.hook_names)
         self.sae.cfg.metadata.clt_layers = list(self.layers)
+        # what the circuit-tracer export reads: the model's layer count (a CLT must cover every layer) and
+        # the batch BatchTopK chose its latents over (converting it to per-latent JumpReLU thresholds)
+        self.sae.cfg.metadata.model_n_layers = int(self.model.cfg.n_layers)
+        self.sae.cfg.metadata.train_batch_size_tokens = int(self.cfg.train_batch_size_tokens)
         if self.cfg.logger.log_to_wandb:
             wandb.init(
                 project=self.cfg.logger.wandb_project,

@@ -128,6 +128,10 @@ class CLTConfigFields:
         result["k"] = int(self.k) if result["activation"] == "topk" else None  # type: ignore[attr-defined]
         result["architecture"] = CLT_INFERENCE_ARCHITECTURE
         result["metadata"] = self._metadata_with_training_info()  # type: ignore[attr-defined]
+        if result["k"] is None and getattr(self, "k", None) is not None:
+            # BatchTopK saves as JumpReLU: keep its k with the training details, where the conversion to
+            # per-latent thresholds (jumprelu_conversion) finds it
+            result["metadata"]["training_architecture_details"]["k"] = self.k  # type: ignore[attr-defined]
         return result
 
 
