@@ -44,7 +44,7 @@ from sae_lens.saes.batchtopk_sae import BatchTopK
 from sae_lens.saes.topk_sae import TopK
 
 RULE = (
-    "per latent, the threshold t >= 0 minimising firing disagreements with the TopK model on the fit tokens "
+    "per latent, the threshold t >= 0 minimising firing disagreements with the TopK (or BatchTopK) model on the fit tokens "
     "(exact, by sorting); ties: fewest |false - missed| firings, then the widest gap; t = the gap's midpoint"
 )
 

@@ -116,7 +116,7 @@ def conversion_line(report: dict[str, Any]) -> str:
         f"{report['fit_tokens']} held-out tokens; on the other {report['evaluation_tokens']}: firing decisions "
         f"differing {report['disagreement']:.4%} (false {report['false_firings']:.4%}, missed "
         f"{report['missed_firings']:.4%}), relative reconstruction error "
-        f"{report['relative_reconstruction_error']:.3g}, L0 {report['l0_before']:.2f} -> {report['l0_after']:.2f}"
+        f"{report['relative_reconstruction_error']:.3g}, L0 ({report['l0_unit']}) {report['l0_before']:.2f} -> {report['l0_after']:.2f}"
     )
     if "fvu_before" in report:
         line += f"; FVU against the model's outputs {report['fvu_before']:.4f} -> {report['fvu_after']:.4f}"
@@ -137,7 +137,7 @@ def export_clt(args: argparse.Namespace) -> int:
     held_out, n_layers = None, None
     if args.model is not None or args.held_out_dataset is not None:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs")
+            warnings.filterwarnings("ignore", message="(?s).*model_from_pretrained_kwargs")
             bundle = CLTBundle.load(args.set_dir)
         if needs_conversion(bundle) is None:
             raise ValueError(
@@ -146,7 +146,9 @@ def export_clt(args: argparse.Namespace) -> int:
         held_out, n_layers = collect_held_out(args, bundle.coder, bundle.layers, bundle.hooks)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs")  # SAELens's, on loading
+        warnings.filterwarnings(
+            "ignore", message="(?s).*model_from_pretrained_kwargs"
+        )  # SAELens's, on loading
         out, report = export_clt_circuit_tracer(
             args.set_dir, args.out, scan=args.scan, held_out=held_out, batch_size=args.batch_size,
             model_n_layers=n_layers,
@@ -157,7 +159,7 @@ def export_clt(args: argparse.Namespace) -> int:
     layers = len(list(out.glob("W_enc_*.safetensors")))
     print(f"wrote {out / 'config.yaml'}, W_enc_<i> and W_dec_<i>.safetensors for {layers} layers")
     if report is not None:
-        print(conversion_line(report) + " (L0 per layer)")
+        print(conversion_line(report))
         print(f"wrote {out / 'conversion.json'}")
     print(json.dumps({"out": str(out.resolve()), "layers": layers, "kind": "cross_layer_transcoder",
                       "conversion": report}))  # fmt: skip
