@@ -19,6 +19,14 @@ the commands a user types:
 
 It passes when circuit-tracer loads the set, its replacement logits match ours (max |difference| under
 ``--tolerance``) and the graph has feature nodes. Writes ``check.json`` into ``--work``.
+
+``--kind clt`` checks a cross-layer transcoder the same way (issue 36): ``sdl-anchor train --architecture
+batchtopk_clt --layers all ...``; ``sdl-anchor export circuit-tracer CLT --out EXPORT --model gpt2
+--held-out-dataset HELD_OUT`` (per-latent JumpReLU thresholds fitted to the BatchTopK decisions on other text,
+:mod:`sdl_anchor.integrations.jumprelu_conversion`); our logits with every MLP output replaced by the exported
+CLT's reconstruction (each layer's latents from that pass's input at that layer), against circuit-tracer's
+``CrossLayerTranscoder`` doing the same and its attribution graph. The record adds the conversion's report
+and the logits' distance from the CLT as training saved it (SAELens's one threshold per layer).
 """
 
 from __future__ import annotations
@@ -64,9 +72,32 @@ original = model(tokens)
 save_file({"logits": logits[0].contiguous(), "original": original[0].contiguous()}, sys.argv[3])
 """
 
+OUR_CLT_LOGITS = """
+import json, sys, torch
+from safetensors.torch import save_file
+from transformer_lens import HookedTransformer
+from sdl_anchor.integrations.circuit_tracer import load_exported_clt
+from sdl_anchor.integrations.clt_training import CLTBundle, _splice_hooks
+model = HookedTransformer.from_pretrained_no_processing("gpt2", device="cpu")
+tokens = torch.tensor(json.loads(open(sys.argv[3]).read()))[None]
+trained = CLTBundle.load(sys.argv[1])
+exported = load_exported_clt(sys.argv[2])
+def spliced(coder):
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=_splice_hooks(coder, trained.layers, trained.hooks,
+                                                                    range(len(trained.layers))))
+save_file({"logits": spliced(exported)[0].contiguous(), "original": model(tokens)[0].contiguous(),
+           "trained": spliced(trained.coder)[0].contiguous()}, sys.argv[4])
+"""
 
-def check(circuit_tracer_python: str, work: Path, tolerance: float = 1e-3) -> dict[str, Any]:
-    """Run the check of the module docstring; return its record (raises RuntimeError if a step fails)."""
+
+def check(
+    circuit_tracer_python: str, work: Path, tolerance: float = 1e-3, kind: str = "transcoder_set"
+) -> dict[str, Any]:
+    """Run the check of the module docstring for a transcoder set (``kind="transcoder_set"``) or a
+    cross-layer transcoder (``kind="clt"``); return its record (raises RuntimeError if a step fails)."""
+    if kind not in ("transcoder_set", "clt"):
+        raise ValueError(f"kind must be 'transcoder_set' or 'clt', got {kind!r}")
     from safetensors.torch import load_file
 
     started = time.perf_counter()
@@ -77,18 +108,32 @@ def check(circuit_tracer_python: str, work: Path, tolerance: float = 1e-3) -> di
     words = hub.words
     (corpus / "text.txt").write_text("\n".join(" ".join(words[i : i + 16]) for i in range(0, len(words), 3)))
     d = str(hub.d_model)
+    architecture, trained, d_sae, tokens_trained = (
+        ("batchtopk_transcoder", work / "run" / "set", "128", "8192")
+        if kind == "transcoder_set"
+        else ("batchtopk_clt", work / "run" / "clt", "64", "4096")
+    )
     _run(
         [sys.executable, "-m", "sdl_anchor", "train", "--out", str(work / "run"), "--layers", "all",
-         "--architecture", "batchtopk_transcoder", "--model_name", "gpt2", "--dataset_path", str(corpus),
-         "--d_in", d, "--d_out", d, "--d_sae", "128", "--k", "8", "--context_size", "16", "--training_tokens",
-         "8192", "--train_batch_size_tokens", "256", "--store_batch_size_prompts", "16", "--n_batches_in_buffer",
-         "32", "--log_to_wandb", "False", "--overwrite"],
+         "--architecture", architecture, "--model_name", "gpt2", "--dataset_path", str(corpus),
+         "--d_in", d, "--d_out", d, "--d_sae", d_sae, "--k", "8", "--context_size", "16", "--training_tokens",
+         tokens_trained, "--train_batch_size_tokens", "256", "--store_batch_size_prompts", "16",
+         "--n_batches_in_buffer", "32", "--log_to_wandb", "False", "--overwrite"],
         env, "sdl-anchor train --layers all",
     )  # fmt: skip
     export = work / "export"
-    _run(
-        [sys.executable, "-m", "sdl_anchor", "export", "circuit-tracer", str(work / "run" / "set"), "--out",
-         str(export), "--overwrite"],
+    held_out = []
+    if kind == "clt":  # other text than training's: the words in another order
+        shuffled = [words[(7 * i + 3) % len(words)] for i in range(len(words))]
+        (work / "held_out").mkdir(exist_ok=True)
+        (work / "held_out" / "text.txt").write_text(
+            "\n".join(" ".join(shuffled[i : i + 16]) for i in range(0, len(shuffled), 2)) * 4
+        )
+        held_out = ["--model", "gpt2", "--held-out-dataset", str(work / "held_out"),
+                    "--held-out-tokens", "2048"]  # fmt: skip
+    exported = _run(
+        [sys.executable, "-m", "sdl_anchor", "export", "circuit-tracer", str(trained), "--out",
+         str(export), "--overwrite", *held_out],
         env, "sdl-anchor export circuit-tracer",
     )  # fmt: skip
     tokens = work / "tokens.json"
@@ -99,16 +144,18 @@ def check(circuit_tracer_python: str, work: Path, tolerance: float = 1e-3) -> di
     )["model"]["vocab"]
     tokens.write_text(json.dumps([vocab["<bos>"], *(vocab[w] for w in words[:12])]))
     ours = work / "our_logits.safetensors"
-    _run(
-        [sys.executable, "-c", OUR_LOGITS, str(work / "run" / "set"), str(tokens), str(ours)],
-        env,
-        "our logits",
+    script = (
+        [OUR_LOGITS, str(trained)]
+        if kind == "transcoder_set"
+        else [OUR_CLT_LOGITS, str(trained), str(export)]
     )
+    _run([sys.executable, "-c", *script, str(tokens), str(ours)], env, "our logits")
     summary = json.loads(
         _run([circuit_tracer_python, str(HERE / "circuit_tracer_runner.py"), str(export), str(tokens), str(work / "ct")],
              env, "circuit-tracer").strip().splitlines()[-1]
     )  # fmt: skip
-    our_logits, original = (load_file(str(ours))[key] for key in ("logits", "original"))
+    our = load_file(str(ours))
+    our_logits, original = our["logits"], our["original"]
     their_logits = load_file(str(work / "ct" / "replacement_logits.safetensors"))["logits"]
     difference = float((our_logits - their_logits).abs().max())
     scale = float(our_logits.abs().max())
@@ -123,8 +170,17 @@ def check(circuit_tracer_python: str, work: Path, tolerance: float = 1e-3) -> di
         and summary["active_features"] > 0
         and float((our_logits - original).abs().max()) > 10 * difference,
         "seconds": time.perf_counter() - started,
+        "kind": kind,
         "model": f"gpt2-shaped, {hub.d_model} wide, 2 layers, random weights (offline hub cache)",
     }
+    if kind == "clt":
+        # the conversion's effect: the exported CLT (per-latent thresholds) against the CLT as training saved it
+        # (SAELens's one threshold per layer), both spliced
+        record["max_abs_logit_difference_from_the_saved_clt"] = float(
+            (our_logits - our["trained"]).abs().max()
+        )
+        record["conversion"] = json.loads((export / "conversion.json").read_text())
+        record["export_output"] = [line for line in exported.splitlines() if not line.startswith("{")]
     (work / "check.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -141,15 +197,19 @@ def main(argv: list[str] | None = None) -> int:
         help="working folder, kept (default: a temporary one, removed at the end)",
     )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max |logit difference| / max |logit|")
+    parser.add_argument(
+        "--kind", choices=("transcoder_set", "clt"), default="transcoder_set",
+        help="check a transcoder set (batchtopk_transcoder) or a cross-layer transcoder (batchtopk_clt)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not Path(args.circuit_tracer_python).exists():
         print(f"--circuit-tracer-python {args.circuit_tracer_python} does not exist", file=sys.stderr)
         return 2
     if args.work is not None:
-        record = check(args.circuit_tracer_python, args.work, args.tolerance)
+        record = check(args.circuit_tracer_python, args.work, args.tolerance, args.kind)
     else:
         with tempfile.TemporaryDirectory(prefix="circuit_tracer_check_") as work:
-            record = check(args.circuit_tracer_python, Path(work), args.tolerance)
+            record = check(args.circuit_tracer_python, Path(work), args.tolerance, args.kind)
     print(json.dumps(record, indent=2))
     return 0 if record["passed"] else 1
 

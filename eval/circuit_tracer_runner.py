@@ -1,10 +1,11 @@
 """Run inside circuit-tracer's own virtual environment (it pins transformers<=4.57.3), by
 :mod:`sdl_anchor.eval.circuit_tracer_check`; imports nothing of sdl_anchor.
 
-``python circuit_tracer_runner.py EXPORT_DIR TOKENS_JSON OUT_DIR``: loads the exported transcoder set with
-circuit-tracer's ``ReplacementModel.from_pretrained("gpt2", EXPORT_DIR)`` (the hub cache named by HF_HOME),
-computes the logits of the model with every MLP output replaced by circuit-tracer's own transcoder of that
-layer (``OUT_DIR/replacement_logits.safetensors``), and an attribution graph of the prompt
+``python circuit_tracer_runner.py EXPORT_DIR TOKENS_JSON OUT_DIR``: loads the exported transcoder set (or
+cross-layer transcoder) with circuit-tracer's ``ReplacementModel.from_pretrained("gpt2", EXPORT_DIR)`` (the hub
+cache named by HF_HOME), computes the logits of the model with every MLP output replaced by circuit-tracer's
+own transcoder of that layer (for a CLT: the sum of what every layer up to it writes there, each from its own
+input in that pass; ``OUT_DIR/replacement_logits.safetensors``), and an attribution graph of the prompt
 (``OUT_DIR/graph.pt``); prints a JSON summary.
 """
 
@@ -30,6 +31,7 @@ def main() -> None:
     loaded = time.perf_counter() - started
     config = model.transcoders
     input_hook, output_hook = model.feature_input_hook, model.original_feature_output_hook
+    kind = type(config).__name__  # TranscoderSet or CrossLayerTranscoder
     seen: dict[int, torch.Tensor] = {}
     hooks = []
     for layer in range(model.cfg.n_layers):
@@ -39,7 +41,14 @@ def main() -> None:
             return acts
 
         def write(acts, hook, layer=layer):
-            return config[layer](seen[layer]).to(acts.dtype)
+            if kind != "CrossLayerTranscoder":
+                return config[layer](seen[layer]).to(acts.dtype)
+            # a CLT: what every layer up to this one writes here, from that layer's input in this pass
+            out = config.b_dec[layer]
+            for source in range(layer + 1):
+                features = config.encode_layer(seen[source], source)
+                out = out + features @ config._get_decoder_vectors(source)[:, layer - source]
+            return out.to(acts.dtype)
 
         hooks += [(f"blocks.{layer}.{input_hook}", read), (f"blocks.{layer}.{output_hook}", write)]
     with torch.no_grad():
@@ -55,6 +64,7 @@ def main() -> None:
                 "loaded_seconds": loaded,
                 "attribution_seconds": time.perf_counter() - started,
                 "n_layers": model.cfg.n_layers,
+                "transcoders": kind,
                 "input_hook": input_hook,
                 "output_hook": output_hook,
                 "active_features": int(graph.active_features.shape[0]),

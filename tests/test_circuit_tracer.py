@@ -1,4 +1,5 @@
-"""circuit-tracer loads an exported transcoder set, matches our spliced logits and traces a graph.
+"""circuit-tracer loads an exported transcoder set or cross-layer transcoder, matches our spliced logits and
+traces a graph.
 
 circuit-tracer pins transformers<=4.57.3, so it runs in its own virtual environment, which CI builds
 (``.ci/run``) and names in ``SDL_ANCHOR_CIRCUIT_TRACER_PYTHON``; the format itself is tested without it in
@@ -31,6 +32,23 @@ def test_circuit_tracer_loads_the_exported_set_and_traces_a_graph(tmp_path):
     assert record["passed"], record
     assert record["max_abs_logit_difference"] <= 1e-3 * max(1.0, record["max_abs_logit"])
     assert record["active_features"] > 0 and record["logit_targets"] >= 1
+
+
+@pytest.mark.skipif(
+    not PYTHON,
+    reason="needs circuit-tracer's own environment: set SDL_ANCHOR_CIRCUIT_TRACER_PYTHON (CI builds it)",
+)
+def test_circuit_tracer_loads_an_exported_batchtopk_clt_and_traces_a_graph(tmp_path):
+    """Issue 36: sdl-anchor train --architecture batchtopk_clt --layers all, export with per-latent JumpReLU
+    thresholds fitted on held-out text, circuit-tracer's CLT reproduces our spliced logits and attributes."""
+    record = check(PYTHON, tmp_path, kind="clt")
+    assert record["passed"], record
+    assert record["transcoders"] == "CrossLayerTranscoder" and record["active_features"] > 0
+    assert record["max_abs_logit_difference"] <= 1e-3 * max(1.0, record["max_abs_logit"])
+    conversion = record["conversion"]
+    assert conversion["reference"] == "batchtopk" and conversion["evaluation_tokens"] == 1024
+    assert conversion["disagreement"] < 0.05 and conversion["relative_reconstruction_error"] < 0.1
+    assert abs(conversion["l0_after"] - conversion["l0_before"]) < 1
 
 
 def jumprelu_transcoders(n_layers=2):
