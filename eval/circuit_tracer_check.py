@@ -91,13 +91,23 @@ save_file({"logits": spliced(exported)[0].contiguous(), "original": model(tokens
 """
 
 
+CLT_ARCHITECTURES = ("batchtopk_clt", "topk_clt", "jumprelu_clt", "standard_clt")
+
+
 def check(
-    circuit_tracer_python: str, work: Path, tolerance: float = 1e-3, kind: str = "transcoder_set"
+    circuit_tracer_python: str,
+    work: Path,
+    tolerance: float = 1e-3,
+    kind: str = "transcoder_set",
+    clt_architecture: str = "batchtopk_clt",
 ) -> dict[str, Any]:
     """Run the check of the module docstring for a transcoder set (``kind="transcoder_set"``) or a
-    cross-layer transcoder (``kind="clt"``); return its record (raises RuntimeError if a step fails)."""
+    cross-layer transcoder (``kind="clt"``, trained as ``clt_architecture``; TopK and BatchTopK ones are
+    converted on export); return its record (raises RuntimeError if a step fails)."""
     if kind not in ("transcoder_set", "clt"):
         raise ValueError(f"kind must be 'transcoder_set' or 'clt', got {kind!r}")
+    if clt_architecture not in CLT_ARCHITECTURES:
+        raise ValueError(f"clt_architecture must be one of {CLT_ARCHITECTURES}, got {clt_architecture!r}")
     from safetensors.torch import load_file
 
     started = time.perf_counter()
@@ -111,19 +121,19 @@ def check(
     architecture, trained, d_sae, tokens_trained = (
         ("batchtopk_transcoder", work / "run" / "set", "128", "8192")
         if kind == "transcoder_set"
-        else ("batchtopk_clt", work / "run" / "clt", "64", "4096")
+        else (clt_architecture, work / "run" / "clt", "64", "4096")
     )
     _run(
         [sys.executable, "-m", "sdl_anchor", "train", "--out", str(work / "run"), "--layers", "all",
          "--architecture", architecture, "--model_name", "gpt2", "--dataset_path", str(corpus),
-         "--d_in", d, "--d_out", d, "--d_sae", d_sae, "--k", "8", "--context_size", "16", "--training_tokens",
-         tokens_trained, "--train_batch_size_tokens", "256", "--store_batch_size_prompts", "16",
+         "--d_in", d, "--d_out", d, "--d_sae", d_sae, *(["--k", "8"] if "topk" in architecture else []),
+         "--context_size", "16", "--training_tokens", tokens_trained, "--train_batch_size_tokens", "256", "--store_batch_size_prompts", "16",
          "--n_batches_in_buffer", "32", "--log_to_wandb", "False", "--overwrite"],
         env, "sdl-anchor train --layers all",
     )  # fmt: skip
     export = work / "export"
     held_out = []
-    if kind == "clt":  # other text than training's: the words in another order
+    if kind == "clt" and "topk" in clt_architecture:  # other text than training's: the words in another order
         shuffled = [words[(7 * i + 3) % len(words)] for i in range(len(words))]
         (work / "held_out").mkdir(exist_ok=True)
         (work / "held_out" / "text.txt").write_text(
@@ -179,7 +189,9 @@ def check(
         record["max_abs_logit_difference_from_the_saved_clt"] = float(
             (our_logits - our["trained"]).abs().max()
         )
-        record["conversion"] = json.loads((export / "conversion.json").read_text())
+        record["architecture"] = clt_architecture
+        if (export / "conversion.json").exists():
+            record["conversion"] = json.loads((export / "conversion.json").read_text())
         record["export_output"] = [line for line in exported.splitlines() if not line.startswith("{")]
     (work / "check.json").write_text(json.dumps(record, indent=2))
     return record
@@ -199,17 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max |logit difference| / max |logit|")
     parser.add_argument(
         "--kind", choices=("transcoder_set", "clt"), default="transcoder_set",
-        help="check a transcoder set (batchtopk_transcoder) or a cross-layer transcoder (batchtopk_clt)",
+        help="check a transcoder set (batchtopk_transcoder) or a cross-layer transcoder (--clt-architecture)",
     )  # fmt: skip
+    parser.add_argument("--clt-architecture", choices=CLT_ARCHITECTURES, default="batchtopk_clt")
     args = parser.parse_args(argv)
     if not Path(args.circuit_tracer_python).exists():
         print(f"--circuit-tracer-python {args.circuit_tracer_python} does not exist", file=sys.stderr)
         return 2
     if args.work is not None:
-        record = check(args.circuit_tracer_python, args.work, args.tolerance, args.kind)
+        record = check(
+            args.circuit_tracer_python, args.work, args.tolerance, args.kind, args.clt_architecture
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="circuit_tracer_check_") as work:
-            record = check(args.circuit_tracer_python, Path(work), args.tolerance, args.kind)
+            record = check(
+                args.circuit_tracer_python, Path(work), args.tolerance, args.kind, args.clt_architecture
+            )
     print(json.dumps(record, indent=2))
     return 0 if record["passed"] else 1
 
