@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from sdl_anchor.resampling.clustering import segment_clusters
+from sdl_anchor.resampling.clustering import SegmentLayout, segment_clusters
 
 
 def noisy(direction, n, generator, noise=0.05):
@@ -51,3 +51,19 @@ def test_a_segment_smaller_than_k_uses_one_centre_per_point():
     )
     assert sizes.tolist() == [[2, 0, 0], [0, 0, 0]]  # segment 0: the pair at e0 (e1 alone is too small)
     assert ranks.tolist() == [0, 0, -1, -1]
+
+
+def test_the_padded_layout_gives_each_point_its_own_segments_dot_products():
+    """Ragged, shuffled and empty segments (sizes 0, 1, 3, 4, 5, 17, 64): the batched products equal a
+    per-point gather of the segment's vectors."""
+    generator = torch.Generator().manual_seed(2)
+    sizes = [0, 1, 3, 4, 5, 17, 64]
+    segments = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    segments = segments[torch.randperm(segments.numel(), generator=generator)]
+    directions = torch.randn(segments.numel(), 6, generator=generator)
+    vectors = torch.randn(len(sizes), 3, 6, generator=generator)
+    layout = SegmentLayout(directions, segments, len(sizes))
+    expected = torch.einsum("nd,nkd->nk", directions, vectors[segments])
+    torch.testing.assert_close(layout.dots(vectors), expected)
+    torch.testing.assert_close(layout.dot(vectors[:, 0]), expected[:, 0])
+    assert SegmentLayout(directions[:0], segments[:0], 3).dots(vectors[:3]).shape == (0, 3)

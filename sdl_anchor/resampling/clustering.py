@@ -4,6 +4,11 @@ Each live candidate latent brings the unit target directions of the inputs it ow
 segment is clustered independently, but all segments go through the same few tensor operations, so one
 event costs a handful of kernel launches per k-means iteration instead of a Python loop per latent.
 Points are stored flat, ``directions [N, D]``, with ``segments [N]`` naming each point's segment.
+
+Every k-means step needs each point's cosine with its own segment's centres. Gathering a centre per point
+moves an ``[N, D]`` tensor through memory per centre and iteration (most of an LM run's resampling time);
+:class:`SegmentLayout` instead lays the points out once as zero-padded blocks of segments of similar size,
+so those cosines are one batched matrix product per block.
 """
 
 from __future__ import annotations
@@ -21,9 +26,36 @@ def _segment_first(
     return torch.full((n_segments,), n, device=values.device).scatter_reduce(0, segments, index, "amin")
 
 
-def _similarities(directions: torch.Tensor, segments: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """``[N, k]`` cosine of each point with its segment's ``k`` centres (``centres [S, k, D]``)."""
-    return torch.stack([(directions * centres[segments, j]).sum(-1) for j in range(centres.shape[1])], dim=1)
+class SegmentLayout:
+    """The points of each segment as rows of a zero-padded block ``[S_b, M_b, D]``, one block per size class
+    (segments of ``2^(c-1) + 1 .. 2^c`` points), so padding at most doubles the memory of the points."""
+
+    def __init__(self, directions: torch.Tensor, segments: torch.Tensor, n_segments: int) -> None:
+        self.n_points = directions.shape[0]
+        order = torch.argsort(segments, stable=True)
+        counts = torch.bincount(segments, minlength=n_segments)
+        starts = torch.cumsum(counts, 0) - counts
+        size_class = torch.ceil(torch.log2(counts.clamp(min=1).double())).long()
+        padded_points = torch.cat([directions, directions.new_zeros(1, directions.shape[1])])
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for c in torch.unique(size_class[counts > 0]).tolist():
+            members = torch.nonzero((size_class == c) & (counts > 0)).flatten()
+            width = torch.arange(int(counts[members].max()), device=directions.device)
+            filled = width[None, :] < counts[members, None]  # [S_b, M_b]
+            sorted_index = (starts[members, None] + width[None, :]).clamp(max=max(self.n_points - 1, 0))
+            point = torch.where(filled, order[sorted_index], self.n_points)
+            self.blocks.append((members, filled, point[filled], padded_points[point]))
+
+    def dots(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``[N, k]``: each point's dot product with its segment's ``k`` vectors (``vectors [S, k, D]``)."""
+        out = vectors.new_empty(self.n_points, vectors.shape[1])
+        for members, filled, points, block in self.blocks:
+            out[points] = torch.bmm(block, vectors[members].transpose(1, 2))[filled]
+        return out
+
+    def dot(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``[N]``: each point's dot product with its segment's vector (``vectors [S, D]``)."""
+        return self.dots(vectors[:, None, :])[:, 0]
 
 
 def segment_spherical_kmeans(
@@ -36,32 +68,33 @@ def segment_spherical_kmeans(
     once an iteration leaves every label unchanged (one host sync per iteration)."""
     counts = torch.bincount(segments, minlength=n_segments)
     usable = torch.arange(k, device=directions.device)[None, :] < counts[:, None]
+    layout = SegmentLayout(directions, segments, n_segments)
     # the first centre: the point closest to its segment's mean direction (the bulk of the segment)
     means = torch.zeros(n_segments, directions.shape[1], device=directions.device, dtype=directions.dtype)
     means = F.normalize(means.index_add_(0, segments, directions), dim=1)
-    typical = (directions * means[segments]).sum(-1)
+    typical = layout.dot(means)
     highest = torch.full(
         (n_segments,), -2.0, device=directions.device, dtype=directions.dtype
     ).scatter_reduce(0, segments, typical, "amax")
     start = _segment_first(directions, segments, n_segments, typical == highest[segments])
     # ...whose farthest point starts the farthest-point seeding (the mean may sit between clusters)
-    away = (directions * directions[start.clamp(max=directions.shape[0] - 1)][segments]).sum(-1)
+    away = layout.dot(directions[start.clamp(max=directions.shape[0] - 1)])
     lowest = torch.full((n_segments,), 2.0, device=directions.device, dtype=directions.dtype).scatter_reduce(
         0, segments, away, "amin"
     )
     first = _segment_first(directions, segments, n_segments, away == lowest[segments])
     centres = directions[first.clamp(max=directions.shape[0] - 1)][:, None, :].repeat(1, k, 1)  # [S, k, D]
-    best = (directions * centres[segments, 0]).sum(-1)
+    best = layout.dot(centres[:, 0])
     for j in range(1, k):
         lowest = torch.full(
             (n_segments,), 2.0, device=directions.device, dtype=directions.dtype
         ).scatter_reduce(0, segments, best, "amin")
         farthest = _segment_first(directions, segments, n_segments, best == lowest[segments])
         centres[:, j] = directions[farthest.clamp(max=directions.shape[0] - 1)]
-        best = torch.maximum(best, (directions * centres[segments, j]).sum(-1))
+        best = torch.maximum(best, layout.dot(centres[:, j]))
     previous = None
     for _ in range(iterations):
-        labels = _similarities(directions, segments, centres).masked_fill(~usable[segments], -2.0).argmax(1)
+        labels = layout.dots(centres).masked_fill(~usable[segments], -2.0).argmax(1)
         if previous is not None and torch.equal(labels, previous):
             return labels, usable  # converged: the centres these labels give are the current ones
         previous = labels
@@ -71,7 +104,7 @@ def segment_spherical_kmeans(
         sums.index_add_(0, segments * k + labels, directions)
         occupied = torch.bincount(segments * k + labels, minlength=n_segments * k).view(n_segments, k) > 0
         centres = torch.where(occupied[..., None], F.normalize(sums.view(n_segments, k, -1), dim=-1), centres)
-    labels = _similarities(directions, segments, centres).masked_fill(~usable[segments], -2.0).argmax(1)
+    labels = layout.dots(centres).masked_fill(~usable[segments], -2.0).argmax(1)
     return labels, usable
 
 
