@@ -30,7 +30,12 @@ import torch
 from sae_lens.registry import get_sae_training_class
 
 from sdl_anchor.eval.step_timing import paired_ratio, step_seconds, trainer_for_timing
-from sdl_anchor.kernel_choice import DENSE_PRODUCTS, choose_dense_product, run_dense_product
+from sdl_anchor.kernel_choice import (
+    DENSE_PRODUCTS,
+    choose_dense_product,
+    dense_product_candidates,
+    run_dense_product,
+)
 
 SIZES = {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 1024, "steps": 8}
 SPARSE_ARCHITECTURES = {
@@ -180,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = {**SIZES, "steps": args.steps}
     print(f"sparse-backward TopK-family steps ({sizes}, device {args.device})")
-    rows = [measure_dense_product(sizes)] if args.device == "cpu" else []
+    two_kernels = len(dense_product_candidates(torch.float32, torch.device(args.device).type)) > 1
+    rows = [measure_dense_product(sizes, args.device)] if two_kernels else []
     rows += [measure_against_dense(architecture, sizes, args.device) for architecture in SPARSE_ARCHITECTURES]
     reason = sparsify_missing()
     if reason is None:
