@@ -406,16 +406,21 @@ def held_out_sequences(model: Any, texts: list[str], n: int, context_size: int) 
     return torch.cat([bos, body], dim=1).to(next(model.parameters()).device)
 
 
+AUDIT_SEED = 0  # one judge for every SAE: the audit's word sample, split and probe do not vary with the SAE
+
+
 def absorption(
-    model: Any, sae: Any, label: str, preset: LMPreset, seed: int, cache: Path, progress: bool
+    model: Any, sae: Any, label: str, preset: LMPreset, cache: Path, progress: bool
 ) -> dict[str, Any]:
     """SAEBench's first-letter absorption audit of ``sae`` on this model's tokenizer (headline numbers, and
-    how many letters passed the probe gate)."""
+    how many letters passed the probe gate). Every SAE of every seed is judged by the same audit (its words,
+    probe and split drawn with ``AUDIT_SEED``), so a spread over seeds is the SAEs', and the model's
+    activations on the audit's words are computed once and read from ``cache`` after that."""
     from sdl_anchor.absorption.audit import audit_absorption
 
     try:
         report = audit_absorption(
-            model, sae, model_label=model.cfg.model_name, sae_label=label, seed=seed,
+            model, sae, model_label=model.cfg.model_name, sae_label=label, seed=AUDIT_SEED,
             max_words=preset.audit_words, cache_dir=cache, progress=progress,
         )  # fmt: skip
     except ValueError as err:  # e.g. no letter passes the probe gate: not measurable, say why
@@ -493,6 +498,7 @@ def run_lm_bench(
         },
         "seeds": list(seeds),
         "dev_seed": 0,
+        "audit_seed": AUDIT_SEED,
         "plan": {m: list(v) for m, v in plan.items()},
         "n_steps": preset.n_steps,
         "model_path": None if model_path is None else str(model_path),
@@ -580,7 +586,7 @@ def run_lm_bench(
                 score_started = time.perf_counter()
                 metrics, firing = reconstruction_metrics(saved, eval_acts)
                 metrics |= splice_metrics(model, saved, sequences, hook, clean)
-                metrics |= absorption(model, saved, str(folder), preset, seed, out / "audit-cache", progress)
+                metrics |= absorption(model, saved, str(folder), preset, out / "audit-cache", progress)
                 anchored = VARIANTS[variant][0]
                 row = {
                     "seed": seed, "method": method, "variant": variant, **metrics, **facts,
