@@ -13,6 +13,8 @@ if os.environ.get("CI"):
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="sdl_anchor_wandb_"))  # not the repository
+# caches (kernel choices, converted models, audit activations) go to a fresh folder, not the user's
+os.environ.setdefault("SDL_ANCHOR_CACHE", tempfile.mkdtemp(prefix="sdl_anchor_cache_"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
