@@ -15,8 +15,10 @@ sees:
 * weights: ``W_enc[l]``, ``b_enc[l]`` and the flattened ``W_dec[l]``.
 
 Only layer ``l``'s slices of ``W_enc``, ``b_enc``, ``threshold`` and its own ``W_dec[l]`` are written, and
-Adam's moments are zeroed for exactly those slices; the decoder keeps its block lower-triangular shape. Not
-supported: ``duplicate_cosine`` (merging co-firing copies) and anchored latents (CLTs take no anchors).
+Adam's moments are zeroed for exactly those slices; the decoder keeps its block lower-triangular shape. An
+anchored CLT's anchored latents (the first ``k_l`` of each layer ``l``) are never resampled, nor split by the
+theory strategy (``frozen``), as for the other coders. Not supported: ``duplicate_cosine`` (merging co-firing
+copies).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
         n = self.sae.n_latents
         self.tokens_since_fired = torch.zeros(n, device=self.cfg.device, dtype=torch.long)
         self.parked = torch.zeros(n, device=self.cfg.device, dtype=torch.bool)
+
+    @property
+    def anchored_latents(self) -> int:
+        """0: a CLT's anchored latents are the first ``k_l`` of each layer, left out by :meth:`dead_latents`
+        and frozen per layer, not the first ``k`` of the flat latent list."""
+        return 0
+
+    def dead_latents(self) -> torch.Tensor:
+        """The base's dead latents (flat, layer-major) without each layer's anchored ones."""
+        dead = super().dead_latents()
+        ks = torch.tensor(self.sae.anchor_ks, device=dead.device)
+        d_sae = self.sae.cfg.d_sae
+        return dead[(dead % d_sae) >= ks[dead // d_sae]]
 
     @torch.no_grad()
     def _clt_pass(
@@ -120,7 +135,7 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
             return theory_resample(
                 dead, pool, W_enc, b_enc, W_dec, n_clusters=config.n_clusters, merge_cosine=config.merge_cosine,
                 min_cluster_fraction=config.min_cluster_fraction, encoder_scale=config.encoder_scale,
-                generator=self._generator,
+                generator=self._generator, frozen=self.sae.anchor_ks[layer],
             )  # fmt: skip
         live = torch.ones(W_dec.shape[0], dtype=torch.bool, device=W_dec.device)
         live[dead] = False

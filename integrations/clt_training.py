@@ -17,7 +17,7 @@ on a TransformerLens model, as transcoder sets are trained (:mod:`~sdl_anchor.in
 
 With ``resampling=ResamplingConfig(...)`` dead latents are resampled layer by layer
 (:class:`~sdl_anchor.integrations.clt_resampling.CLTResamplingTrainer`). Not supported yet (refused with an
-error): anchoring, merging duplicate latents (``duplicate_cosine``), torchrun and resuming.
+error): merging duplicate latents (``duplicate_cosine``), torchrun and resuming.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import wandb
 from sae_lens.saes.sae import SAE, TrainingSAE, TrainingSAEConfig
 from typing_extensions import override
 
+from sdl_anchor.anchoring.clt_anchors import CLTAnchors
 from sdl_anchor.integrations.coder_hooks import check_coder_hooks
 from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainingRunner, HfDataset
 from sdl_anchor.integrations.compat import set_sae_metadata
@@ -45,6 +46,7 @@ from sdl_anchor.io import read_json, write_json
 from sdl_anchor.resampling import ResamplingConfig
 
 MANIFEST = "manifest.json"
+ANCHORS_FILE = "clt_anchors.safetensors"
 CLT_FORMAT = "sdl-anchor cross-layer transcoder"
 CLT_FORMAT_VERSION = 1
 
@@ -88,8 +90,17 @@ class CLTBundle:
     coder: Any
     layers: list[int]
     hooks: tuple[str, str] = DEFAULT_LAYER_HOOKS
+    anchors: CLTAnchors | None = None  # the anchors it was trained with (saved beside it, ANCHORS_FILE)
 
     def __post_init__(self) -> None:
+        if self.anchors is None:
+            self.anchors = getattr(self.coder, "anchors", None)
+        if self.anchors is not None:
+            cfg = self.coder.cfg
+            self.anchors.check_fits(cfg.n_layers, cfg.d_in, cfg.d_out, cfg.d_sae)
+        self._check_layers()
+
+    def _check_layers(self) -> None:
         if len(self.layers) != self.coder.cfg.n_layers:
             raise ValueError(
                 f"{len(self.layers)} layers given for a CLT over {self.coder.cfg.n_layers} layers"
@@ -111,6 +122,7 @@ class CLTBundle:
             "d_out": cfg.d_out,
             "d_sae": cfg.d_sae,
             "model_name": cfg.metadata.model_name if cfg.metadata else None,
+            "anchors": None if self.anchors is None else ANCHORS_FILE,
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -123,6 +135,8 @@ class CLTBundle:
         try:
             saver = getattr(self.coder, "save_inference_model", self.coder.save_model)
             saver(str(partial))
+            if self.anchors is not None:
+                self.anchors.save(partial / ANCHORS_FILE)
             write_json(partial / MANIFEST, self.manifest())
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -154,7 +168,17 @@ class CLTBundle:
                 f"{folder}: cfg.json holds a {coder.cfg.architecture()} over {getattr(coder.cfg, 'n_layers', '?')} "
                 f"layers, but the manifest lists layers {manifest['layers']}; the folder is inconsistent"
             )
-        return cls(coder, list(manifest["layers"]), (manifest["input_hook"], manifest["output_hook"]))
+        anchors = None
+        if manifest.get("anchors") is not None:
+            if manifest["anchors"] != ANCHORS_FILE or not (folder / ANCHORS_FILE).is_file():
+                raise ValueError(
+                    f"{folder}: the manifest names anchors {manifest['anchors']!r}, but {ANCHORS_FILE} is not "
+                    "there; restore it or save the CLT again"
+                )
+            anchors = CLTAnchors.load(folder / ANCHORS_FILE, device)
+        return cls(
+            coder, list(manifest["layers"]), (manifest["input_hook"], manifest["output_hook"]), anchors
+        )
 
 
 def check_clt_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -37,9 +37,20 @@ save, as SAELens does.
 
 Saved inference architecture: ``cross_layer_transcoder`` (:class:`CrossLayerTranscoder`) with
 ``activation`` ``relu``, ``jumprelu`` (JumpReLU, and BatchTopK with its per-layer thresholds) or ``topk``.
-Dead-latent resampling runs layer by layer (:mod:`~sdl_anchor.integrations.clt_resampling`). Not supported
-here (refused with an error by the configs, runner and CLI): anchoring, the sparse-backward step, skip
-connections and activation normalisation.
+Dead-latent resampling runs layer by layer (:mod:`~sdl_anchor.integrations.clt_resampling`).
+
+Anchoring (paper section 4, Eq. 22, per layer; :class:`~sdl_anchor.anchoring.clt_anchors.CLTAnchors`): the
+config's ``anchor_path`` names a CLT anchor file (or call :meth:`CLTTrainingSAE.set_anchors`) holding one
+:class:`~sdl_anchor.AnchorSet` per layer; layer ``l``'s first ``k_l`` latents are tied, encoder column
+``W_enc[l][:, j]`` to the anchor's input direction at layer ``l`` and decoder ``W_dec[l][j, 0]`` to its
+direction at layer ``l``'s own output, or (anchors ``[k_l, (n_layers - l) * d_out]``) the whole decoder row
+``W_dec[l][j]`` to its writes to layers ``l ..``. ``losses["anchor_loss"] = lambda * sum_l L_anchor^l``
+(``anchor_coefficient``, ``anchor_warm_up_steps``, ``anchor_loss`` ``"mse"`` or ``"cosine"``, ``anchor_init``
+as for the other coders); anchors are not weights and stay out of the saved model (:class:`~sdl_anchor.
+integrations.clt_training.CLTBundle` saves them beside it). Resampling never touches anchored latents.
+Not supported here: self-anchoring and the aligned encoder (the configs have no such fields), and (refused with
+an error by the configs, runner and CLI) the sparse-backward step, skip connections and activation
+normalisation.
 """
 
 from __future__ import annotations
@@ -70,6 +81,10 @@ from sae_lens.saes.topk_sae import TopK, TopKTrainingSAEConfig, calculate_topk_a
 from sae_lens.util import filter_valid_dataclass_fields
 from torch import nn
 from typing_extensions import override
+
+from sdl_anchor.anchoring.clt_anchors import CLTAnchors
+from sdl_anchor.anchoring.loss import ANCHOR_LOSSES, anchor_cosines
+from sdl_anchor.anchoring.loss import anchor_loss as anchor_loss_fn
 
 CLT_INFERENCE_ARCHITECTURE = "cross_layer_transcoder"
 CLT_ACTIVATIONS = ("relu", "jumprelu", "topk")  # the saved (inference) activations
@@ -105,11 +120,26 @@ class CLTConfigFields:
     n_layers: int = 1
     d_out: int | None = None
     apply_b_dec_to_input: bool = False
+    anchor_path: str | None = None
+    anchor_coefficient: float = 0.1
+    anchor_warm_up_steps: int = 0
+    anchor_loss: str = "mse"
+    anchor_init: bool = True
 
     def __post_init__(self) -> None:
         if self.d_out is None:
             self.d_out = self.d_in  # type: ignore[attr-defined]
         _check_clt_fields(self)
+        if self.anchor_loss not in ANCHOR_LOSSES:
+            raise ValueError(f"anchor_loss must be one of {ANCHOR_LOSSES}, got {self.anchor_loss!r}")
+        if not self.anchor_coefficient >= 0:
+            raise ValueError(f"anchor_coefficient must be non-negative, got {self.anchor_coefficient!r}")
+        if isinstance(self.anchor_warm_up_steps, bool) or not (
+            isinstance(self.anchor_warm_up_steps, int) and self.anchor_warm_up_steps >= 0
+        ):
+            raise ValueError(
+                f"anchor_warm_up_steps must be a non-negative integer, got {self.anchor_warm_up_steps!r}"
+            )
         super().__post_init__()  # type: ignore[misc]
 
     def inference_activation(self) -> str:
@@ -330,6 +360,97 @@ class CLTTrainingSAE(CLTWeightsMixin, TrainingSAE[Any]):
     activation, its coefficients and its sparsity losses."""
 
     _training_target: torch.Tensor | None = None
+    anchors: CLTAnchors | None = None
+    anchor_indices: torch.Tensor | None = None  # the anchored ground-truth features (scores leave them out)
+
+    def __init__(self, cfg: Any, use_error_term: bool = False) -> None:
+        super().__init__(cfg, use_error_term)
+        self.anchors = None
+        if cfg.anchor_path is not None:
+            from pathlib import Path
+
+            if not Path(cfg.anchor_path).is_file():
+                raise FileNotFoundError(
+                    f"the {cfg.architecture()} config names anchor_path={cfg.anchor_path!r}, which does not "
+                    "exist; write the anchors there with CLTAnchors.save, or set anchor_path=None"
+                )
+            self.set_anchors(CLTAnchors.load(cfg.anchor_path))
+
+    @property
+    def anchor_ks(self) -> list[int]:
+        """Anchored latents of each layer (the first ``k_l`` of layer ``l``; zeros without anchors)."""
+        return [0] * self.n_layers if self.anchors is None else self.anchors.ks
+
+    def set_anchors(self, anchors: CLTAnchors) -> None:
+        """Anchor each layer's first ``k_l`` latents to that layer's anchors (module docstring) and, with
+        ``anchor_init``, start them there."""
+        if not isinstance(anchors, CLTAnchors):
+            raise ValueError(
+                f"a CLT takes CLTAnchors (one AnchorSet per layer), not {type(anchors).__name__}; build them "
+                "with CLTAnchors([...]) or bench.anchors(...) of an LRB 'clt' bench"
+            )
+        anchors.check_fits(self.n_layers, self.cfg.d_in, self.cfg.d_out, self.cfg.d_sae)
+        self.anchors = anchors.to(self.W_enc.device)
+        self.anchor_indices = None if anchors.indices is None else anchors.indices.clone()
+        if self.cfg.anchor_init:
+            self.init_anchored_latents()
+
+    def _anchored_decoder(self, layer: int) -> torch.Tensor:
+        """The decoder rows layer ``layer``'s output anchors tie: ``W_dec[l][:, 0]`` (own output) or
+        ``W_dec[l]`` flattened (every layer it writes to)."""
+        assert self.anchors is not None
+        if self.anchors.writes_later_layers(layer, self.cfg.d_out):
+            return self.W_dec[layer].flatten(1)
+        return self.W_dec[layer][:, 0]
+
+    @torch.no_grad()
+    def init_anchored_latents(self) -> None:
+        """Point each layer's anchored encoder columns and decoder rows (or own-output slices) at the
+        anchors, keeping the norms they were initialised with (as the other coders do)."""
+        if self.anchors is None:
+            return
+        for layer, anchors in enumerate(self.anchors.layers):
+            k, enc = anchors.k, self.W_enc[layer]
+            a_in = anchors.directions_in.to(enc.device, enc.dtype)
+            a_out = anchors.directions_out.to(enc.device, enc.dtype)
+            enc[:, :k] = nn.functional.normalize(a_in, dim=1).T * enc[:, :k].norm(dim=0, keepdim=True)
+            dec = self._anchored_decoder(layer)
+            dec[:k] = nn.functional.normalize(a_out, dim=1) * dec[:k].norm(dim=1, keepdim=True)
+
+    def anchor_loss(self) -> torch.Tensor:
+        """``sum_l L_anchor^l``: Eq. 22 (``anchor_loss="mse"``) or its direction form per layer, each on that
+        layer's encoder ``W_enc[l]`` and its anchored decoder rows."""
+        if self.anchors is None:
+            raise ValueError("this CLT has no anchors; set them with set_anchors or the config's anchor_path")
+        total = self.W_enc.new_zeros(())
+        for layer, anchors in enumerate(self.anchors.layers):
+            total = total + anchor_loss_fn(
+                self.cfg.anchor_loss, self.W_enc[layer], self._anchored_decoder(layer),
+                anchors.directions_in, anchors.directions_out,
+            )  # fmt: skip
+        return total
+
+    @torch.no_grad()
+    def anchor_cosine(self) -> torch.Tensor:
+        """Mean over layers, anchors and both sides of the cosine between anchored weights and anchors."""
+        assert self.anchors is not None
+        cosines = []
+        for layer, anchors in enumerate(self.anchors.layers):
+            enc, dec = anchor_cosines(
+                self.W_enc[layer],
+                self._anchored_decoder(layer),
+                anchors.directions_in,
+                anchors.directions_out,
+            )
+            cosines += [enc, dec]
+        return torch.cat(cosines).mean()
+
+    def _anchor_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {
+            "anchor": TrainCoefficientConfig(
+                value=self.cfg.anchor_coefficient, warm_up_steps=self.cfg.anchor_warm_up_steps
+            )
+        }
 
     @override
     @torch.no_grad()
@@ -389,6 +510,9 @@ class CLTTrainingSAE(CLTWeightsMixin, TrainingSAE[Any]):
         losses = {"mse_loss": self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()}
         losses.update(self.calculate_aux_loss(dataclasses.replace(step_input, sae_in=target), feature_acts,
                                               hidden_pre, sae_out))  # fmt: skip
+        if self.anchors is not None:
+            coefficient = step_input.coefficients.get("anchor", self.cfg.anchor_coefficient)
+            losses["anchor_loss"] = coefficient * self.anchor_loss()
         output = TrainStepOutput(
             sae_in=target,  # SAELens logs explained variance of sae_out against this
             sae_out=sae_out,
@@ -397,6 +521,8 @@ class CLTTrainingSAE(CLTWeightsMixin, TrainingSAE[Any]):
             loss=sum(losses.values()),  # type: ignore[arg-type]
             losses=losses,
         )
+        if self.anchors is not None:
+            output.metrics["anchor_cosine"] = self.anchor_cosine
         residual = (sae_out - target).detach().unflatten(-1, (self.n_layers, self.cfg.d_out))
         for layer in range(self.n_layers):
             output.metrics[f"mse_layer_{layer}"] = lambda layer=layer: (
@@ -438,7 +564,8 @@ class StandardCLTTrainingSAE(CLTTrainingSAE):
         return {
             "l1": TrainCoefficientConfig(
                 value=self.cfg.l1_coefficient, warm_up_steps=self.cfg.l1_warm_up_steps
-            )
+            ),
+            **self._anchor_coefficients(),
         }
 
     @override
@@ -477,7 +604,7 @@ class TopKCLTTrainingSAE(CLTTrainingSAE):
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {}
+        return self._anchor_coefficients()
 
     @override
     def calculate_aux_loss(
@@ -611,7 +738,8 @@ class JumpReLUCLTTrainingSAE(CLTTrainingSAE):
         return {
             "l0": TrainCoefficientConfig(
                 value=self.cfg.l0_coefficient, warm_up_steps=self.cfg.l0_warm_up_steps
-            )
+            ),
+            **self._anchor_coefficients(),
         }
 
     @override
