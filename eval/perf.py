@@ -11,6 +11,10 @@ warm-up, as a median of repeats (CUDA-synchronised on a GPU), because these mach
    ``SparseCoder`` step (when installed).
    ``transcoder_set``: a transcoder set of L layers against L single-layer runs (model forward passes, wall
    time).
+   ``clt``: a cross-layer transcoder's training step against the per-layer transcoder set's at the same
+   per-layer widths (time per analytic matmul FLOP; its decoder does (L + 1) / 2 times the set's work), and
+   its parameter + Adam memory, computed from the shapes at the paper's width and measured where it fits
+   (``eval/clt_step_time.py``).
 2. ``coder``: transcoder and crosscoder steps against a stock SAELens SAE with the same latent count.
 3. ``sampling`` / ``feed``: LRB sampling against SAELens's ``ActivationGenerator`` + ``FeatureDictionary``
    (higher is better), and drawing one LRB batch against the SAE training step it feeds.
@@ -56,6 +60,7 @@ SECTIONS = (
     "sparse",
     "coder",
     "transcoder_set",
+    "clt",
     "sampling",
     "synth_sampling",
     "feed",
@@ -74,6 +79,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "transcoder_set": {
             "n_layers": 4, "d_model": 128, "n_ctx": 64, "d_sae": 512, "k": 16, "training_tokens": 32_768, "repeats": 3,
         },
+        "clt": {
+            "activation": "batchtopk", "n_layers": 4, "d": 128, "d_sae": 2048, "k": 32, "batch_size": 512, "steps": 6,
+            "memory_n_layers": 2,
+        },
         "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 5},
         "synth_sampling": {"num_features": 16_384, "hidden_dim": 768, "batch_size": 1024, "repeats": 5},
         "feed": {"n_features": 4096, "d": 256, "d_sae": 4096, "batch_size": 1024, "steps": 5},
@@ -85,6 +94,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "anchor": {"d_in": 768, "d_sae": 16_384, "batch_size": 4096, "k": 100, "steps": 50},
         "sparse": {"d_in": 768, "d_sae": 16_384, "k": 32, "batch_size": 4096, "steps": 30},
         "coder": {"d": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 50, "n_sources": 2},
+        "clt": {
+            "activation": "batchtopk", "n_layers": 12, "d": 768, "d_sae": 16_384, "k": 32, "batch_size": 1024,
+            "steps": 20, "memory_n_layers": 12,
+        },
         "sampling": {"n_features": 16_384, "d": 768, "sparsity": 0.99, "batch_size": 4096, "repeats": 20},
         "synth_sampling": {"num_features": 16_384, "hidden_dim": 768, "batch_size": 1024, "repeats": 20},
         "feed": {"n_features": 16_384, "d": 768, "d_sae": 16_384, "batch_size": 4096, "steps": 20},
@@ -104,6 +117,8 @@ TARGETS = {
     "transcoder": 1.05,  # same matmul FLOPs as the stock SAE: only the paired data path may cost
     "transcoder_set_time": 0.6,  # a set of L layers: well under the wall time of L single-layer runs
     "crosscoder_per_flop": 1.05,  # n_sources times the FLOPs: at most that many times the time
+    "clt_per_flop": 1.1,  # a CLT step: at most the set's time per matmul FLOP, give or take this machine's noise
+    "clt_memory": 1.01,  # the CLT holds what its shapes say (parameters + Adam's moments), nothing more
     "sampling": 5.0,
     "synth_sampling": 10.0,  # issue 33: at least 10x SAELens's generator on the same model
     "feed": 0.10,
@@ -208,6 +223,45 @@ def transcoder_set_rows(preset: dict[str, Any], device: str) -> list[dict[str, A
         _row(f"transcoder set of {n} layers / {n} single-layer runs: wall time", "transcoder_set",
              row["seconds_ratio"], TARGETS["transcoder_set_time"], "lower", note=wall_note, **details),
     ]  # fmt: skip
+
+
+def clt_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """A CLT's training step against the per-layer set's (time per analytic matmul FLOP), and its parameter +
+    Adam memory: computed at the paper's width, measured against the computed figure where it fits."""
+    from sdl_anchor.eval.clt_step_time import measure_memory, measure_step
+
+    step = measure_step(preset, device)
+    n, name = step["n_layers"], f"{step['activation']}_clt"
+    rows = [
+        _row(f"{name} / transcoder set of {n} layers: step time per matmul FLOP", "clt",
+             step["time_per_flop_ratio"], TARGETS["clt_per_flop"], "lower",
+             note=(f"time ratio {step['time_ratio']:.3f} (median of {step['steps']} rounds, "
+                   f"{min(step['time_ratio_rounds']):.3f} to {max(step['time_ratio_rounds']):.3f}), FLOP ratio "
+                   f"{step['flop_ratio']:.3f} (analytic; decoder {step['decoder_flop_ratio']:.2f}x the set's), "
+                   f"d={step['d']}, d_sae={step['d_sae']} per layer, batch {step['batch_size']}"),
+             **step),
+    ]  # fmt: skip
+    memory = measure_memory(preset, device)
+    paper, shape = memory["paper_clt_bytes"], memory["paper_shape"]
+    paper_note = (
+        f"computed from shapes at the paper's width ({shape['n_layers']} layers, d={shape['d']}, "
+        f"{shape['d_sae']} per layer, float32): parameters {paper['parameters'] / 1e9:.2f} GB, with Adam's "
+        f"moments {paper['between_steps'] / 1e9:.2f} GB, with gradients {paper['peak'] / 1e9:.2f} GB, "
+        f"{memory['paper_clt_over_set']:.2f}x the set's"
+    )
+    if "measured_bytes" in memory:
+        measured = memory["measured_bytes"]["between_steps"]
+        rows.append(
+            _row(f"{name} parameter + Adam memory: measured / computed from shapes", "clt",
+                 memory["measured_over_computed"], TARGETS["clt_memory"], "lower",
+                 note=(f"measured {measured / 1e9:.2f} GB at {memory['measured_n_layers']} layers "
+                       f"(d={memory['measured_d']}, d_sae={memory['measured_d_sae']}); {paper_note}"),
+                 **memory)
+        )  # fmt: skip
+    else:
+        rows[0]["note"] += f"; memory not measured, {paper_note}"
+        rows[0]["memory"] = memory
+    return rows
 
 
 def coder_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
@@ -438,6 +492,7 @@ def run_perf(
         "anchor": anchor_rows,
         "coder": coder_rows,
         "transcoder_set": transcoder_set_rows,
+        "clt": clt_rows,
         "sampling": sampling_rows,
         "synth_sampling": synth_sampling_rows,
         "feed": feed_rows,

@@ -24,6 +24,18 @@ TINY = {
         "training_tokens": 2048,
         "repeats": 2,
     },
+    "clt": {
+        "activation": "batchtopk",
+        "n_layers": 3,
+        "d": 16,
+        "d_sae": 64,
+        "k": 4,
+        "batch_size": 32,
+        "steps": 2,
+        "memory_n_layers": 2,
+        "memory_d": 16,
+        "memory_d_sae": 64,
+    },
     "sampling": {"n_features": 256, "d": 32, "sparsity": 0.99, "batch_size": 64, "repeats": 2},
     "synth_sampling": {"num_features": 256, "hidden_dim": 32, "batch_size": 64, "repeats": 2},
     "feed": {"n_features": 256, "d": 32, "d_sae": 64, "batch_size": 64, "steps": 2},
@@ -59,12 +71,13 @@ def test_every_section_reports_rows_that_keep_the_contract(tiny_results):
     counts = {section: sum(row["section"] == section for row in rows) for section in SECTIONS}
     # a noise-floor row and 5 activations; the dense product (CPU), 3 sparse-step architectures and
     # sparsify's step (the dev extra installs it); 4 transcoders and 4 crosscoders; a set's passes and
-    # wall time; 2 strategies; 2 dtypes
+    # wall time; a CLT's step per FLOP and its memory; 2 strategies; 2 dtypes
     assert counts == {
         "anchor": 6,
         "sparse": 5,
         "coder": 8,
         "transcoder_set": 2,
+        "clt": 2,
         "sampling": 1,
         "synth_sampling": 1,
         "feed": 1,
@@ -146,6 +159,43 @@ def test_the_transcoder_set_wall_row_is_a_median_with_its_noise_floor(tiny_resul
     rounds = wall["single_runs_seconds_rounds"]
     assert wall["noise_floor"] == pytest.approx((max(rounds) - min(rounds)) / wall["single_runs_seconds"])
     assert "noise floor" in format_table(tiny_results)
+
+
+def test_the_clt_rows_count_flops_and_memory_from_the_shapes(tiny_results):
+    step, memory = [r for r in tiny_results["rows"] if r["section"] == "clt"]
+    n_layers, d, d_sae, batch = 3, 16, 64, 32
+    # planted shape: encoders 4 d d_sae per layer and token, decoder blocks 6 d_sae d each, L(L+1)/2 for the
+    # CLT against L for the set
+    assert step["clt_flops"] == batch * (4 * n_layers * d * d_sae + 6 * 6 * d_sae * d)
+    assert step["set_flops"] == batch * (4 * n_layers * d * d_sae + 6 * n_layers * d_sae * d)
+    assert step["decoder_flop_ratio"] == (n_layers + 1) / 2 == 2.0
+    assert step["flop_ratio"] == pytest.approx(step["clt_flops"] / step["set_flops"])
+    assert 1 < step["flop_ratio"] < step["decoder_flop_ratio"]
+    assert step["ratio"] == pytest.approx(step["time_ratio"] / step["flop_ratio"])
+    assert step["clt_seconds"] > 0 and step["set_seconds"] > 0
+    # measured after one Adam step: parameters and their two moments, plus a step counter per tensor
+    assert 1.0 <= memory["ratio"] < 1.01
+    params = 2 * (16 * 64 + 64 + 16) + 3 * 64 * 16  # 2 layers: encoders and biases, 3 decoder blocks
+    assert memory["measured_bytes"]["parameters"] == 4 * params
+    assert memory["computed_bytes_at_measured_shape"]["between_steps"] == 12 * params
+    # the paper's shape is computed, never allocated here: 12 layers, 768 -> 16,384 per layer
+    paper = memory["paper_clt_bytes"]
+    assert paper["parameters"] == 4 * (12 * (768 * 16_384 + 16_384 + 768) + 78 * 16_384 * 768)
+    assert paper["peak"] == 4 * paper["parameters"]
+    assert memory["paper_clt_over_set"] == pytest.approx(
+        (12 * (768 * 16_384 + 16_384 + 768) + 78 * 16_384 * 768) / (12 * (2 * 768 * 16_384 + 16_384 + 768))
+    )
+    assert "computed from shapes" in memory["note"] and "measured" in memory["note"]
+
+
+def test_clt_flop_ratio_has_the_analytic_decoder_factor():
+    from sdl_anchor.eval.clt_step_time import matmul_flops_per_token
+
+    for n_layers in (1, 2, 5, 12):
+        # decoder work alone: set the encoder's to nothing with d_in = 0
+        clt = matmul_flops_per_token(n_layers, 0, 256, 64, cross_layer=True)
+        per_layer = matmul_flops_per_token(n_layers, 0, 256, 64, cross_layer=False)
+        assert clt / per_layer == (n_layers + 1) / 2
 
 
 def test_bench_perf_writes_perf_json(tmp_path, capsys):

@@ -104,8 +104,8 @@ def add_parsers(commands: Any) -> None:
         "--sections",
         type=csv_list,
         default=None,
-        help="comma-separated subset of anchor,sparse,coder,transcoder_set,sampling,synth_sampling,feed,resampling,absorption,hardware,autocast,"
-        "compile",
+        help="comma-separated subset of anchor,sparse,coder,transcoder_set,clt,sampling,synth_sampling,feed,resampling,"
+        "absorption,hardware,autocast,compile",
     )
     perf.add_argument(
         "--saebench-python",
