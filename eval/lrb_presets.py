@@ -9,6 +9,10 @@
   method's budget ends after its recovery curves flatten, except JumpReLU's, whose decoder is still finding
   features (decoder M_GT 62% at step 205, 90% at 250; docs/results.md).
 * ``paper``: the same method settings at the paper's dimensions with a longer budget, for a GPU.
+* ``clt-cpu``: cross-layer transcoders (issue 36) on the LRB's ``clt`` kind, a few minutes a run on 2 CPU cores:
+  4 layers, 256 features (64 living at each layer, each writing to its own and, with probability 1/2, each
+  later layer), d_in = d_out = 128 per layer, 512 latents per layer, TopK k = 4 per layer, 24 anchors (6 per
+  layer), columns plain, anchors, theory and anchors + theory (``CLT_COLUMNS``).
 
 The paper states no learning rate, step count or Table 1 k; those are ours, and every row records the
 settings it ran with. Every setting was chosen on the development seed (``DEV_SEED``); the held-out table
@@ -39,9 +43,40 @@ from typing import Any
 from sdl_anchor.integrations.anchor_mixin import DEFAULT_ANCHOR_LOSS
 from sdl_anchor.resampling import ResamplingConfig
 
-METHODS = ("standard", "jumprelu", "topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")
-CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder"}  # the LRB kind of non-SAE methods
-K_METHODS = ("topk", "batchtopk", "matryoshka_batchtopk", "transcoder", "crosscoder")  # methods with a k
+# the methods a preset runs unless it names its own; METHODS adds the cross-layer transcoder ("clt"), which
+# runs only where a preset (clt-cpu) or --methods names it
+DEFAULT_METHODS = (
+    "standard",
+    "jumprelu",
+    "topk",
+    "batchtopk",
+    "matryoshka_batchtopk",
+    "transcoder",
+    "crosscoder",
+)
+METHODS = (*DEFAULT_METHODS, "clt")
+# the LRB kind of non-SAE methods
+CODER_KINDS = {"transcoder": "transcoder", "crosscoder": "crosscoder", "clt": "clt"}
+K_METHODS = (
+    "topk",
+    "batchtopk",
+    "matryoshka_batchtopk",
+    "transcoder",
+    "crosscoder",
+    "clt",
+)  # methods with a k
+# the clt method's bench settings (in method_settings["clt"]; not SAELens config fields), with their defaults
+CLT_BENCH_KEYS = {"write_probability": 0.5}
+CLT_N_LAYERS = 4  # the clt method's layers when its method_settings name none (a CLT config field too)
+# the variants a CLT runs: anchoring (Eq. 22 per layer) but no self-anchoring or aligned encoder
+CLT_VARIANTS = ("plain", "init_only", "anchors")
+# the clt-cpu preset's columns: plain, anchors (Eq. 22 per layer), theory resampling, and both
+CLT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("plain", "none"),
+    ("anchors", "none"),
+    ("plain", "theory"),
+    ("anchors", "theory"),
+)
 VARIANTS = ("plain", "init_only", "anchors", "anchored", "self_anchored", "aligned")
 ANCHOR_VARIANTS = ("init_only", "anchors", "anchored")  # the variants that hold ground-truth anchors
 SELF_ANCHORED_VARIANTS = ("anchored", "self_anchored")  # the variants with self-anchoring
@@ -97,7 +132,7 @@ class LRBPreset:
     n_sources: int = 2  # the crosscoder's sources
     topk_ks: tuple[int, ...] = ()  # one TopK row per k (bench lrb --k selects)
     topk_training: dict[int, dict[str, Any]] = field(default_factory=dict)  # a TopK k's overrides
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     variants: tuple[str, ...] = ("plain", "anchored")
     resampling: tuple[str, ...] = ("none", "theory")
     columns: tuple[tuple[str, str], ...] = ()  # (variant, resampling) pairs; () = variants x resampling
@@ -163,7 +198,18 @@ class LRBPreset:
         excluded)."""
         overrides = self.method_settings.get(method, {})
         return {
-            k: v for k, v in overrides.items() if k not in (*TRAINING_KEYS, *SELF_ANCHOR_KEYS, RESAMPLING_KEY)
+            k: v
+            for k, v in overrides.items()
+            if k not in (*TRAINING_KEYS, *SELF_ANCHOR_KEYS, RESAMPLING_KEY, *CLT_BENCH_KEYS)
+        }
+
+    def clt_bench_for(self, method: str) -> dict[str, Any]:
+        """The clt method's bench settings: ``n_layers`` and ``CLT_BENCH_KEYS`` (its method_settings, else
+        the defaults)."""
+        overrides = self.method_settings.get(method, {})
+        return {
+            "n_layers": overrides.get("n_layers", CLT_N_LAYERS),
+            **{key: overrides.get(key, default) for key, default in CLT_BENCH_KEYS.items()},
         }
 
     def training_for(self, method: str, k: int | None = None) -> dict[str, Any]:
@@ -257,6 +303,7 @@ def _settings(
         "matryoshka_batchtopk": {"k": k, "matryoshka_widths": list(widths)},
         "transcoder": {"k": k},
         "crosscoder": {"k": k},
+        "clt": {"k": k},
     }
     unknown = set(steps) - set(settings)
     if unknown:
@@ -334,6 +381,25 @@ PAPER_SIZE: dict[str, Any] = {
     "n_anchors": 100,
     "topk_ks": (32, 64, 128),
 }
+
+# clt-cpu: sizes picked for a few minutes a run on 2 shared cores, not tuned: the one trial before the table
+# ran these settings (with a 20,000-sample dataset) at seed 1, which the held-out table then includes
+# (docs/components/lrb.md, docs/assets/clt-cpu-heldout)
+CLT_CPU = LRBPreset(
+    name="clt-cpu",
+    columns=CLT_COLUMNS,
+    n_features=256,
+    d_in=128,
+    d_sae=512,
+    sparsity=0.98,
+    n_samples=50_000,
+    n_steps=300,
+    batch_size=256,
+    lr=3e-4,
+    n_anchors=24,
+    methods=("clt",),
+    method_settings={"clt": {"k": 4, "n_layers": 4, "write_probability": 0.5}},
+)
 
 PRESETS: dict[str, LRBPreset] = {
     "smoke": LRBPreset(
@@ -432,4 +498,5 @@ PRESETS: dict[str, LRBPreset] = {
             resampling={"matryoshka_batchtopk": MATRYOSHKA_RESAMPLING},
         ),
     ),
+    "clt-cpu": CLT_CPU,
 }

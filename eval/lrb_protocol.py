@@ -7,7 +7,7 @@ every table and plot, never counted as a win) when
 * ``l0``: its L0 exceeds ``max(3 x the data's true L0, k)``: three times the ground-truth features active per
   input, measured on the same inputs. A TopK-family coder's L0 is its k by construction, the same in every
   column of its row (the paper-size k=32 is already above 3 x 10), so for those the rule flags only an L0
-  above k;
+  above k (a CLT's k per layer times its layers, ``k_all_layers``);
 * ``decoder``: its decoder M_GT falls below the plain column's on the same seed and row (the coder found
   fewer features than stock SAELens, whatever its encoder scores).
 
@@ -60,7 +60,7 @@ def degenerate_reasons(row: dict[str, Any], plain: dict[str, Any] | None) -> lis
     """Why ``row`` is degenerate (module docstring; empty when it is not). ``plain`` is the plain column's
     row of the same seed and table row, or None when it did not run (the decoder rule then cannot apply)."""
     reasons = []
-    l0_bound = max(L0_FACTOR * row["data_l0"], float(row["k"] or 0))
+    l0_bound = max(L0_FACTOR * row["data_l0"], float(row.get("k_all_layers") or row["k"] or 0))
     if row["l0"] > l0_bound:
         reasons.append(f"L0 {row['l0']:.1f} > {l0_bound:.1f} (3 x the data's L0 {row['data_l0']:.1f}, or k)")
     if plain is not None and not is_plain(row) and row["M_GT_dec"] < plain["M_GT_dec"]:

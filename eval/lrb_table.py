@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from sdl_anchor.eval.bench_common import pick_preset
 from sdl_anchor.eval.lrb_presets import (
     ANCHOR_VARIANTS,
+    CLT_VARIANTS,
     CODER_KINDS,
     DEV_SEED,
     K_METHODS,
@@ -80,12 +81,13 @@ def architecture_for(method: str, variant: str, preset: LRBPreset) -> str:
 
 
 def build_bench(preset: LRBPreset, kind: str, mode: str, seed: int, device: str) -> LinearRepresentationBench:
-    """The preset's LRB of ``kind`` ("sae", "transcoder" or "crosscoder") and interference ``mode``."""
+    """The preset's LRB of ``kind`` ("sae", "transcoder", "crosscoder" or "clt") and interference ``mode``."""
     return LinearRepresentationBench(
         kind=kind,
         n_features=preset.n_features,
         d_in=preset.d_in,
-        d_out=preset.d_in if kind == "transcoder" else None,
+        d_out=preset.d_in if kind in ("transcoder", "clt") else None,
+        **(preset.clt_bench_for("clt") if kind == "clt" else {}),
         n_sources=preset.n_sources,
         sparsity=preset.sparsity,
         max_interference=preset.max_interference,
@@ -117,8 +119,14 @@ def build_sae(
         settings["d_out"] = bench.d_out
     if bench.kind == "crosscoder":
         settings["n_sources"] = bench.config.n_sources
+    d_in = bench.d_in
+    if bench.kind == "clt":
+        if variant not in CLT_VARIANTS:
+            raise ValueError(f"a CLT runs the variants {', '.join(CLT_VARIANTS)}, not {variant!r}")
+        settings.update(d_out=bench.config.output_width, n_layers=bench.n_layers)
+        d_in = bench.config.d_in  # per layer
     sae_class, config_class = get_sae_training_class(architecture_for(method, variant, preset))
-    return sae_class(config_class(d_in=bench.d_in, d_sae=preset.d_sae, device=device, **settings))
+    return sae_class(config_class(d_in=d_in, d_sae=preset.d_sae, device=device, **settings))
 
 
 def _jobs(
@@ -131,7 +139,7 @@ def _jobs(
 ) -> list[tuple[int, str, str, int | None, str, str]]:
     """(seed, interference, method, k, resampling, variant) in run order: a table row's every seed and
     column before the next row, so that a partial run holds whole rows. Transcoders skip ``aligned``
-    (their encoder and decoder live in different spaces)."""
+    (their encoder and decoder live in different spaces); CLTs run only ``CLT_VARIANTS`` (no self-anchoring)."""
     jobs = []
     for mode in interference:
         for method in methods:
@@ -148,6 +156,8 @@ def _jobs(
                 for seed in seeds:
                     for variant, strategy in columns:
                         if variant == "aligned" and method == "transcoder":
+                            continue
+                        if method == "clt" and variant not in CLT_VARIANTS:
                             continue
                         jobs.append((seed, mode, method, k, strategy, variant))
     return jobs
@@ -232,6 +242,11 @@ def run_lrb_bench(
     check_choices(interference, ("bounded", "negative"), "interference")
     columns = select_columns(preset, variants, resampling)
     jobs = _jobs(preset, methods, ks, columns, interference, seeds)
+    if not jobs:
+        raise ValueError(
+            f"nothing to run: the columns {', '.join(_column_name(*c) for c in columns)} hold no run of "
+            f"{', '.join(methods)} (a CLT runs the variants {', '.join(CLT_VARIANTS)}; a transcoder skips aligned)"
+        )
     config = {
         **{key: value for key, value in asdict(preset).items() if key != "method_settings"},
         "method_settings": preset.method_settings,
@@ -443,6 +458,8 @@ def _row(
         "interference": mode,
         **{key: float(value) for key, value in scores.items()},
         "decoder_mcc": float(scores["MCC"]),  # MCC under the protocol tables' name
+        # a CLT keeps k latents per layer: its L0 (over every layer) is bounded by k times its layers
+        **({"k_all_layers": k * bench.n_layers} if bench.kind == "clt" and k is not None else {}),
         "data_l0": data_l0,
         "l0": float((acts != 0).float().sum(-1).mean()),
         "dead_fraction": float(((acts != 0).sum(0) == 0).float().mean()),

@@ -21,6 +21,7 @@ PAPER_LABELS = {
     "matryoshka_batchtopk": "Matryoshka",
     "transcoder": "Transcoder",
     "crosscoder": "Crosscoder",
+    "clt": "CLT",
 }
 
 # method -> {"plain": (M_GT, M_IP), "anchored": (M_GT, M_IP)}

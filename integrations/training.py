@@ -22,6 +22,7 @@ from sae_lens.saes.sae import TrainingSAE
 
 from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.compat import quiet_trainer
+from sdl_anchor.integrations.cross_layer_transcoder import CLTConfigFields
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.sparse_step import record_kernels
@@ -96,18 +97,21 @@ def _excluded_features(
 
 def check_coder_kind(sae: TrainingSAE[Any], bench: LinearRepresentationBench) -> None:
     """Raise ValueError unless ``sae`` is the kind of coder ``bench`` generates data for."""
-    kind = coder_kind(sae)
+    kind = "clt" if isinstance(sae.cfg, CLTConfigFields) else coder_kind(sae)
     if kind != bench.kind:
         need = {
             "sae": "an SAE (e.g. topk or anchored_topk)",
             "transcoder": "a transcoder (e.g. topk_transcoder)",
             "crosscoder": "a crosscoder (e.g. topk_crosscoder)",
+            "clt": "a cross-layer transcoder (e.g. topk_clt)",
         }[bench.kind]
         raise ValueError(f"a {bench.kind!r} bench needs {need}; got {type(sae).__name__}, a {kind}")
     if kind == "crosscoder" and sae.cfg.n_sources != bench.config.n_sources:
         raise ValueError(
             f"the crosscoder has n_sources={sae.cfg.n_sources} but the bench has {bench.config.n_sources} sources"
         )
+    if kind == "clt" and sae.cfg.n_layers != bench.n_layers:
+        raise ValueError(f"the CLT has n_layers={sae.cfg.n_layers} but the bench has {bench.n_layers} layers")
 
 
 def train_on_bench(
@@ -147,10 +151,11 @@ def train_on_bench(
     if not hasattr(sae, "cfg") or not hasattr(sae, "training_forward_pass"):
         raise ValueError("sae must be a SAELens TrainingSAE (e.g. TopKTrainingSAE(cfg))")
     check_coder_kind(sae, bench)
-    paired = bench.kind == "transcoder"
-    if sae.cfg.d_in != bench.d_in:
+    paired = bench.kind in ("transcoder", "clt")
+    layers = bench.n_layers  # a CLT's widths are per layer
+    if sae.cfg.d_in * layers != bench.d_in:
         raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but the bench's inputs have width {bench.d_in}")
-    if paired and sae.cfg.d_out != bench.d_out:
+    if paired and sae.cfg.d_out * layers != bench.d_out:
         raise ValueError(
             f"the transcoder has d_out={sae.cfg.d_out} but the bench's targets have width {bench.d_out}"
         )
@@ -191,12 +196,19 @@ def train_on_bench(
     )
     sae.to(device)
     evaluator = LRBRecoveryEvaluator(bench, exclude=scored_without)
+    if bench.kind == "clt":
+        from sdl_anchor.integrations.clt_resampling import CLTResamplingTrainer
+        from sdl_anchor.integrations.clt_training import CLTTrainer
+
+        plain_class, resampling_class = CLTTrainer, CLTResamplingTrainer
+    else:
+        plain_class, resampling_class = PairedSAETrainer, ResamplingSAETrainer
     if resampling is None:
-        trainer: PairedSAETrainer = PairedSAETrainer(
+        trainer: PairedSAETrainer = plain_class(
             cfg=trainer_config, sae=sae, data_provider=provider, evaluator=evaluator
         )
     else:
-        trainer = ResamplingSAETrainer(
+        trainer = resampling_class(
             cfg=trainer_config, sae=sae, data_provider=provider, evaluator=evaluator, resampling=resampling
         )
     own_run = trainer_config.logger.log_to_wandb and wandb.run is None

@@ -102,10 +102,12 @@ def live_recovery(
             f"n_samples must be a positive integer (the inputs to find live latents on), got {n_samples!r}"
         )
     generator = torch.Generator(device=bench.device).manual_seed(seed)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=sae.W_dec.device)
+    n_latents = getattr(sae, "n_latents", sae.cfg.d_sae)  # a CLT's latents over every layer
+    device = sae.W_enc.device
+    fired = torch.zeros(n_latents, dtype=torch.bool, device=device)
     for start in range(0, n_samples, 4096):
-        x_in = bench.sample(min(4096, n_samples - start), generator).x_in.to(sae.W_dec.device)
-        fired |= (sae.encode(x_in) != 0).reshape(-1, sae.cfg.d_sae).any(dim=0)
+        x_in = bench.sample(min(4096, n_samples - start), generator).x_in.to(device)
+        fired |= (sae.encode(x_in) != 0).reshape(-1, n_latents).any(dim=0)
     keys = ("M_GT", "M_IP", "M_GT_dec", "M_IP_dec")
     if not bool(fired.any()):
         return {**{f"{k}_live": 0.0 for k in keys}, "n_live": 0}
@@ -113,7 +115,26 @@ def live_recovery(
     return {**{f"{k}_live": scores[k] for k in keys}, "n_live": int(fired.sum())}
 
 
+def clt_flat_weights(clt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cross-layer transcoder's weights in the spaces of every layer concatenated (the LRB's ``"clt"``
+    kind): ``W_enc [n_layers * d_in, n_layers * d_sae]``, block diagonal (layer ``l``'s latents read layer
+    ``l``'s input only), and ``W_dec [n_layers * d_sae, n_layers * d_out]``, layer ``l``'s rows holding
+    ``W_dec[l]`` in the blocks of layers ``l ..`` and zeros before. A latent's cosine with a ground-truth
+    feature's concatenated direction is then the cosine of the recovery metric (DESIGN.md section 4) over
+    every layer: an encoder column matches only a feature read at its own layer, a decoder row only a feature
+    writing where (and only where) it writes."""
+    L, d_sae, d_out = clt.cfg.n_layers, clt.cfg.d_sae, clt.cfg.d_out
+    w_enc = torch.block_diag(*clt.W_enc.detach())
+    w_dec = torch.zeros(L * d_sae, L * d_out, dtype=w_enc.dtype, device=w_enc.device)
+    for layer in range(L):
+        w_dec[layer * d_sae : (layer + 1) * d_sae, layer * d_out :] = clt.W_dec[layer].detach().flatten(1)
+    return w_enc, w_dec
+
+
 def _weights(sae: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(getattr(sae, "W_dec", None), torch.nn.ParameterList) and hasattr(sae.cfg, "n_layers"):
+        check_finite_weights(sae, "recovery")
+        return clt_flat_weights(sae)
     w_enc = getattr(sae, "W_enc", None)
     w_dec = getattr(sae, "W_dec", None)
     if not isinstance(w_enc, torch.Tensor) or not isinstance(w_dec, torch.Tensor):

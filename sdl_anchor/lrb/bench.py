@@ -6,6 +6,26 @@ non-negative codes ``z`` and unit feature directions of bounded interference. Th
 * ``"sae"``: ``x_in = x_out = W_p z``.
 * ``"transcoder"``: ``x_in = W_p z`` and ``x_out = W_r z`` with an independent ``W_r`` (``d_out``).
 * ``"crosscoder"``: ``x_in = x_out = concat_l W^(l) z`` over ``n_sources`` independent blocks.
+* ``"clt"`` (cross-layer transcoders, issue 36): ``n_layers`` layers, each with an MLP input (width ``d_in``)
+  and output (``d_out``). Feature ``i`` lives at one layer ``h(i) = i * n_layers // n_features`` (its home:
+  contiguous, equal blocks of features): it is read at layer ``h(i)``'s input along ``u_i`` and writes to that
+  layer's output and to each later layer ``m > h(i)`` independently with probability ``write_probability``,
+  along a direction ``v_i^(m)`` of layer ``m``'s output. With the codes ``z`` drawn as for the other kinds,
+
+      x_in^(l) = sum_{i: h(i) = l} z_i u_i,        x_out^(m) = sum_{i: h(i) <= m, i writes to m} z_i v_i^(m),
+
+  and ``x_in``/``x_out`` are the layers' blocks concatenated in layer order. The input directions of each
+  layer's features form one feature matrix (unit rows in ``R^{d_in}``, the interference target met among
+  them); the output directions at layer ``m`` are rows of that layer's own ``n x d_out`` feature matrix (every
+  feature writing to ``m`` has a direction there, the target met among all of them). ``features_in
+  [n, n_layers * d_in]`` holds ``u_i`` in block ``h(i)`` and zeros elsewhere; ``features_out
+  [n, n_layers * d_out]`` holds ``v_i^(m)`` in each block ``m`` the feature writes to and zeros elsewhere
+  (each written block unit norm). A CLT recovers feature ``i`` with a latent of layer ``h(i)`` whose encoder
+  column is ``u_i`` and whose decoder row (over layers ``h(i) ..``) is feature ``i``'s output row:
+  :func:`~sdl_anchor.metrics.recovery` scores a CLT in those concatenated spaces (layer ``l``'s encoder column
+  in block ``l``, its decoder row in blocks ``l ..``, zeros elsewhere). Anchors
+  (:meth:`LinearRepresentationBench.anchors`) are per layer (:class:`~sdl_anchor.anchoring.clt_anchors.
+  CLTAnchors`), each with its features' writes to every layer from theirs on.
 
 Feature directions are stored as rows: ``features_in [n_features, total input dim]`` and
 ``features_out [n_features, d_out]``. Everything is deterministic for a given ``seed`` and device.
@@ -24,12 +44,13 @@ from typing import Any
 import torch
 
 from sdl_anchor.anchoring.anchor_set import AnchorSet
+from sdl_anchor.anchoring.clt_anchors import CLTAnchors
 from sdl_anchor.io import read_json, read_safetensors, write_json, write_safetensors
 from sdl_anchor.lrb.codes import SparseCodes, sample_codes
 from sdl_anchor.lrb.feature_matrix import check_feasible, make_feature_matrix
 from sdl_anchor.lrb.hierarchy import FeatureHierarchy
 
-KINDS = ("sae", "transcoder", "crosscoder")
+KINDS = ("sae", "transcoder", "crosscoder", "clt")
 CONFIG_FILENAME = "lrb_config.json"
 FEATURES_FILENAME = "lrb_features.safetensors"
 FORMAT_VERSION = 1
@@ -53,6 +74,8 @@ class LRBConfig:
     hierarchy: FeatureHierarchy | None = None
     child_firing_probability: float | None = None
     seed: int = 0
+    n_layers: int = 4  # the "clt" kind's layers
+    write_probability: float = 0.5  # "clt": a feature writes to each later layer with this probability
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -63,11 +86,22 @@ class LRBConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.d_out is not None and (not isinstance(self.d_out, int) or self.d_out < 1):
             raise ValueError(f"d_out must be a positive integer or None, got {self.d_out!r}")
-        if self.kind != "transcoder" and self.d_out not in (None, self.d_in):
+        if self.kind not in ("transcoder", "clt") and self.d_out not in (None, self.d_in):
             raise ValueError(
-                f"d_out={self.d_out} only applies to kind='transcoder'; for {self.kind!r} the "
+                f"d_out={self.d_out} only applies to kind='transcoder' or 'clt'; for {self.kind!r} the "
                 "output is the input, so leave d_out=None"
             )
+        if self.kind == "clt":
+            if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, int) or self.n_layers < 1:
+                raise ValueError(f"a CLT bench needs n_layers >= 1, got {self.n_layers!r}")
+            if self.n_features < self.n_layers:
+                raise ValueError(
+                    f"a CLT bench puts n_features / n_layers features at each layer; "
+                    f"n_features={self.n_features} < n_layers={self.n_layers}"
+                )
+            p = self.write_probability
+            if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+                raise ValueError(f"write_probability must be in [0, 1], got {p!r}")
         if self.kind == "crosscoder" and (not isinstance(self.n_sources, int) or self.n_sources < 2):
             raise ValueError(f"a crosscoder needs n_sources >= 2 layers or models, got {self.n_sources!r}")
         if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
@@ -81,12 +115,24 @@ class LRBConfig:
         p = self.child_firing_probability
         if p is not None and not 0.0 < p <= 1.0:
             raise ValueError(f"child_firing_probability must be in (0, 1], got {p!r}")
+        if self.kind == "clt":
+            most = int(self.home_layers.bincount().max())
+            check_feasible(most, self.d_in, self.max_interference, self.interference)
+            check_feasible(self.n_features, self.output_width, self.max_interference, self.interference)
+            return
         for d in {self.d_in, self.output_width}:
             check_feasible(self.n_features, d, self.max_interference, self.interference)
 
     @property
     def output_width(self) -> int:
-        return self.d_out if (self.kind == "transcoder" and self.d_out is not None) else self.d_in
+        """Width of the output (per layer for ``"clt"``)."""
+        paired = self.kind in ("transcoder", "clt")
+        return self.d_out if (paired and self.d_out is not None) else self.d_in
+
+    @property
+    def home_layers(self) -> torch.Tensor:
+        """``"clt"``: each feature's layer ``h(i) = i * n_layers // n_features`` (module docstring)."""
+        return torch.arange(self.n_features) * self.n_layers // self.n_features
 
     @property
     def firing_probability(self) -> float:
@@ -107,6 +153,11 @@ class LRBConfig:
             "hierarchy": None if self.hierarchy is None else self.hierarchy.to_json(),
             "child_firing_probability": self.child_firing_probability,
             "seed": self.seed,
+            **(
+                {"n_layers": self.n_layers, "write_probability": self.write_probability}
+                if self.kind == "clt"
+                else {}
+            ),
         }
 
     @classmethod
@@ -156,6 +207,8 @@ class LinearRepresentationBench:
         seed: int = 0,
         device: str | torch.device = "cpu",
         child_firing_probability: float | None = None,
+        n_layers: int = 4,
+        write_probability: float = 0.5,
     ) -> None:
         tree = (
             None
@@ -176,6 +229,8 @@ class LinearRepresentationBench:
             hierarchy=tree,
             child_firing_probability=child_firing_probability,
             seed=seed,
+            n_layers=n_layers,
+            write_probability=write_probability,
         )
         started = time.perf_counter()
         matrices = _generate_matrices(config, torch.device(device))
@@ -193,7 +248,8 @@ class LinearRepresentationBench:
         self.config = config
         self.device = torch.device(device)
         self.features_in = features_in.to(self.device)
-        self.features_out = self.features_in if config.kind != "transcoder" else features_out.to(self.device)
+        paired = config.kind in ("transcoder", "clt")
+        self.features_out = features_out.to(self.device) if paired else self.features_in
         self._generator = torch.Generator(device=self.device).manual_seed(config.seed + _SAMPLING_SEED_OFFSET)
 
     # ------------------------------------------------------------------ properties
@@ -220,10 +276,24 @@ class LinearRepresentationBench:
 
     @property
     def source_slices(self) -> list[slice]:
-        """Column ranges of each source block in ``x_in`` (one slice unless a crosscoder)."""
+        """Column ranges of each source block in ``x_in`` (one slice unless a crosscoder, or a CLT: one per
+        layer)."""
         width = self.config.d_in
-        n = self.config.n_sources if self.kind == "crosscoder" else 1
+        n = {"crosscoder": self.config.n_sources, "clt": self.config.n_layers}.get(self.kind, 1)
         return [slice(i * width, (i + 1) * width) for i in range(n)]
+
+    @property
+    def n_layers(self) -> int:
+        """``"clt"``: the layers (1 for the other kinds)."""
+        return self.config.n_layers if self.kind == "clt" else 1
+
+    @property
+    def writes(self) -> torch.Tensor:
+        """``"clt"``: ``[n_features, n_layers]`` booleans, whether feature ``i`` writes to layer ``m``."""
+        if self.kind != "clt":
+            raise ValueError(f"writes is the 'clt' kind's; this bench is {self.kind!r}")
+        width = self.config.output_width
+        return self.features_out.unflatten(1, (self.n_layers, width)).norm(dim=-1) > 0
 
     # ------------------------------------------------------------------ sampling
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> LRBBatch:
@@ -232,7 +302,7 @@ class LinearRepresentationBench:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         codes = self.sample_codes(batch_size, generator)
         x_in = codes.project(self.features_in)
-        x_out = x_in if self.kind != "transcoder" else codes.project(self.features_out)
+        x_out = codes.project(self.features_out) if self.kind in ("transcoder", "clt") else x_in
         return LRBBatch(codes, x_in, x_out)
 
     def sample_codes(self, batch_size: int, generator: torch.Generator | None = None) -> SparseCodes:
@@ -264,11 +334,17 @@ class LinearRepresentationBench:
 
         return LRBDataset(self, n_samples, seed=seed)
 
-    def anchors(self, k: int = 100, seed: int = 0) -> AnchorSet:
-        """``k`` random ground-truth features as an :class:`AnchorSet` (sorted indices)."""
+    def anchors(self, k: int = 100, seed: int = 0) -> AnchorSet | CLTAnchors:
+        """``k`` random ground-truth features as an :class:`AnchorSet` (sorted indices). For ``"clt"``, a
+        :class:`~sdl_anchor.anchoring.clt_anchors.CLTAnchors`: ``k`` split as evenly as possible over the
+        layers (the first ``k % n_layers`` layers one more), each layer's drawn among the features living
+        there, with their input direction at that layer and their output row over that layer and every later
+        one (``[k_l, (n_layers - l) * d_out]``, zeros where a feature does not write)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.n_features:
             raise ValueError(f"k must be an integer in [1, {self.n_features}], got {k!r}")
         generator = torch.Generator().manual_seed(seed)
+        if self.kind == "clt":
+            return self._clt_anchors(k, generator)
         indices = torch.randperm(self.n_features, generator=generator)[:k].sort().values
         return AnchorSet(
             self.features_in[indices.to(self.device)],
@@ -277,12 +353,36 @@ class LinearRepresentationBench:
             [f"feature_{int(i)}" for i in indices],
         )
 
+    def _clt_anchors(self, k: int, generator: torch.Generator) -> CLTAnchors:
+        L, homes = self.n_layers, self.config.home_layers
+        ks = [k // L + (1 if layer < k % L else 0) for layer in range(L)]
+        sets = []
+        d_in, d_out = self.config.d_in, self.config.output_width
+        for layer, k_layer in enumerate(ks):
+            living = torch.nonzero(homes == layer).flatten()
+            if not 1 <= k_layer <= living.numel():
+                raise ValueError(
+                    f"k={k} anchors over {L} layers puts {k_layer} at layer {layer}, which holds "
+                    f"{living.numel()} features; choose k in [{L}, {self.n_features}]"
+                )
+            chosen = living[torch.randperm(living.numel(), generator=generator)[:k_layer]].sort().values
+            rows = chosen.to(self.device)
+            sets.append(
+                AnchorSet(
+                    self.features_in[rows, layer * d_in : (layer + 1) * d_in],
+                    self.features_out[rows, layer * d_out :],
+                    chosen,
+                    [f"feature_{int(i)}" for i in chosen],
+                )
+            )
+        return CLTAnchors(sets)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write ``lrb_config.json`` and ``lrb_features.safetensors`` into folder ``path``."""
         path = Path(path)
         tensors = {"features_in": self.features_in}
-        if self.kind == "transcoder":
+        if self.kind in ("transcoder", "clt"):
             tensors["features_out"] = self.features_out
         write_safetensors(path / FEATURES_FILENAME, tensors)
         write_json(
@@ -312,7 +412,7 @@ class LinearRepresentationBench:
         except (KeyError, TypeError) as err:
             raise ValueError(f"{path / CONFIG_FILENAME} has a malformed config: {err}") from None
         tensors = read_safetensors(path / FEATURES_FILENAME, "LRB features", device)
-        for name in ("features_in", "features_out")[: 2 if config.kind == "transcoder" else 1]:
+        for name in ("features_in", "features_out")[: 2 if config.kind in ("transcoder", "clt") else 1]:
             if name not in tensors:
                 raise ValueError(f"{path / FEATURES_FILENAME} has no {name!r} tensor; the bench is corrupt")
         try:
@@ -332,11 +432,12 @@ class LinearRepresentationBench:
     ) -> LinearRepresentationBench:
         """A bench over given feature directions (rows), e.g. a saved bench's or your own."""
         features_in = _check_features(features_in, "features_in", (config.n_features, _input_width(config)))
-        if config.kind == "transcoder":
+        if config.kind in ("transcoder", "clt"):
+            layers = config.n_layers if config.kind == "clt" else 1
             if features_out is None:
-                raise ValueError("a transcoder bench needs features_out [n_features, d_out]")
+                raise ValueError(f"a {config.kind} bench needs features_out [n_features, {layers} * d_out]")
             features_out = _check_features(
-                features_out, "features_out", (config.n_features, config.output_width)
+                features_out, "features_out", (config.n_features, layers * config.output_width)
             )
         bench = cls.__new__(cls)
         bench._init(config, features_in, features_in if features_out is None else features_out, device)
@@ -354,11 +455,14 @@ class LinearRepresentationBench:
 
 
 def _input_width(config: LRBConfig) -> int:
-    return config.d_in * (config.n_sources if config.kind == "crosscoder" else 1)
+    blocks = {"crosscoder": config.n_sources, "clt": config.n_layers}.get(config.kind, 1)
+    return config.d_in * blocks
 
 
 def _generate_matrices(config: LRBConfig, device: torch.device) -> dict[str, Any]:
     """Feature matrices for every block the kind needs, with their achieved interference."""
+    if config.kind == "clt":
+        return _generate_clt_matrices(config, device)
     blocks = {"in": [config.d_in] * (config.n_sources if config.kind == "crosscoder" else 1)}
     if config.kind == "transcoder":
         blocks["out"] = [config.output_width]
@@ -396,3 +500,34 @@ def _check_features(tensor: torch.Tensor, name: str, shape: tuple[int, int]) -> 
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return tensor
+
+
+def _generate_clt_matrices(config: LRBConfig, device: torch.device) -> dict[str, Any]:
+    """The ``"clt"`` kind's ``features_in`` and ``features_out`` (module docstring): each layer's input
+    feature matrix (seeds ``seed .. seed + L - 1``), each layer's output feature matrix (``seed + L ..``), and
+    which later layers each feature writes to (a generator seeded ``seed + 2 L``)."""
+    L, n, d_in, d_out = config.n_layers, config.n_features, config.d_in, config.output_width
+    homes = config.home_layers
+    features_in = torch.zeros(n, L * d_in, device=device)
+    features_out = torch.zeros(n, L * d_out, device=device)
+    stats: dict[str, Any] = {}
+
+    def matrix(count: int, width: int, seed: int, name: str) -> torch.Tensor:
+        built = make_feature_matrix(
+            count, width, config.max_interference, config.interference, seed=seed, device=device
+        )
+        stats[name] = {"max_abs_cos": built.max_abs_cos, "max_cos": built.max_cos, "steps": built.steps}
+        return built.directions
+
+    generator = torch.Generator().manual_seed(config.seed + 2 * L)
+    later = torch.rand(n, L, generator=generator) < config.write_probability
+    layer_index = torch.arange(L)
+    writes = (layer_index[None, :] == homes[:, None]) | ((layer_index[None, :] > homes[:, None]) & later)
+    for layer in range(L):
+        living = torch.nonzero(homes == layer).flatten().to(device)
+        block = matrix(living.numel(), d_in, config.seed + layer, f"in_{layer}")
+        features_in[living, layer * d_in : (layer + 1) * d_in] = block
+        out = matrix(n, d_out, config.seed + L + layer, f"out_{layer}")
+        written = writes[:, layer].to(device)[:, None]
+        features_out[:, layer * d_out : (layer + 1) * d_out] = torch.where(written, out, 0.0)
+    return {"features_in": features_in, "features_out": features_out, "stats": stats}
