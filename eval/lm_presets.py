@@ -78,7 +78,7 @@ PRESETS = {
     ),
     "cpu": LMPreset(
         name="cpu",
-        description="under 30 minutes on 2 CPU cores: the middle layer, 160k training tokens, seeds 0 and 1",
+        description="about 31 minutes on 2 CPU cores: the middle layer, 160k training tokens, seeds 0 and 1",
         layer=15,
         train_tokens=163_840,
         eval_tokens=16_384,
