@@ -195,11 +195,14 @@ class LRBPreset:
 
     def settings_for(self, method: str) -> dict[str, Any]:
         """The SAELens config fields for ``method`` (its training-budget and self-anchoring overrides
-        excluded)."""
-        overrides = self.method_settings.get(method, {})
+        excluded). A preset that names no clt settings (every one but clt-cpu, whose results.json records only
+        the methods it names) gives ``--methods clt`` its TopK k, per layer."""
+        overrides = self.method_settings.get(method)
+        if overrides is None and method == "clt" and "k" in self.method_settings.get("topk", {}):
+            overrides = {"k": self.method_settings["topk"]["k"]}
         return {
             k: v
-            for k, v in overrides.items()
+            for k, v in (overrides or {}).items()
             if k not in (*TRAINING_KEYS, *SELF_ANCHOR_KEYS, RESAMPLING_KEY, *CLT_BENCH_KEYS)
         }
 
@@ -303,7 +306,6 @@ def _settings(
         "matryoshka_batchtopk": {"k": k, "matryoshka_widths": list(widths)},
         "transcoder": {"k": k},
         "crosscoder": {"k": k},
-        "clt": {"k": k},
     }
     unknown = set(steps) - set(settings)
     if unknown:
