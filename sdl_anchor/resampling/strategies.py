@@ -329,7 +329,7 @@ def theory_resample(
     rows, segments = rows[enough[segments]], renumber[segments[enough[segments]]]
     k = n_clusters
     ranks, sizes = _chunked_clusters(
-        F.normalize(pool.targets[rows], dim=1),
+        F.normalize(pool.targets, dim=1)[rows],  # row-wise: the same numbers as normalising the gathered rows
         segments,
         candidates.numel(),
         k,
@@ -387,7 +387,8 @@ def theory_resample(
         member_rows = rows[offsets[s] : offsets[s + 1]]
         member_ranks = ranks[offsets[s] : offsets[s + 1]]
         for r in chosen[1:]:
-            projection = pool.encoder_inputs[member_rows] @ (encoder_dirs[s, r] * encoder_norm)
+            # every pool row's projection, then the members': cheaper than gathering the members' inputs
+            projection = (pool.encoder_inputs @ (encoder_dirs[s, r] * encoder_norm))[member_rows]
             s_in = projection[member_ranks == r].median()
             outside = projection[member_ranks != r]
             s_out = outside.median() if outside.numel() else s_in.new_zeros(())
