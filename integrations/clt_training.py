@@ -40,6 +40,7 @@ from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainin
 from sdl_anchor.integrations.compat import set_sae_metadata
 from sdl_anchor.integrations.cross_layer_transcoder import CLT_INFERENCE_ARCHITECTURE, CLTConfigFields
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.splice import evaluate_spliced_layers
 from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS, layer_hooks, resolve_layers
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.io import read_json, write_json
@@ -221,68 +222,28 @@ def evaluate_spliced_clt(
     and with each layer alone replaced (``"layers"``; its reconstruction uses the latents of every layer up
     to it, from the same pass), against zero-ablating the same outputs; explained variance per layer on the
     clean pass's activations."""
-    if isinstance(token_batches, torch.Tensor):
-        token_batches = [token_batches]
     layers = list(layers)
     if len(layers) != coder.cfg.n_layers:
         raise ValueError(f"{len(layers)} layers given for a CLT over {coder.cfg.n_layers} layers")
-    sums = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0}
-    per_layer = {
-        p: {"spliced": 0.0, "ablated": 0.0, "sq_error": 0.0, "variance": 0.0} for p in range(len(layers))
-    }
     outputs = [layer_hooks(layer, hooks)[1] for layer in layers]
-    n_batches = 0
-    for tokens in token_batches:
-        tokens = tokens.to(next(model.parameters()).device)
-        clean, cache = model.run_with_cache(
-            tokens,
-            return_type="loss",
-            names_filter=[n for layer in layers for n in layer_hooks(layer, hooks)],
-        )
-        sums["clean"] += float(clean)
-        sums["spliced"] += _loss(model, tokens, _splice_hooks(coder, layers, hooks, range(len(layers))))
-        sums["ablated"] += _loss(model, tokens, [(name, _zero) for name in outputs])
+
+    def reconstructions(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         x_in = torch.stack([cache[layer_hooks(layer, hooks)[0]] for layer in layers], dim=-2)
         x_out = torch.stack([cache[name] for name in outputs], dim=-2)
         recon = coder.decode_layers(coder.encode_layers(x_in.to(coder.device))).to(x_out)
-        for p in range(len(layers)):
-            per_layer[p]["sq_error"] += float((recon[..., p, :] - x_out[..., p, :]).pow(2).sum())
-            target = x_out[..., p, :]
-            per_layer[p]["variance"] += float((target - target.mean(dim=(0, 1))).pow(2).sum())
-            per_layer[p]["spliced"] += _loss(model, tokens, _splice_hooks(coder, layers, hooks, [p]))
-            per_layer[p]["ablated"] += _loss(model, tokens, [(outputs[p], _zero)])
-        n_batches += 1
-    if n_batches == 0:
-        raise ValueError("no token batches to evaluate on")
+        return [(recon[..., p, :], x_out[..., p, :]) for p in range(len(layers))]
 
-    def recovered(spliced: float, ablated: float) -> float:
-        denominator = ablated - sums["clean"]
-        return (ablated - spliced) / denominator if denominator != 0 else float("nan")
-
-    return {
-        "clt": {
-            "ce_loss_score": recovered(sums["spliced"], sums["ablated"]),
-            "ce_loss_with_clt": sums["spliced"] / n_batches,
-            "ce_loss_without_clt": sums["clean"] / n_batches,
-            "ce_loss_with_ablation": sums["ablated"] / n_batches,
-        },
-        "layers": {
-            str(layers[p]): {
-                "ce_loss_score": recovered(values["spliced"], values["ablated"]),
-                "ce_loss_with_layer_spliced": values["spliced"] / n_batches,
-                "explained_variance": 1 - values["sq_error"] / max(values["variance"], 1e-12),
-            }
-            for p, values in per_layer.items()
-        },
-    }
-
-
-def _loss(model: Any, tokens: torch.Tensor, hooks: list[tuple[str, Any]]) -> float:
-    return float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks))
-
-
-def _zero(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-    return torch.zeros_like(activation)
+    return evaluate_spliced_layers(
+        model,
+        token_batches,
+        layers=layers,
+        cached_hooks=[n for layer in layers for n in layer_hooks(layer, hooks)],
+        output_hooks=outputs,
+        splice_hooks=lambda positions: _splice_hooks(coder, layers, hooks, positions),
+        reconstructions=reconstructions,
+        name="clt",
+        layer_loss_key="ce_loss_with_layer_spliced",
+    )
 
 
 def _splice_hooks(

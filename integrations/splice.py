@@ -14,11 +14,16 @@ fraction of the CE loss recovered against zero-ablating the replaced hooks),
 ``reconstruction_quality/explained_variance`` (and ``explained_variance_source_<l>`` per source; SAELens's
 ``ExplainedVarianceCalculator``), ``reconstruction_quality/mse``, ``sparsity/l0`` and
 ``sparsity/dead_features`` (latents that never fired on the evaluated tokens), over every token position.
+
+Coders that replace one output per layer (transcoder sets, cross-layer transcoders) are measured layer by
+layer by :func:`evaluate_spliced_layers`: the CE loss recovered with every layer spliced in at once and with
+each layer alone, against zero-ablating the same outputs, and each layer's explained variance on the clean
+pass's activations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -174,3 +179,73 @@ def _writer(value: torch.Tensor) -> Any:
         return value.to(activation.device, activation.dtype).reshape(activation.shape)
 
     return write
+
+
+@torch.no_grad()
+def evaluate_spliced_layers(
+    model: Any,
+    token_batches: torch.Tensor | Iterable[torch.Tensor],
+    *,
+    layers: Sequence[int],
+    cached_hooks: list[str],
+    output_hooks: Sequence[str],
+    splice_hooks: Callable[[Sequence[int]], list[tuple[str, Any]]],
+    reconstructions: Callable[[Any], Sequence[tuple[torch.Tensor, torch.Tensor]]],
+    name: str,
+    layer_loss_key: str,
+) -> dict[str, Any]:
+    """The CE loss recovered with the outputs of every layer position in ``layers`` replaced at once (under
+    ``name``: ``ce_loss_score``, ``ce_loss_with_<name>``, ``ce_loss_without_<name>``,
+    ``ce_loss_with_ablation``) and with each replaced alone (under ``"layers"``, keyed by layer:
+    ``ce_loss_score``, ``layer_loss_key``, ``explained_variance``), against zero-ablating ``output_hooks`` (one
+    a position). ``splice_hooks(positions)`` gives the forward hooks that replace those positions' outputs;
+    ``reconstructions(cache)`` gives each position's ``(reconstruction, target)`` from the clean pass's cache
+    of ``cached_hooks``. Losses are averaged over the batches; the scores are taken from their sums."""
+    if isinstance(token_batches, torch.Tensor):
+        token_batches = [token_batches]
+    positions = range(len(layers))
+    sums = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0}
+    per_layer = {p: {"spliced": 0.0, "ablated": 0.0, "sq_error": 0.0, "variance": 0.0} for p in positions}
+    n_batches = 0
+    device = next(model.parameters()).device
+    for tokens in token_batches:
+        tokens = tokens.to(device)
+        clean, cache = model.run_with_cache(tokens, return_type="loss", names_filter=cached_hooks)
+        sums["clean"] += float(clean)
+        sums["spliced"] += _batch_loss(model, tokens, splice_hooks(positions))
+        sums["ablated"] += _batch_loss(model, tokens, [(output, _zero) for output in output_hooks])
+        for p, (recon, target) in zip(positions, reconstructions(cache), strict=True):
+            per_layer[p]["sq_error"] += float((recon - target).pow(2).sum())
+            per_layer[p]["variance"] += float((target - target.mean(dim=(0, 1))).pow(2).sum())
+            per_layer[p]["spliced"] += _batch_loss(model, tokens, splice_hooks([p]))
+            per_layer[p]["ablated"] += _batch_loss(model, tokens, [(output_hooks[p], _zero)])
+        n_batches += 1
+    if n_batches == 0:
+        raise ValueError("no token batches to evaluate on")
+
+    def recovered(spliced: float, ablated: float) -> float:
+        denominator = ablated - sums["clean"]
+        return (ablated - spliced) / denominator if denominator != 0 else float("nan")
+
+    return {
+        name: {
+            "ce_loss_score": recovered(sums["spliced"], sums["ablated"]),
+            f"ce_loss_with_{name}": sums["spliced"] / n_batches,
+            f"ce_loss_without_{name}": sums["clean"] / n_batches,
+            "ce_loss_with_ablation": sums["ablated"] / n_batches,
+        },
+        "layers": {
+            str(layers[p]): {
+                "ce_loss_score": recovered(values["spliced"], values["ablated"]),
+                layer_loss_key: values["spliced"] / n_batches,
+                "explained_variance": 1 - values["sq_error"] / max(values["variance"], 1e-12),
+            }
+            for p, values in per_layer.items()
+        },
+    }
+
+
+def _batch_loss(model: Any, tokens: torch.Tensor, hooks: list[tuple[str, Any]]) -> float:
+    """The model's CE loss on ``tokens`` with ``hooks``, as TransformerLens averages it (:func:`_ce_loss`
+    averages the per-token losses itself)."""
+    return float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks))

@@ -34,7 +34,7 @@ from sdl_anchor.integrations.compat import set_sae_metadata
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.sparse_step import record_kernels
-from sdl_anchor.integrations.splice import coder_output
+from sdl_anchor.integrations.splice import coder_output, evaluate_spliced_layers
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.io import read_json, write_json
 from sdl_anchor.resampling import ResamplingConfig
@@ -197,58 +197,29 @@ def evaluate_spliced_set(
 ) -> dict[str, Any]:
     """CE loss recovered with every layer's transcoder spliced in at once (``"set"``), and with each on its
     own (``"layers"``), against zero-ablating the same MLP outputs; explained variance per layer."""
-    if isinstance(token_batches, torch.Tensor):
-        token_batches = [token_batches]
     layers = sorted(transcoders)
-    sums = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0}
-    per_layer = {
-        layer: {"spliced": 0.0, "ablated": 0.0, "sq_error": 0.0, "variance": 0.0} for layer in layers
-    }
-    n_batches = 0
-    device = next(model.parameters()).device
-    for tokens in token_batches:
-        tokens = tokens.to(device)
-        clean, cache = model.run_with_cache(
-            tokens,
-            return_type="loss",
-            names_filter=[n for layer in layers for n in layer_hooks(layer, hooks)],
-        )
-        sums["clean"] += float(clean)
-        sums["spliced"] += _loss(
-            model, tokens, [h for layer in layers for h in _splice(transcoders[layer], layer, hooks)]
-        )
-        sums["ablated"] += _loss(model, tokens, [(layer_hooks(layer, hooks)[1], _zero) for layer in layers])
+
+    def reconstructions(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pairs = []
         for layer in layers:
             x_in, x_out = (cache[name] for name in layer_hooks(layer, hooks))
             output, _ = coder_output(transcoders[layer], x_in.to(transcoders[layer].device))
-            per_layer[layer]["sq_error"] += float((output.to(x_out) - x_out).pow(2).sum())
-            per_layer[layer]["variance"] += float((x_out - x_out.mean(dim=(0, 1))).pow(2).sum())
-            per_layer[layer]["spliced"] += _loss(model, tokens, _splice(transcoders[layer], layer, hooks))
-            per_layer[layer]["ablated"] += _loss(model, tokens, [(layer_hooks(layer, hooks)[1], _zero)])
-        n_batches += 1
-    if n_batches == 0:
-        raise ValueError("no token batches to evaluate on")
+            pairs.append((output.to(x_out), x_out))
+        return pairs
 
-    def recovered(spliced: float, ablated: float) -> float:
-        denominator = ablated - sums["clean"]
-        return (ablated - spliced) / denominator if denominator != 0 else float("nan")
-
-    return {
-        "set": {
-            "ce_loss_score": recovered(sums["spliced"], sums["ablated"]),
-            "ce_loss_with_set": sums["spliced"] / n_batches,
-            "ce_loss_without_set": sums["clean"] / n_batches,
-            "ce_loss_with_ablation": sums["ablated"] / n_batches,
-        },
-        "layers": {
-            str(layer): {
-                "ce_loss_score": recovered(values["spliced"], values["ablated"]),
-                "ce_loss_with_transcoder": values["spliced"] / n_batches,
-                "explained_variance": 1 - values["sq_error"] / max(values["variance"], 1e-12),
-            }
-            for layer, values in per_layer.items()
-        },
-    }
+    return evaluate_spliced_layers(
+        model,
+        token_batches,
+        layers=layers,
+        cached_hooks=[n for layer in layers for n in layer_hooks(layer, hooks)],
+        output_hooks=[layer_hooks(layer, hooks)[1] for layer in layers],
+        splice_hooks=lambda positions: [
+            h for p in positions for h in _splice(transcoders[layers[p]], layers[p], hooks)
+        ],
+        reconstructions=reconstructions,
+        name="set",
+        layer_loss_key="ce_loss_with_transcoder",
+    )
 
 
 @torch.no_grad()
@@ -261,14 +232,6 @@ def spliced_logits(transcoder_set: TranscoderSet, model: Any, tokens: torch.Tens
         for h in _splice(transcoder_set.transcoders[layer], layer, transcoder_set.hooks)
     ]
     return model.run_with_hooks(tokens, fwd_hooks=hooks)
-
-
-def _loss(model: Any, tokens: torch.Tensor, hooks: list[tuple[str, Any]]) -> float:
-    return float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks))
-
-
-def _zero(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-    return torch.zeros_like(activation)
 
 
 def _splice(coder: Any, layer: int, hooks: Sequence[str]) -> list[tuple[str, Any]]:
