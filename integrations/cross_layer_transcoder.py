@@ -35,6 +35,12 @@ layer) with one threshold per layer, updated as SAELens does. With ``rescale_act
 family) pre-activations are ranked times the latent's decoder norm and the norms are folded into the encoder on
 save, as SAELens does.
 
+Sparse-backward step (TopK and BatchTopK; :mod:`~sdl_anchor.integrations.clt_sparse_step`): the same loss terms,
+gradients and threshold updates with only the encoder's forward products dense, each layer's kept latents
+decoded sparsely into the layers they write. Config field ``sparse_backward`` (True, False, or None, the
+default: on the CPU, where it is measured faster), decided by
+:func:`~sdl_anchor.integrations.sparse_step.dense_step_reason` as for the other coders.
+
 Saved inference architecture: ``cross_layer_transcoder`` (:class:`CrossLayerTranscoder`) with
 ``activation`` ``relu``, ``jumprelu`` (JumpReLU, and BatchTopK with its per-layer thresholds) or ``topk``.
 Dead-latent resampling runs layer by layer (:mod:`~sdl_anchor.integrations.clt_resampling`).
@@ -49,8 +55,8 @@ direction at layer ``l``'s own output, or (anchors ``[k_l, (n_layers - l) * d_ou
 as for the other coders); anchors are not weights and stay out of the saved model (:class:`~sdl_anchor.
 integrations.clt_training.CLTBundle` saves them beside it). Resampling never touches anchored latents.
 Not supported here: self-anchoring and the aligned encoder (the configs have no such fields), and (refused with
-an error by the configs, runner and CLI) the sparse-backward step, skip connections and activation
-normalisation.
+an error by the configs, runner and CLI) SAELens's own ``use_sparse_activations``, skip connections and
+activation normalisation.
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ from typing_extensions import override
 from sdl_anchor.anchoring.clt_anchors import CLTAnchors
 from sdl_anchor.anchoring.loss import ANCHOR_LOSSES, anchor_cosines
 from sdl_anchor.anchoring.loss import anchor_loss as anchor_loss_fn
+from sdl_anchor.integrations.clt_sparse_step import sparse_clt_step
+from sdl_anchor.integrations.sparse_step import SparseBackwardConfigField, dense_step_reason
 
 CLT_INFERENCE_ARCHITECTURE = "cross_layer_transcoder"
 CLT_ACTIVATIONS = ("relu", "jumprelu", "topk")  # the saved (inference) activations
@@ -495,6 +503,16 @@ class CLTTrainingSAE(CLTWeightsMixin, TrainingSAE[Any]):
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """SAELens's step structure: ``mse_loss`` (SAELens's ``mse_loss`` summed over every layer's output,
         mean over the batch) plus :meth:`calculate_aux_loss`, against the target set for this step."""
+        target = self.take_training_target(step_input)
+        feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)
+        sae_out = self.decode(feature_acts)
+        losses = {"mse_loss": self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()}
+        losses.update(self.calculate_aux_loss(dataclasses.replace(step_input, sae_in=target), feature_acts,
+                                              hidden_pre, sae_out))  # fmt: skip
+        return self.step_output(step_input, target, sae_out, feature_acts, hidden_pre, losses)
+
+    def take_training_target(self, step_input: TrainStepInput) -> torch.Tensor:
+        """The target set for this step (cleared: each step needs its own), on the input's device."""
         target = self._training_target
         if target is None:
             raise ValueError(
@@ -504,12 +522,19 @@ class CLTTrainingSAE(CLTWeightsMixin, TrainingSAE[Any]):
         self._training_target = None
         if target.shape[0] != step_input.sae_in.shape[0]:
             raise ValueError(f"target batch {target.shape[0]} != input batch {step_input.sae_in.shape[0]}")
-        target = target.to(step_input.sae_in.device, self.dtype)
-        feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)
-        sae_out = self.decode(feature_acts)
-        losses = {"mse_loss": self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()}
-        losses.update(self.calculate_aux_loss(dataclasses.replace(step_input, sae_in=target), feature_acts,
-                                              hidden_pre, sae_out))  # fmt: skip
+        return target.to(step_input.sae_in.device, self.dtype)
+
+    def step_output(
+        self,
+        step_input: TrainStepInput,
+        target: torch.Tensor,
+        sae_out: torch.Tensor,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        losses: dict[str, torch.Tensor],
+    ) -> TrainStepOutput:
+        """The step's output from its reconstruction and losses: adds the anchor loss, and the metrics (each
+        layer's MSE, the anchors' cosine)."""
         if self.anchors is not None:
             coefficient = step_input.coefficients.get("anchor", self.cfg.anchor_coefficient)
             losses["anchor_loss"] = coefficient * self.anchor_loss()
@@ -607,6 +632,16 @@ class TopKCLTTrainingSAE(CLTTrainingSAE):
         return self._anchor_coefficients()
 
     @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """The sparse-backward step (:mod:`~sdl_anchor.integrations.clt_sparse_step`) unless
+        ``dense_step_reason`` names a reason for the dense one."""
+        if dense_step_reason(self) is not None:
+            return super().training_forward_pass(step_input)
+        target = self.take_training_target(step_input)
+        sae_out, feature_acts, hidden_pre, losses = sparse_clt_step(self, step_input, target)
+        return self.step_output(step_input, target, sae_out, feature_acts, hidden_pre, losses)
+
+    @override
     def calculate_aux_loss(
         self,
         step_input: TrainStepInput,
@@ -676,12 +711,24 @@ class BatchTopKCLTTrainingSAE(TopKCLTTrainingSAE):
 
     @torch.no_grad()
     def update_topk_threshold(self, feature_acts: torch.Tensor) -> None:
-        """SAELens's update (an EMA of the smallest positive activation), per layer."""
-        acts = feature_acts.unflatten(-1, (self.n_layers, self.cfg.d_sae)).transpose(0, 1).flatten(1)
+        """SAELens's update (an EMA of the smallest positive activation), per layer; ``feature_acts``
+        ``[batch, n_latents]`` dense, or sparse COO as the sparse step gives it."""
         lr = self.cfg.topk_threshold_lr
-        positive = acts > 0
-        smallest = torch.where(positive, acts, torch.inf).amin(dim=1).to(self.topk_threshold.dtype)
-        fired = positive.any(dim=1)
+        if feature_acts.is_sparse:
+            acts = feature_acts.coalesce()
+            values = acts.values()
+            positive = values > 0
+            layer = acts.indices()[-1][positive] // self.cfg.d_sae
+            smallest = values.new_full((self.n_layers,), torch.inf)
+            smallest = smallest.scatter_reduce(0, layer, values[positive], "amin")
+            fired = torch.zeros(self.n_layers, dtype=torch.bool, device=values.device)
+            fired[layer] = True
+        else:
+            acts = feature_acts.unflatten(-1, (self.n_layers, self.cfg.d_sae)).transpose(0, 1).flatten(1)
+            positive = acts > 0
+            smallest = torch.where(positive, acts, torch.inf).amin(dim=1)
+            fired = positive.any(dim=1)
+        smallest = smallest.to(self.topk_threshold.dtype)
         updated = (1 - lr) * self.topk_threshold + lr * smallest
         self.topk_threshold = torch.where(fired, updated, self.topk_threshold)
 
@@ -797,9 +844,9 @@ class StandardCLTTrainingSAEConfig(CLTConfigFields, StandardTrainingSAEConfig):
 
 
 @dataclasses.dataclass(kw_only=True)
-class TopKCLTTrainingSAEConfig(CLTConfigFields, TopKTrainingSAEConfig):
-    """SAELens's ``TopKTrainingSAEConfig`` as a CLT (``k`` per layer and token); saves with ``activation:
-    topk``."""
+class TopKCLTTrainingSAEConfig(CLTConfigFields, SparseBackwardConfigField, TopKTrainingSAEConfig):
+    """SAELens's ``TopKTrainingSAEConfig`` as a CLT (``k`` per layer and token), with ``sparse_backward``;
+    saves with ``activation: topk``."""
 
     @override
     @classmethod
@@ -816,9 +863,9 @@ class TopKCLTTrainingSAEConfig(CLTConfigFields, TopKTrainingSAEConfig):
 
 
 @dataclasses.dataclass(kw_only=True)
-class BatchTopKCLTTrainingSAEConfig(CLTConfigFields, BatchTopKTrainingSAEConfig):
-    """SAELens's ``BatchTopKTrainingSAEConfig`` as a CLT (``k`` per layer, on average per token); saves with
-    ``activation: jumprelu`` and each layer's threshold."""
+class BatchTopKCLTTrainingSAEConfig(CLTConfigFields, SparseBackwardConfigField, BatchTopKTrainingSAEConfig):
+    """SAELens's ``BatchTopKTrainingSAEConfig`` as a CLT (``k`` per layer, on average per token), with
+    ``sparse_backward``; saves with ``activation: jumprelu`` and each layer's threshold."""
 
     @override
     @classmethod

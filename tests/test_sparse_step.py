@@ -256,3 +256,90 @@ def test_the_resampler_s_sparse_pool_pass_equals_encode_and_decode(architecture,
         acts = dense.encode(chunk)
         expected.append(dense.transcode(chunk, acts) if hasattr(dense, "transcode") else dense.decode(acts))
     torch.testing.assert_close(pools[0].loss, (target - torch.cat(expected)).pow(2).sum(dim=-1))
+
+
+CLT_LAYERS, CLT_D_OUT = 3, 10  # k_aux = d_out / 2 = 5 dead latents per layer
+
+
+def clt_twin(activation, **fields):
+    """A TopK-family CLT taking the sparse step and one taking the dense step, with the same weights."""
+    sae_class, config_class = get_sae_training_class(f"{activation}_clt")
+    shape = {"d_in": D_IN, "d_out": CLT_D_OUT, "d_sae": D_SAE, "n_layers": CLT_LAYERS, "k": 4}
+    sparse, dense = (
+        sae_class(config_class(**shape, dtype="float64", sparse_backward=flag, **fields))
+        for flag in (True, False)
+    )
+    with torch.no_grad():
+        for W_dec in sparse.W_dec:
+            W_dec.mul_(torch.rand(D_SAE, 1, 1, dtype=torch.float64) + 0.5)  # uneven decoder norms
+        sparse.b_enc.normal_(0, 0.05)
+        sparse.b_dec.normal_(0, 0.1)
+    dense.load_state_dict(sparse.state_dict())  # anchors (from anchor_path) are not in the state dict
+    return sparse, dense
+
+
+def clt_dead_mask():
+    """Dead latents: most of layer 0's, 2 of layer 1's (fewer than k_aux), none of layer 2's."""
+    dead = torch.zeros(CLT_LAYERS, D_SAE, dtype=torch.bool)
+    dead[0] = torch.rand(D_SAE) < 0.6
+    dead[1, [3, 50]] = True
+    return dead.flatten()
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("anchored", [False, True])
+def test_clt_sparse_step_equals_the_dense_clt_step(activation, rescale, anchored, tmp_path):
+    from sdl_anchor.anchoring import CLTAnchors
+
+    torch.manual_seed(0)
+    fields = {"rescale_acts_by_decoder_norm": rescale}
+    if anchored:
+        path = tmp_path / "clt_anchors.safetensors"
+        CLTAnchors(
+            [sa.AnchorSet(torch.randn(3, D_IN, dtype=torch.float64),
+                          torch.randn(3, (CLT_LAYERS - layer) * CLT_D_OUT, dtype=torch.float64))
+             for layer in range(CLT_LAYERS)]
+        ).save(path)  # fmt: skip
+        fields |= {"anchor_path": str(path), "anchor_coefficient": 0.5}
+    sparse, dense = clt_twin(activation, **fields)
+    assert dense_step_reason(sparse) is None and dense_step_reason(dense) == "sparse_backward=False"
+    x = torch.randn(BATCH, CLT_LAYERS * D_IN, dtype=torch.float64)
+    target = torch.randn(BATCH, CLT_LAYERS * CLT_D_OUT, dtype=torch.float64)
+    out, _ = assert_same_step(sparse, dense, x, clt_dead_mask(), target)
+    assert out.feature_acts.is_sparse and out.feature_acts.shape == (BATCH, CLT_LAYERS * D_SAE)
+    assert out.losses["auxiliary_reconstruction_loss"] > 0
+    assert ("anchor_loss" in out.losses) == anchored and (not anchored or out.losses["anchor_loss"] > 0)
+    assert {f"mse_layer_{layer}" for layer in range(CLT_LAYERS)} <= set(out.metrics)
+    if activation == "batchtopk":
+        torch.testing.assert_close(sparse.topk_threshold, dense.topk_threshold)
+        assert torch.all(sparse.topk_threshold > 0)
+        # a second step moves the thresholds (an EMA) the same way from where the first left them
+        assert_same_step(sparse, dense, x.flip(0), None, target.flip(0))
+        torch.testing.assert_close(sparse.topk_threshold, dense.topk_threshold)
+
+
+def test_clt_sparse_step_is_the_default_on_cpu_in_float32_and_matches_the_dense_step():
+    from sdl_anchor.integrations.cross_layer_transcoder import CLT_ARCHITECTURES
+
+    torch.manual_seed(0)
+    sae_class, config_class = CLT_ARCHITECTURES["batchtopk_clt"]
+    shape = {"d_in": D_IN, "d_out": CLT_D_OUT, "d_sae": D_SAE, "n_layers": CLT_LAYERS, "k": 4}
+    sparse = sae_class(config_class(**shape))
+    assert sparse.cfg.sparse_backward is None and dense_step_reason(sparse) is None
+    dense = sae_class(config_class(**shape, sparse_backward=False))
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn(BATCH, CLT_LAYERS * D_IN)
+    target = torch.randn(BATCH, CLT_LAYERS * CLT_D_OUT)
+    dead = clt_dead_mask()
+    out_a, grads_a = run_step(sparse, x, dead, target)
+    out_b, grads_b = run_step(dense, x, dead, target)
+    assert out_a.feature_acts.is_sparse and not out_b.feature_acts.is_sparse
+    torch.testing.assert_close(out_a.loss, out_b.loss, rtol=1e-5, atol=1e-6)
+    assert set(grads_a) == set(grads_b)
+    for name in grads_b:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+    sparse.hook_sae_acts_post.add_hook(lambda tensor, hook: tensor)
+    assert "hooks" in dense_step_reason(sparse)
+    with pytest.raises(ValueError, match="sparse_backward must be True, False or None"):
+        config_class(**shape, sparse_backward="yes")
