@@ -4,9 +4,14 @@ Both train ``n_layers`` layers at the same per-layer widths (``d_in = d_out = d`
 layer) on the same batches: the CLT (``<activation>_clt``, :class:`~sdl_anchor.integrations.clt_training.CLTTrainer`)
 takes every layer's ``(x_in, x_out)`` concatenated, the set takes one ``<activation>_transcoder`` step per
 layer on that layer's slice (as SAELens's ``MultiSAETrainer`` steps a set, one trainer per layer). Both take
-the dense step (the CLT has no sparse-backward step; the set's is switched off so the two count the same kind
-of work). Steps alternate over identical batches after a warm-up (``eval/step_timing.py``); the time ratio is
-the median over rounds of CLT / set.
+the dense step (the TopK family's sparse-backward step is switched off on both sides, so the two count the same
+kind of work). Steps alternate over identical batches after a warm-up (``eval/step_timing.py``); the time ratio
+is the median over rounds of CLT / set.
+
+The TopK family's sparse-backward CLT step (:mod:`~sdl_anchor.integrations.clt_sparse_step`) against the dense
+CLT step (:func:`measure_sparse_step`): the same CLT weights, each side under its own ``CLTTrainer`` (torch's
+fused Adam), stepped alternately on the same batches in the same process; the ratio is the median over rounds of
+sparse / dense.
 
 FLOPs are counted analytically from the shapes: matmul work of the encoder (forward and weight gradient; the
 inputs need no gradient) and the decoder (forward, weight and latent gradients), per token
@@ -69,11 +74,20 @@ def memory_bytes(n_layers: int, d: int, d_sae: int, cross_layer: bool) -> dict[s
     }
 
 
-def _clt(activation: str, n_layers: int, d: int, d_sae: int, k: int, device: str) -> Any:
+def _clt(
+    activation: str, n_layers: int, d: int, d_sae: int, k: int, device: str, sparse_backward: bool = False
+) -> Any:
+    """An ``<activation>_clt`` (seeded); the TopK family's takes the sparse step only with ``sparse_backward``."""
     from sae_lens.registry import get_sae_training_class
 
     sae_class, config_class = get_sae_training_class(f"{activation}_clt")
-    extra = {"k": k} if "topk" in activation else {}
+    extra: dict[str, Any] = {"k": k} if "topk" in activation else {}
+    if "sparse_backward" in config_class.__dataclass_fields__:
+        extra["sparse_backward"] = sparse_backward
+    elif sparse_backward:
+        raise ValueError(
+            f"{activation}_clt has no sparse-backward step (the TopK family's: {SPARSE_ACTIVATIONS})"
+        )
     torch.manual_seed(0)
     return sae_class(config_class(d_in=d, d_out=d, d_sae=d_sae, n_layers=n_layers, device=device, **extra))
 
@@ -116,19 +130,24 @@ class _SetStep:
             trainer.step((x_in[:, cut], x_out[:, cut]))
 
 
-def measure_step(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """Median step seconds of an ``<activation>_clt`` and of the per-layer set at the same widths, the time
-    ratio (median of per-round ratios) and the analytic FLOP ratios."""
-    activation, n_layers, d, d_sae = sizes["activation"], sizes["n_layers"], sizes["d"], sizes["d_sae"]
-    k, batch_size = sizes.get("k", 32), sizes["batch_size"]
+def _batches(n_layers: int, d: int, batch_size: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Four seeded ``(x_in, x_out)`` batches of every layer's activations, concatenated."""
     generator = torch.Generator(device=device).manual_seed(0)
-    batches = [
+    return [
         (
             torch.randn(batch_size, n_layers * d, generator=generator, device=device),
             torch.randn(batch_size, n_layers * d, generator=generator, device=device),
         )
         for _ in range(4)
     ]
+
+
+def measure_step(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Median step seconds of an ``<activation>_clt`` and of the per-layer set at the same widths, the time
+    ratio (median of per-round ratios) and the analytic FLOP ratios."""
+    activation, n_layers, d, d_sae = sizes["activation"], sizes["n_layers"], sizes["d"], sizes["d_sae"]
+    k, batch_size = sizes.get("k", 32), sizes["batch_size"]
+    batches = _batches(n_layers, d, batch_size, device)
     clt = _clt(activation, n_layers, d, d_sae, k, device)
     torch.manual_seed(0)
     layer_trainers = [
@@ -165,6 +184,53 @@ def measure_step(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         "clt_flops_per_second": clt_flops / clt_seconds,
         "set_flops_per_second": set_flops / set_seconds,
         "time_per_flop_ratio": time_ratio / (clt_flops / set_flops),
+    }
+
+
+SPARSE_ACTIVATIONS = ("topk", "batchtopk")  # the CLT activations with a sparse-backward step
+
+
+def sparse_step_name(activation: str) -> str:
+    """The sparse-against-dense row's name: what it times."""
+    return f"{activation}_clt sparse step / dense step (same CLT trainer, fused Adam)"
+
+
+def measure_sparse_step(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Median step seconds of an ``<activation>_clt`` (TopK or BatchTopK) taking the sparse-backward step and
+    of the same CLT, from the same weights, taking the dense step, each under its own ``CLTTrainer`` (fused
+    Adam), alternating on the same batches; ``ratio`` is the median of the per-round ratios sparse / dense."""
+    activation, n_layers, d, d_sae = sizes["activation"], sizes["n_layers"], sizes["d"], sizes["d_sae"]
+    k, batch_size = sizes.get("k", 32), sizes["batch_size"]
+    if activation not in SPARSE_ACTIVATIONS:
+        raise ValueError(
+            f"the sparse-backward CLT step is the TopK family's {SPARSE_ACTIVATIONS}, not {activation!r}"
+        )
+    batches = _batches(n_layers, d, batch_size, device)
+    sparse = _clt(activation, n_layers, d, d_sae, k, device, sparse_backward=True)
+    dense = _clt(activation, n_layers, d, d_sae, k, device, sparse_backward=False)
+    dense.load_state_dict(sparse.state_dict())
+    times = step_seconds(
+        {
+            "dense": (_clt_trainer(dense, batch_size, device), batches),
+            "sparse": (_clt_trainer(sparse, batch_size, device), batches),
+        },
+        sizes["steps"],
+        device,
+    )
+    return {
+        "name": sparse_step_name(activation),
+        "ratio": paired_ratio(times, "sparse", "dense"),
+        "ratio_rounds": [a / b for a, b in zip(times["sparse"], times["dense"], strict=True)],
+        "sparse_seconds": statistics.median(times["sparse"]),
+        "dense_seconds": statistics.median(times["dense"]),
+        "activation": activation,
+        "n_layers": n_layers,
+        "d": d,
+        "d_sae": d_sae,
+        "k": k,
+        "batch_size": batch_size,
+        "steps": sizes["steps"],
+        "optimizer": "torch fused Adam, both steps",
     }
 
 
@@ -239,6 +305,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{row['time_ratio']:.3f}; FLOP ratio {row['flop_ratio']:.3f} (decoder {row['decoder_flop_ratio']:.2f}); "
         f"time per FLOP {row['time_per_flop_ratio']:.3f}"
     )
+    if row["activation"] in SPARSE_ACTIVATIONS:
+        sparse = measure_sparse_step(sizes, args.device)
+        print(
+            f"{sparse['name']}: sparse {1000 * sparse['sparse_seconds']:.1f} ms, dense "
+            f"{1000 * sparse['dense_seconds']:.1f} ms, ratio {sparse['ratio']:.3f}"
+        )
     memory = measure_memory(sizes, args.device)
     clt, shape = memory["paper_clt_bytes"], memory["paper_shape"]
     print(

@@ -13,7 +13,8 @@ warm-up, as a median of repeats (CUDA-synchronised on a GPU), because these mach
    time).
    ``clt``: a cross-layer transcoder's training step against the per-layer transcoder set's at the same
    per-layer widths (time per analytic matmul FLOP; its decoder does (L + 1) / 2 times the set's work), and
-   its parameter + Adam memory, computed from the shapes at the paper's width and measured where it fits
+   its parameter + Adam memory, computed from the shapes at the paper's width and measured where it fits,
+   and (TopK family) its sparse-backward step against its dense step, same batches, same process
    (``eval/clt_step_time.py``).
 2. ``coder``: transcoder and crosscoder steps against a stock SAELens SAE with the same latent count.
 3. ``sampling`` / ``feed``: LRB sampling against SAELens's ``ActivationGenerator`` + ``FeatureDictionary``
@@ -118,6 +119,7 @@ TARGETS = {
     "transcoder_set_time": 0.6,  # a set of L layers: well under the wall time of L single-layer runs
     "crosscoder_per_flop": 1.05,  # n_sources times the FLOPs: at most that many times the time
     "clt_per_flop": 1.1,  # a CLT step: at most the set's time per matmul FLOP, give or take this machine's noise
+    "clt_sparse": 1.0,  # a TopK-family CLT's sparse-backward step must beat its dense step
     "clt_memory": 1.01,  # the CLT holds what its shapes say (parameters + Adam's moments), nothing more
     "sampling": 5.0,
     "synth_sampling": 10.0,  # issue 33: at least 10x SAELens's generator on the same model
@@ -226,9 +228,15 @@ def transcoder_set_rows(preset: dict[str, Any], device: str) -> list[dict[str, A
 
 
 def clt_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
-    """A CLT's training step against the per-layer set's (time per analytic matmul FLOP), and its parameter +
-    Adam memory: computed at the paper's width, measured against the computed figure where it fits."""
-    from sdl_anchor.eval.clt_step_time import measure_memory, measure_step
+    """A CLT's training step against the per-layer set's (time per analytic matmul FLOP), its sparse-backward
+    step against its dense step (TopK family), and its parameter + Adam memory: computed at the paper's width,
+    measured against the computed figure where it fits."""
+    from sdl_anchor.eval.clt_step_time import (
+        SPARSE_ACTIVATIONS,
+        measure_memory,
+        measure_sparse_step,
+        measure_step,
+    )
 
     step = measure_step(preset, device)
     n, name = step["n_layers"], f"{step['activation']}_clt"
@@ -241,6 +249,16 @@ def clt_rows(preset: dict[str, Any], device: str) -> list[dict[str, Any]]:
                    f"d={step['d']}, d_sae={step['d_sae']} per layer, batch {step['batch_size']}"),
              **step),
     ]  # fmt: skip
+    if step["activation"] in SPARSE_ACTIVATIONS:
+        sparse = measure_sparse_step(preset, device)
+        rounds = sparse["ratio_rounds"]
+        note = (
+            f"sparse {1000 * sparse['sparse_seconds']:.1f} ms, dense {1000 * sparse['dense_seconds']:.1f} ms "
+            f"(medians; ratio the median of {sparse['steps']} rounds, {min(rounds):.3f} to {max(rounds):.3f}), "
+            f"d={sparse['d']}, d_sae={sparse['d_sae']} per layer, k={sparse['k']}, batch {sparse['batch_size']}"
+        )
+        sparse_name, ratio = sparse.pop("name"), sparse.pop("ratio")
+        rows.append(_row(sparse_name, "clt", ratio, TARGETS["clt_sparse"], "lower", note=note, **sparse))
     memory = measure_memory(preset, device)
     paper, shape = memory["paper_clt_bytes"], memory["paper_shape"]
     paper_note = (

@@ -71,13 +71,14 @@ def test_every_section_reports_rows_that_keep_the_contract(tiny_results):
     counts = {section: sum(row["section"] == section for row in rows) for section in SECTIONS}
     # a noise-floor row and 5 activations; the dense product (CPU), 3 sparse-step architectures and
     # sparsify's step (the dev extra installs it); 4 transcoders and 4 crosscoders; a set's passes and
-    # wall time; a CLT's step per FLOP and its memory; 2 strategies; 2 dtypes
+    # wall time; a CLT's step per FLOP, its sparse step against its dense step and its memory; 2 strategies;
+    # 2 dtypes
     assert counts == {
         "anchor": 6,
         "sparse": 5,
         "coder": 8,
         "transcoder_set": 2,
-        "clt": 2,
+        "clt": 3,
         "sampling": 1,
         "synth_sampling": 1,
         "feed": 1,
@@ -162,7 +163,9 @@ def test_the_transcoder_set_wall_row_is_a_median_with_its_noise_floor(tiny_resul
 
 
 def test_the_clt_rows_count_flops_and_memory_from_the_shapes(tiny_results):
-    step, memory = [r for r in tiny_results["rows"] if r["section"] == "clt"]
+    step, sparse, memory = [r for r in tiny_results["rows"] if r["section"] == "clt"]
+    assert sparse["name"] == "batchtopk_clt sparse step / dense step (same CLT trainer, fused Adam)"
+    assert sparse["sparse_seconds"] > 0 and sparse["dense_seconds"] > 0 and len(sparse["ratio_rounds"]) == 2
     n_layers, d, d_sae, batch = 3, 16, 64, 32
     # planted shape: encoders 4 d d_sae per layer and token, decoder blocks 6 d_sae d each, L(L+1)/2 for the
     # CLT against L for the set
@@ -186,6 +189,34 @@ def test_the_clt_rows_count_flops_and_memory_from_the_shapes(tiny_results):
         (12 * (768 * 16_384 + 16_384 + 768) + 78 * 16_384 * 768) / (12 * (2 * 768 * 16_384 + 16_384 + 768))
     )
     assert "computed from shapes" in memory["note"] and "measured" in memory["note"]
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_the_clt_sparse_row_times_the_same_clt_sparse_and_dense_under_clt_trainers(monkeypatch, activation):
+    import sdl_anchor.eval.clt_step_time as clt_step_time
+    from sdl_anchor.integrations.clt_training import CLTTrainer
+    from sdl_anchor.integrations.sparse_step import dense_step_reason
+
+    timed = {}
+
+    def fake_step_seconds(trainers, steps, device):
+        timed.update(trainers)
+        return {"dense": [2.0, 4.0, 4.0][:steps], "sparse": [1.0, 1.0, 3.0][:steps]}
+
+    monkeypatch.setattr(clt_step_time, "step_seconds", fake_step_seconds)
+    row = clt_step_time.measure_sparse_step({**TINY["clt"], "activation": activation, "steps": 3})
+    (dense, dense_batches), (sparse, sparse_batches) = timed["dense"], timed["sparse"]
+    assert type(dense) is type(sparse) is CLTTrainer and dense_batches is sparse_batches
+    assert dense_step_reason(sparse.sae) is None and dense_step_reason(dense.sae) == "sparse_backward=False"
+    for name, weight in dense.sae.state_dict().items():
+        assert torch.equal(weight, sparse.sae.state_dict()[name]), name
+    for trainer in (dense, sparse):
+        assert all(group["fused"] for group in trainer.optimizer.param_groups)
+    assert row["ratio"] == 0.5 and row["ratio_rounds"] == [0.5, 0.25, 0.75]  # median of per-round ratios
+    assert row["sparse_seconds"] == 1.0 and row["dense_seconds"] == 4.0
+    assert row["name"] == f"{activation}_clt sparse step / dense step (same CLT trainer, fused Adam)"
+    with pytest.raises(ValueError, match="TopK family"):
+        clt_step_time.measure_sparse_step({**TINY["clt"], "activation": "jumprelu"})
 
 
 def test_clt_flop_ratio_has_the_analytic_decoder_factor():
