@@ -19,6 +19,10 @@ Adam's moments are zeroed for exactly those slices; the decoder keeps its block 
 anchored CLT's anchored latents (the first ``k_l`` of each layer ``l``) are never resampled, nor split by the
 theory strategy (``frozen``), as for the other coders. Not supported: ``duplicate_cosine`` (merging co-firing
 copies).
+
+Under torchrun, :class:`DistributedCLTResamplingTrainer` decides each event on rank 0 from every rank's pool
+rows and broadcasts the per-layer updates, as :mod:`~sdl_anchor.integrations.distributed` does for the other
+coders.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 
 from sdl_anchor.integrations.clt_training import CLTTrainer
+from sdl_anchor.integrations.distributed import DistributedResamplingSAETrainer
 from sdl_anchor.integrations.resampling_trainer import DOMINANCE, LOSS_SAMPLE, ResamplingSAETrainer
 from sdl_anchor.resampling import (
     ResamplePool,
@@ -84,10 +89,11 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
         return float(self._clt_pass(x_in, target)[1].sum(dim=-1).mean())
 
     @torch.no_grad()
-    def _resample_on(
+    def _resample_on(  # type: ignore[override]
         self, x_in: torch.Tensor, target: torch.Tensor
-    ) -> tuple[dict[str, float], ResampleUpdate | None]:
-        """Each layer's dead latents resampled from that layer's view of the pool (module docstring)."""
+    ) -> tuple[dict[str, float], list[tuple[int, ResampleUpdate]]]:
+        """Each layer's dead latents resampled from that layer's view of the pool (module docstring); returns
+        the record and the ``(layer, update)`` pairs applied."""
         sae, d_sae = self.sae, self.sae.cfg.d_sae
         dead = self.dead_latents()
         record = {
@@ -97,6 +103,7 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
         n_scored = min(LOSS_SAMPLE, x_in.shape[0])
         record["resample/loss_before"] = self._pool_loss(x_in[:n_scored], target[:n_scored])
         counts = {"latents": 0, "split": 0, "fallback": 0}
+        applied: list[tuple[int, ResampleUpdate]] = []
         if dead.numel():
             acts, errors = self._clt_pass(x_in, target)
             inputs = sae.split_layers(x_in, sae.cfg.d_in, "inputs")
@@ -115,6 +122,7 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
                 update = self._layer_update(layer, layer_dead, pool)
                 if update.latents.numel():
                     self._apply_layer(layer, update)
+                    applied.append((layer, update))
                 counts["latents"] += update.n_dead_resampled
                 counts["split"] += update.n_split
                 counts["fallback"] += update.n_fallback
@@ -124,7 +132,7 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
         record["resample/latents"] = float(counts["latents"])
         record["resample/split"] = float(counts["split"])
         record["resample/fallback"] = float(counts["fallback"])
-        return record, None
+        return record, applied
 
     def _layer_update(self, layer: int, dead: torch.Tensor, pool: ResamplePool) -> ResampleUpdate:
         """The configured strategy on layer ``layer``'s weights and pool."""
@@ -170,3 +178,17 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
         flat = layer * sae.cfg.d_sae + latents
         self.n_forward_passes_since_fired[flat] = 0
         self.tokens_since_fired[flat] = 0
+
+
+class DistributedCLTResamplingTrainer(DistributedResamplingSAETrainer, CLTResamplingTrainer):
+    """:class:`CLTResamplingTrainer` under torchrun (:mod:`~sdl_anchor.integrations.distributed`): rank 0
+    decides each event from every rank's pool, layer by layer, and broadcasts the ``(layer, update)`` pairs;
+    every other rank applies them to the same slices, with the same Adam resets."""
+
+    def _update_to(self, update: Any, device: torch.device) -> Any:
+        one_layer = super()._update_to  # a ResampleUpdate to device
+        return [(layer, one_layer(layer_update, device)) for layer, layer_update in update]
+
+    def _apply_decided(self, update: Any) -> None:
+        for layer, layer_update in update:
+            self._apply_layer(layer, layer_update)

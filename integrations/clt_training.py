@@ -39,6 +39,7 @@ from sdl_anchor.integrations.coder_hooks import check_coder_hooks
 from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainingRunner, HfDataset
 from sdl_anchor.integrations.compat import set_sae_metadata
 from sdl_anchor.integrations.cross_layer_transcoder import CLT_INFERENCE_ARCHITECTURE, CLTConfigFields
+from sdl_anchor.integrations.distributed import DistributedTrainerMixin
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.splice import evaluate_spliced_layers
 from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS, layer_hooks, resolve_layers
@@ -81,6 +82,10 @@ class CLTTrainer(PairedSAETrainer):
     def _reset_running_sparsity_stats(self) -> None:
         self.act_freq_scores = torch.zeros(self.sae.n_latents, device=self.cfg.device)
         self.n_frac_active_samples = 0
+
+
+class DistributedCLTTrainer(DistributedTrainerMixin, CLTTrainer):
+    """:class:`CLTTrainer` under torchrun (:mod:`~sdl_anchor.integrations.distributed`)."""
 
 
 @dataclasses.dataclass

@@ -15,7 +15,13 @@ With the global batch ``B`` split as ``B / world_size`` rows per rank, the resul
 training on batches of ``B`` (the same data, the same seed) up to float reduction order: the loss is a
 mean over rows, DDP averages the ranks' gradients, and the trainer counts samples and steps globally.
 BatchTopK's batch-level selection (and its threshold) sees the rank's rows only, as BatchNorm does under
-DDP without synchronisation.
+DDP without synchronisation; the ranks keep rank 0's threshold (DDP broadcasts buffers before each forward,
+and ``fit`` once more at the end).
+
+Cross-layer transcoders use the same classes (:class:`~sdl_anchor.integrations.clt_training.
+DistributedCLTTrainer`, :class:`~sdl_anchor.integrations.clt_resampling.DistributedCLTResamplingTrainer`):
+their statistics cover all ``n_layers * d_sae`` latents, and a resampling event's update is a list of
+per-layer updates (``_update_to`` / ``_apply_decided``).
 """
 
 from __future__ import annotations
@@ -272,20 +278,25 @@ class DistributedResamplingSAETrainer(DistributedTrainerMixin, ResamplingSAETrai
         payload: list[Any] = [None]
         if self.context.is_main:
             record, update = self._resample_on(*gathered)
-            payload = [(record, None if update is None else _to_cpu(update))]
+            payload = [(record, None if update is None else self._update_to(update, torch.device("cpu")))]
         dist.broadcast_object_list(payload, src=0)
         record, update = payload[0]
-        if not self.context.is_main and update is not None and update.latents.numel():
-            self._apply(_to_device(update, self.sae.W_enc.device))
+        if not self.context.is_main and update is not None:
+            self._apply_decided(self._update_to(update, self.sae.W_enc.device))
         return self._finish_event(record, step, started)
+
+    def _update_to(self, update: Any, device: torch.device) -> Any:
+        """The update ``_resample_on`` returned, on ``device`` (to broadcast it, then to apply it)."""
+        return _to_device(update, device)
+
+    def _apply_decided(self, update: Any) -> None:
+        """Apply, on a rank other than 0, the update rank 0 decided and applied."""
+        if update.latents.numel():
+            self._apply(update)
 
 
 def _rank_pool_file(rank: int) -> str:
     return f"resampling_pool.rank{rank}.safetensors"
-
-
-def _to_cpu(update: ResampleUpdate) -> ResampleUpdate:
-    return _to_device(update, torch.device("cpu"))
 
 
 def _to_device(update: ResampleUpdate, device: torch.device) -> ResampleUpdate:

@@ -2,7 +2,10 @@
 rows of every batch). ``tests/test_distributed.py`` compares the two.
 
 ``torchrun --nproc_per_node 2 tests/ddp_worker.py ARCHITECTURE OUT_DIR [--resampling S] [--batch B]
-[--config-seed N] [--resume-at S]``: every rank saves its final weights and resampling log to ``OUT_DIR/rank<r>.pt``."""
+[--config-seed N] [--resume-at S]``: every rank saves its final weights and resampling log to ``OUT_DIR/rank<r>.pt``.
+``ARCHITECTURE`` may list several runs, ``ARCH[:RESAMPLING],...`` (one launch trains each in turn): then each
+rank saves ``OUT_DIR/<ARCH>.<RESAMPLING>.rank<r>.pt``. A cross-layer transcoder (``..._clt``) spans 2 layers
+of ``D / 2``."""
 
 import argparse
 import sys
@@ -13,6 +16,8 @@ from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.registry import get_sae_training_class
 
 import sdl_anchor as sa
+from sdl_anchor.integrations.clt_resampling import CLTResamplingTrainer, DistributedCLTResamplingTrainer
+from sdl_anchor.integrations.clt_training import CLTTrainer, DistributedCLTTrainer
 from sdl_anchor.integrations.distributed import (
     DistributedPairedSAETrainer,
     DistributedResamplingSAETrainer,
@@ -26,6 +31,7 @@ from sdl_anchor.resampling import ResamplingConfig
 
 STEPS = 12
 D, D_SAE = 32, 128
+CLT_LAYERS = 2  # a CLT reads x_in as 2 layers of D / 2 and writes x_out as 2 layers of D / 2
 
 
 def batches(kind: str, batch_size: int) -> list:
@@ -46,7 +52,11 @@ def batches(kind: str, batch_size: int) -> list:
 def build(architecture: str):
     sae_class, config_class = get_sae_training_class(architecture)
     fields = {"d_sae": D_SAE, "dtype": "float64"}
-    if "crosscoder" in architecture:
+    if architecture.endswith("_clt"):
+        fields.update(
+            d_in=D // CLT_LAYERS, d_out=D // CLT_LAYERS, n_layers=CLT_LAYERS, d_sae=D_SAE // CLT_LAYERS
+        )
+    elif "crosscoder" in architecture:
         fields.update(d_in=2 * D, n_sources=2)
     elif "transcoder" in architecture:
         fields.update(d_in=D, d_out=D)
@@ -70,7 +80,7 @@ def train(
     checkpoint under ``out``, and finishes in a fresh trainer resumed from it."""
     kind = (
         "transcoder"
-        if "transcoder" in architecture
+        if "transcoder" in architecture or architecture.endswith("_clt")
         else "crosscoder"
         if "crosscoder" in architecture
         else "sae"
@@ -103,13 +113,17 @@ def train(
         kwargs["resampling"] = ResamplingConfig(
             strategy=resampling, every_n_steps=6, dead_steps=3, pool_size=4 * batch_size, max_events=1
         )
+    trainer_classes = {  # (one process, under torchrun), by (CLT, resampling)
+        (False, False): (PairedSAETrainer, DistributedPairedSAETrainer),
+        (False, True): (ResamplingSAETrainer, DistributedResamplingSAETrainer),
+        (True, False): (CLTTrainer, DistributedCLTTrainer),
+        (True, True): (CLTResamplingTrainer, DistributedCLTResamplingTrainer),
+    }
+    single, distributed = trainer_classes[architecture.endswith("_clt"), resampling != "none"]
     if context is None:
-        trainer = (ResamplingSAETrainer if resampling != "none" else PairedSAETrainer)(**kwargs)
+        trainer = single(**kwargs)
     else:
-        trainer_class = (
-            DistributedResamplingSAETrainer if resampling != "none" else DistributedPairedSAETrainer
-        )
-        trainer = trainer_class(**kwargs, context=context)
+        trainer = distributed(**kwargs, context=context)
     if resume_at is None:
         trainer.fit()
         return sae, trainer
@@ -148,25 +162,31 @@ def main(argv: list[str]) -> None:
     if args.config_seed is not None:
         config["seed"] = args.config_seed + context.rank
     check_same_config(config, context)
-    try:
-        sae, trainer = train(
-            args.architecture, args.batch, args.resampling, context, args.resume_at, args.out, args.nan_at
+    runs = [spec.partition(":") for spec in args.architecture.split(",")]
+    for architecture, _, resampling in runs:
+        try:
+            sae, trainer = train(
+                architecture, args.batch, resampling or args.resampling, context, args.resume_at, args.out,
+                args.nan_at,
+            )  # fmt: skip
+        except ValueError as err:
+            print(f"rank {context.rank}: {err}", file=sys.stderr)
+            sys.exit(3)
+        state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
+        log = getattr(trainer, "resample_log", [])
+        name = f"rank{context.rank}.pt"
+        if len(runs) > 1:
+            name = f"{architecture}.{resampling or args.resampling}.{name}"
+        torch.save(
+            {
+                "state": state,
+                "resample_log": log,
+                "passes_since_fired": trainer.n_forward_passes_since_fired,
+                "act_freq_scores": trainer.act_freq_scores,
+                "n_training_samples": trainer.n_training_samples,
+            },
+            args.out / name,
         )
-    except ValueError as err:
-        print(f"rank {context.rank}: {err}", file=sys.stderr)
-        sys.exit(3)
-    state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
-    log = getattr(trainer, "resample_log", [])
-    torch.save(
-        {
-            "state": state,
-            "resample_log": log,
-            "passes_since_fired": trainer.n_forward_passes_since_fired,
-            "act_freq_scores": trainer.act_freq_scores,
-            "n_training_samples": trainer.n_training_samples,
-        },
-        args.out / f"rank{context.rank}.pt",
-    )
 
 
 if __name__ == "__main__":

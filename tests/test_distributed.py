@@ -65,6 +65,53 @@ def test_batchtopk_ranks_stay_identical(tmp_path):
     assert first["resample_log"][0]["resample/latents"] == second["resample_log"][0]["resample/latents"] > 0
 
 
+CLT_RUNS = ["topk_clt:theory", "topk_clt:anthropic", "jumprelu_clt:none", "batchtopk_clt:theory"]
+
+
+def test_two_ranks_train_the_cross_layer_transcoder_one_process_trains(tmp_path):
+    """One launch, four CLT runs (2 layers): TopK with a theory and an anthropic event and JumpReLU match one
+    process on the global batches (weights, dead-latent counters over all n_layers * d_sae latents, the event's
+    per-layer updates); BatchTopK (selection within each rank's rows) keeps its ranks identical, thresholds
+    included."""
+    done = torchrun(str(TESTS / "ddp_worker.py"), ",".join(CLT_RUNS), str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run in CLT_RUNS:
+        architecture, resampling = run.split(":")
+        ranks = [
+            torch.load(tmp_path / f"{architecture}.{resampling}.rank{r}.pt", weights_only=True)
+            for r in range(2)
+        ]
+        if architecture == "batchtopk_clt":
+            first, second = ranks
+            for name, tensor in first["state"].items():
+                assert torch.equal(tensor, second["state"][name]), name
+            assert (first["state"]["topk_threshold"] > 0).all()
+            assert torch.equal(first["passes_since_fired"], second["passes_since_fired"])
+            assert (
+                first["resample_log"][0]["resample/latents"]
+                == second["resample_log"][0]["resample/latents"]
+                > 0
+            )
+            continue
+        sae, trainer = train(architecture, 64, resampling)  # one process, batches of 64
+        for name, reference in sae.state_dict().items():
+            for rank in ranks:
+                assert torch.allclose(rank["state"][name], reference, rtol=1e-6, atol=1e-9), (run, name)
+        assert trainer.n_forward_passes_since_fired.shape == (sae.n_latents,)
+        for rank in ranks:
+            assert torch.equal(rank["passes_since_fired"], trainer.n_forward_passes_since_fired), run
+            assert torch.allclose(rank["act_freq_scores"], trainer.act_freq_scores), run
+            assert rank["n_training_samples"] == trainer.n_training_samples == 12 * 64
+        if resampling != "none":
+            (event,) = trainer.resample_log
+            assert event["resample/latents"] > 0 and event["resample/step"] == 6, run
+            for rank in ranks:
+                (theirs,) = rank["resample_log"]
+                for key in ("resample/latents", "resample/split", "resample/dead_before"):
+                    assert theirs[key] == event[key], (run, key)
+                assert theirs["resample/loss_after"] == pytest.approx(event["resample/loss_after"], rel=1e-9)
+
+
 def test_mismatched_configs_fail_on_every_rank(tmp_path):
     done = torchrun(str(TESTS / "ddp_worker.py"), "topk", str(tmp_path), "--config-seed", "0")
     assert done.returncode != 0
