@@ -138,41 +138,58 @@ def test_anchoring_holds_anchored_latents_during_training(bench, anchor_file):
     assert cos.min() > 0.95
 
 
+# loads every saved SAE (one folder per argument) in a process that never imports sdl_anchor
 SUBPROCESS = """
 import json, sys, torch
 from sae_lens import SAE
-sae = SAE.load_from_disk(sys.argv[1])
-x = torch.load(sys.argv[2], weights_only=True)
-print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("sdl_anchor")),
-                  "architecture": sae.cfg.architecture(), "out": sae(x).tolist()}))
+results = {}
+for folder in sys.argv[1:]:
+    sae = SAE.load_from_disk(folder)
+    x = torch.load(f"{folder}/x.pt", weights_only=True)
+    results[folder] = {"architecture": sae.cfg.architecture(), "out": sae(x).tolist()}
+print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("sdl_anchor")), "saes": results}))
 """
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_saved_model_is_stock_sae_lens_without_anchors(activation, bench, anchor_file, tmp_path):
-    torch.manual_seed(0)
-    sae = make(activation, anchor_file)
-    sa.train_on_bench(sae, bench, n_steps=20, batch_size=64, show_progress=False)
-    sae.save_inference_model(tmp_path / "sae")
-    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
-    assert cfg["architecture"] == INFERENCE[activation]
-    from safetensors.torch import load_file
-
-    weights = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))
-    assert not any("anchor" in name for name in weights)
-    x = bench.sample(16).x_in
-    torch.save(x, tmp_path / "x.pt")
+@pytest.fixture(scope="module")
+def saved_anchored_saes(bench, anchor_file, tmp_path_factory):
+    """Each activation's anchored SAE, trained briefly and saved, then loaded back in one fresh process that
+    never imports sdl_anchor: ``({activation: (trained sae, folder, x)}, that process's report)``."""
+    root = tmp_path_factory.mktemp("saved")
+    saved = {}
+    for activation in ACTIVATIONS:
+        torch.manual_seed(0)
+        sae = make(activation, anchor_file)
+        sa.train_on_bench(sae, bench, n_steps=20, batch_size=64, show_progress=False)
+        folder = root / activation
+        sae.save_inference_model(folder)
+        x = bench.sample(16).x_in
+        torch.save(x, folder / "x.pt")
+        saved[activation] = (sae, folder, x)
     result = subprocess.run(
-        [sys.executable, "-c", SUBPROCESS, str(tmp_path / "sae"), str(tmp_path / "x.pt")],
+        [sys.executable, "-c", SUBPROCESS, *(str(folder) for _, folder, _ in saved.values())],
         capture_output=True,
         text=True,
         check=True,
     )
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert loaded["modules"] == [] and loaded["architecture"] == INFERENCE[activation]
+    return saved, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_saved_model_is_stock_sae_lens_without_anchors(activation, saved_anchored_saes):
+    saved, report = saved_anchored_saes
+    sae, folder, x = saved[activation]
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["architecture"] == INFERENCE[activation]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    assert not any("anchor" in name for name in weights)
+    loaded = report["saes"][str(folder)]
+    assert report["modules"] == [] and loaded["architecture"] == INFERENCE[activation]
     from sae_lens import SAE
 
-    expected = SAE.load_from_disk(str(tmp_path / "sae"))(x)
+    expected = SAE.load_from_disk(str(folder))(x)
     sae.eval()
     assert torch.allclose(torch.tensor(loaded["out"]), expected, atol=1e-5)
 
