@@ -6,7 +6,8 @@ computes the same loss (MSE, SAELens's AuxK loss on dead latents, Matryoshka's i
 threshold update) with :mod:`sdl_anchor.sparse_topk`'s kernels, so that only the encoder's forward product
 is dense. Its gradients equal the dense step's to float round-off (``tests/test_sparse_step.py`` checks
 every architecture and coder kind against SAELens's own step on the same weights and batch), and the saved
-model is the same SAELens model.
+model is the same SAELens model. TopK and BatchTopK cross-layer transcoders take the same step layer by layer
+(:mod:`~sdl_anchor.integrations.clt_sparse_step`, decided by :func:`dense_step_reason` too).
 
 Config field ``sparse_backward``: True, False, or None (the default) for "where it is measured faster",
 which is the CPU (``bench perf``'s ``sparse`` rows; on a GPU the dense step is kept until measured). The
