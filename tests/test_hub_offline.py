@@ -140,22 +140,48 @@ def test_coder_runner_loads_gpt2_by_name(hub, tmp_path, kind):
     assert (tmp_path / kind / "cfg.json").exists()
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--release", "no-such-release", "--sae-id", "x", "--model", "gpt2"], "lists no release 'no-such-release'"),
-        (["--release", "gpt2-small-res-jb", "--sae-id", "blocks.99.nope", "--model", "gpt2"], "has no SAE"),
-        (["--release", "gpt2-small-res-jb", "--sae-id", "blocks.0.hook_resid_pre", "--model", "not-a-model"],
-         "TransformerLens knows no model 'not-a-model'"),
-        (["--release", "gpt2-small-res-jb", "--sae-id", "blocks.5.hook_resid_pre", "--model", "gpt2"],
-         "HF_HUB_OFFLINE is set"),
-    ],
-)  # fmt: skip
-def test_bad_hub_input_exits_2_with_a_message_and_writes_nothing(hub, tmp_path, argv, message):
-    done = run(hub, "-m", "sdl_anchor", "audit", "absorption", *argv, "--out", str(tmp_path / "out"))
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
-    assert not (tmp_path / "out").exists()
+BAD_HUB_INPUT = [
+    (["--release", "no-such-release", "--sae-id", "x", "--model", "gpt2"], "lists no release 'no-such-release'"),
+    (["--release", "gpt2-small-res-jb", "--sae-id", "blocks.99.nope", "--model", "gpt2"], "has no SAE"),
+    (["--release", "gpt2-small-res-jb", "--sae-id", "blocks.0.hook_resid_pre", "--model", "not-a-model"],
+     "TransformerLens knows no model 'not-a-model'"),
+    (["--release", "gpt2-small-res-jb", "--sae-id", "blocks.5.hook_resid_pre", "--model", "gpt2"],
+     "HF_HUB_OFFLINE is set"),
+]  # fmt: skip
+
+# every bad command of BAD_HUB_INPUT through the CLI's main, in one offline process (one import, not four)
+BAD_INPUT_RUNNER = """
+import contextlib, io, json, sys
+from sdl_anchor.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append({"code": code, "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_hub_input_results(hub, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad-hub-input")
+    commands = [
+        ["audit", "absorption", *argv, "--out", str(out / str(i))]
+        for i, (argv, _) in enumerate(BAD_HUB_INPUT)
+    ]
+    done = run(hub, "-c", BAD_INPUT_RUNNER, json.dumps(commands))
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", range(len(BAD_HUB_INPUT)))
+def test_bad_hub_input_exits_2_with_a_message_and_writes_nothing(bad_hub_input_results, case):
+    out, results = bad_hub_input_results
+    message = BAD_HUB_INPUT[case][1]
+    assert results[case]["code"] == 2, results[case]["stderr"]
+    assert message in results[case]["stderr"] and "Traceback" not in results[case]["stderr"]
+    assert not (out / str(case)).exists()
 
 
 def test_a_transcoder_set_trains_by_model_name_and_exports_for_circuit_tracer(hub, tmp_path):
