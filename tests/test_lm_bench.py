@@ -74,10 +74,8 @@ def test_the_converted_checkpoint_equals_the_gguf_s_tensors_and_is_cached(checkp
     assert capsys.readouterr().out.startswith("cached:")
 
 
-@needs_smollm2
-def test_bench_lm_smoke_scores_every_variant_on_the_real_model(checkpoint, tmp_path, capsys):
-    out = tmp_path / "lm"
-    argv = [
+def smoke_argv(checkpoint, out):
+    return [
         "bench",
         "lm",
         "--preset",
@@ -88,8 +86,25 @@ def test_bench_lm_smoke_scores_every_variant_on_the_real_model(checkpoint, tmp_p
         str(out),
         "--no-progress",
     ]
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def smoke(checkpoint, tmp_path_factory):
+    """``bench lm --preset smoke`` run once: its results and printed table, shared by the tests that read
+    them (the audit below audits its stock SAE)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("lm-smoke") / "lm"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(smoke_argv(checkpoint, out)) == 0
+    return out, printed.getvalue()
+
+
+@needs_smollm2
+def test_bench_lm_smoke_scores_every_variant_on_the_real_model(checkpoint, smoke):
+    out, printed = smoke
     results = json.loads((out / "results.json").read_text())
     assert results["hook"] == "blocks.2.hook_resid_post" and results["corpus"]["name"] == "python-docs"
     assert [r["variant"] for r in results["rows"]] == ["stock", "theory", "anchored+theory"]
@@ -105,8 +120,17 @@ def test_bench_lm_smoke_scores_every_variant_on_the_real_model(checkpoint, tmp_p
         assert (out / "saes" / f"seed0-topk-{row['variant']}" / "cfg.json").exists()
     assert (out / "loss_curves.png").stat().st_size > 0 and (out / "anchors.safetensors").exists()
     assert "anchored+theory" in printed and "CE rec" in printed
+
+
+@needs_smollm2
+def test_a_finished_bench_lm_refuses_to_overwrite_and_resumes_without_retraining(checkpoint, smoke, capsys):
+    out, _ = smoke
+    argv = smoke_argv(checkpoint, out)
+    before = (out / "results.json").read_text()
     assert main(argv) == 2  # results are there: --resume or --overwrite
+    assert "--resume" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0  # every row done: nothing retrained
+    assert json.loads((out / "results.json").read_text())["rows"] == json.loads(before)["rows"]
 
 
 @needs_smollm2
@@ -137,12 +161,12 @@ def test_a_corpus_too_small_for_the_preset_is_refused(checkpoint, tmp_path, caps
 
 
 @needs_smollm2
-def test_the_audit_and_a_transcoder_set_run_on_the_real_model(checkpoint, tmp_path, capsys):
-    """The user's other paths on SmolLM2: a saved SAE audited by --sae-path / --model-path, and a transcoder set
-    on two layers (circuit-tracer's loader knows no SmolLM2, so the export is not checked there)."""
-    out = tmp_path / "lm"
+def test_the_audit_and_a_transcoder_set_run_on_the_real_model(checkpoint, smoke, tmp_path, capsys):
+    """The user's other paths on SmolLM2: a saved SAE (the smoke bench's stock one) audited by --sae-path /
+    --model-path, and a transcoder set on two layers (circuit-tracer's loader knows no SmolLM2, so the export
+    is not checked there)."""
+    out, _ = smoke
     common = ["--model-path", str(checkpoint), "--no-progress"]
-    assert main(["bench", "lm", "--preset", "smoke", "--variants", "stock", "--out", str(out), *common]) == 0
     audit = ["audit", "absorption", "--sae-path", str(out / "saes" / "seed0-topk-stock"), "--model", "smollm2",
              "--out", str(tmp_path / "audit"), "--max-words", "300", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     assert main([*audit, *common]) == 0
