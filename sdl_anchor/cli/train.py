@@ -42,6 +42,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -369,6 +370,70 @@ def _interrupted_message(stop: Any) -> str:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerCoderRun:
+    """What differs between the coders ``--layers`` trains (a transcoder set, a cross-layer transcoder) for
+    :func:`train_layer_coder`: the runner class, the summary's ``kind`` and the key of its saved path, its
+    spliced evaluation ``evaluate(runner, saved_path)``, the entries ``record(runner)`` adds to the summary
+    (resampling, kernels), and the sentence ``sentence(trained, summary, forward_passes)`` printed for it."""
+
+    runner_class: Any
+    kind: str
+    path_key: str
+    evaluate: Callable[[Any, Path], dict[str, float]]
+    record: Callable[[Any], dict[str, Any]]
+    sentence: Callable[[Any, dict[str, Any], int], str]
+
+
+def train_layer_coder(
+    ours: argparse.Namespace,
+    config: Any,
+    model: Any,
+    resampling: Any,
+    coder_path: Path,
+    summary_path: Path,
+    partial: Path,
+    started: float,
+    run: LayerCoderRun,
+) -> int:
+    """Train ``run``'s coder over ``--layers`` into ``partial``, rename it onto ``coder_path``, write the
+    summary; return the exit code."""
+    from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS
+    from sdl_anchor.io import write_json
+
+    hooks = tuple(ours.layer_hooks or DEFAULT_LAYER_HOOKS)
+    try:
+        runner = run.runner_class(
+            config, layers=ours.layers, hooks=hooks, override_model=model, resampling=resampling
+        )
+        passes = count_forward_passes(runner.model)
+        trained = runner.run()
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    shutil.rmtree(coder_path, ignore_errors=True)
+    partial.rename(coder_path)  # the coder is kept first: whatever fails below, it is on disk
+    print(f"wrote {coder_path}")
+    summary = {
+        **trained.manifest(),
+        "kind": run.kind,
+        "training_tokens": config.training_tokens,
+        "n_steps": config.training_tokens // config.train_batch_size_tokens,
+        "model_forward_passes": passes["count"],
+        "wall_seconds": seconds,
+        run.path_key: str(coder_path),
+        "eval": run.evaluate(runner, coder_path),
+    }
+    summary.update(run.record(runner))
+    path = write_json(summary_path, summary)
+    print(run.sentence(trained, summary, passes["count"]))  # the count now includes the evaluation's passes
+    for key, value in summary["eval"].items():
+        print(f"  {key}: {value:.4f}")
+    print(f"wrote {path}")
+    return 0
+
+
 def _train_set(
     ours: argparse.Namespace,
     config: Any,
@@ -380,45 +445,28 @@ def _train_set(
     started: float,
 ) -> int:
     """``sdl-anchor train --layers ...``: a transcoder set, saved to ``set_path``, and its summary."""
-    from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS, TranscoderSetRunner
-    from sdl_anchor.io import write_json
+    from sdl_anchor.integrations.transcoder_set import TranscoderSetRunner
 
-    hooks = tuple(ours.layer_hooks or DEFAULT_LAYER_HOOKS)
-    try:
-        runner = TranscoderSetRunner(
-            config, layers=ours.layers, hooks=hooks, override_model=model, resampling=resampling
+    def kernels(runner: Any) -> dict[str, Any]:
+        chosen = [coder.cfg.metadata.kernels for coder in runner.saes.values() if coder.cfg.metadata.kernels]
+        return {"kernels": chosen[0]} if chosen else {}  # one shape for every layer, so one choice
+
+    def sentence(transcoder_set: Any, summary: dict[str, Any], forward_passes: int) -> str:
+        return (
+            f"trained {len(transcoder_set.layers)} {summary['architecture']} transcoders (layers "
+            f"{','.join(map(str, transcoder_set.layers))}) in {summary['wall_seconds']:.1f} s from "
+            f"{forward_passes} model forward passes"
         )
-        passes = count_forward_passes(runner.model)
-        transcoder_set = runner.run()
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    seconds = time.perf_counter() - started
-    shutil.rmtree(set_path, ignore_errors=True)
-    partial.rename(set_path)  # the set is kept first: whatever fails below, it is on disk
-    print(f"wrote {set_path}")
-    summary = {
-        **transcoder_set.manifest(),
-        "kind": "transcoder_set",
-        "training_tokens": config.training_tokens,
-        "n_steps": config.training_tokens // config.train_batch_size_tokens,
-        "model_forward_passes": passes["count"],
-        "wall_seconds": seconds,
-        "set_path": str(set_path),
-        "eval": runner.set_evaluator(runner.saes, None, None, None),
-    }
-    kernels = [coder.cfg.metadata.kernels for coder in runner.saes.values() if coder.cfg.metadata.kernels]
-    if kernels:  # one shape for every layer, so one choice
-        summary["kernels"] = kernels[0]
-    path = write_json(summary_path, summary)
-    print(
-        f"trained {len(transcoder_set.layers)} {summary['architecture']} transcoders (layers "
-        f"{','.join(map(str, transcoder_set.layers))}) in {seconds:.1f} s from {passes['count']} model forward passes"
+
+    run = LayerCoderRun(
+        runner_class=TranscoderSetRunner,
+        kind="transcoder_set",
+        path_key="set_path",
+        evaluate=lambda runner, _path: runner.set_evaluator(runner.saes, None, None, None),
+        record=kernels,
+        sentence=sentence,
     )
-    for key, value in summary["eval"].items():
-        print(f"  {key}: {value:.4f}")
-    print(f"wrote {path}")
-    return 0
+    return train_layer_coder(ours, config, model, resampling, set_path, summary_path, partial, started, run)
 
 
 def count_forward_passes(model: Any) -> dict[str, int]:

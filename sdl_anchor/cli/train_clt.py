@@ -8,8 +8,6 @@ CLT's reconstruction at once; ``layer_<L>/...``: each layer alone), of the CLT a
 from __future__ import annotations
 
 import argparse
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,48 +34,30 @@ def train_clt(
     started: float,
 ) -> int:
     """Train the CLT into ``partial``, rename it onto ``clt_path``, write the summary; return the exit code."""
-    from sdl_anchor.cli.train import count_forward_passes
+    from sdl_anchor.cli.train import LayerCoderRun, train_layer_coder
     from sdl_anchor.integrations.clt_training import CLTBundle, CrossLayerTranscoderRunner
-    from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS
-    from sdl_anchor.io import write_json
 
-    hooks = tuple(ours.layer_hooks or DEFAULT_LAYER_HOOKS)
-    try:
-        runner = CrossLayerTranscoderRunner(
-            config, layers=ours.layers, hooks=hooks, override_model=model, resampling=resampling
+    def evaluate(runner: Any, saved_path: Path) -> dict[str, float]:
+        saved = CLTBundle.load(saved_path, device=str(runner.sae.device))  # as saved (BatchTopK: JumpReLU)
+        return runner.evaluator(saved.coder)
+
+    def resampling_record(runner: Any) -> dict[str, Any]:
+        record = getattr(runner.sae.cfg.metadata, "resampling", None)
+        return {"resampling": record} if record else {}
+
+    def sentence(bundle: Any, summary: dict[str, Any], forward_passes: int) -> str:
+        return (
+            f"trained a {summary['architecture']} cross-layer transcoder over layers "
+            f"{','.join(map(str, bundle.layers))} in {summary['wall_seconds']:.1f} s from "
+            f"{summary['model_forward_passes']} model forward passes"
         )
-        passes = count_forward_passes(runner.model)
-        bundle = runner.run()
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    seconds = time.perf_counter() - started
-    shutil.rmtree(clt_path, ignore_errors=True)
-    partial.rename(clt_path)  # the CLT is kept first: whatever fails below, it is on disk
-    print(f"wrote {clt_path}")
-    training_passes = passes["count"]
-    saved = CLTBundle.load(
-        clt_path, device=str(runner.sae.device)
-    )  # evaluated as saved (BatchTopK: JumpReLU)
-    summary = {
-        **bundle.manifest(),
-        "kind": "cross_layer_transcoder",
-        "training_tokens": config.training_tokens,
-        "n_steps": config.training_tokens // config.train_batch_size_tokens,
-        "model_forward_passes": training_passes,
-        "wall_seconds": seconds,
-        "clt_path": str(clt_path),
-        "eval": runner.evaluator(saved.coder),
-    }
-    resampling_record = getattr(runner.sae.cfg.metadata, "resampling", None)
-    if resampling_record:
-        summary["resampling"] = resampling_record
-    path = write_json(summary_path, summary)
-    print(
-        f"trained a {summary['architecture']} cross-layer transcoder over layers "
-        f"{','.join(map(str, bundle.layers))} in {seconds:.1f} s from {training_passes} model forward passes"
+
+    run = LayerCoderRun(
+        runner_class=CrossLayerTranscoderRunner,
+        kind="cross_layer_transcoder",
+        path_key="clt_path",
+        evaluate=evaluate,
+        record=resampling_record,
+        sentence=sentence,
     )
-    for key, value in summary["eval"].items():
-        print(f"  {key}: {value:.4f}")
-    print(f"wrote {path}")
-    return 0
+    return train_layer_coder(ours, config, model, resampling, clt_path, summary_path, partial, started, run)
