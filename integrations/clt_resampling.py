@@ -168,12 +168,10 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
                 sae.cfg.jumprelu_init_threshold
             )
         # per-layer parameters: the moments of this layer's slice only ([layer] then the latent dimension)
-        for param, dim in ((sae.W_enc, 1), (sae.b_enc, 0), (threshold, 0)):
-            state = self.optimizer.state.get(param) if isinstance(param, torch.nn.Parameter) else None
-            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                moment = (state or {}).get(key)
-                if isinstance(moment, torch.Tensor) and moment.shape == param.shape:
-                    moment[layer].index_fill_(dim, latents, 0.0)
+        stacked = [(sae.W_enc, 1), (sae.b_enc, 0)]
+        if isinstance(threshold, torch.nn.Parameter):
+            stacked.append((threshold, 0))
+        reset_adam_state(self.optimizer, stacked, latents, layer=layer)
         reset_adam_state(self.optimizer, [(sae.W_dec[layer], 0)], latents)
         flat = layer * sae.cfg.d_sae + latents
         self.n_forward_passes_since_fired[flat] = 0

@@ -166,6 +166,27 @@ def test_adam_reset_touches_exactly_the_resampled_latents():
             assert not now.index_select(dim, latents).any()
 
 
+def test_adam_reset_of_one_layer_touches_only_that_layers_slice():
+    W_enc = torch.nn.Parameter(torch.randn(3, 4, 6))  # [n_layers, d_in, d_sae], as a CLT's
+    b_enc = torch.nn.Parameter(torch.randn(3, 6))
+    optimizer = torch.optim.Adam([W_enc, b_enc], lr=1e-2, amsgrad=True)
+    for _ in range(2):
+        optimizer.zero_grad()
+        (W_enc.pow(2).sum() + b_enc.pow(3).sum()).backward()
+        optimizer.step()
+    before = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in (W_enc, b_enc)}
+    latents = torch.tensor([1, 4])
+    touched = reset_adam_state(optimizer, [(W_enc, 1), (b_enc, 0)], latents, layer=2)
+    assert touched == 6  # exp_avg, exp_avg_sq and max_exp_avg_sq of both
+    for param, dim in ((W_enc, 2), (b_enc, 1)):  # the latent dimension of the whole parameter
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            now, then = optimizer.state[param][key], before[id(param)][key]
+            expected = then.clone()
+            expected[2].index_fill_(dim - 1, latents, 0.0)
+            assert torch.equal(now, expected)  # layer 2's latents 1 and 4 zeroed, all else bit for bit
+            assert then[2].index_select(dim - 1, latents).any()
+
+
 @pytest.mark.parametrize(
     "architecture, kind, extra",
     [
