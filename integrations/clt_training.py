@@ -16,14 +16,24 @@ on a TransformerLens model, as transcoder sets are trained (:mod:`~sdl_anchor.in
   widths), written to a temporary folder and renamed when complete, and loads it back.
 
 With ``resampling=ResamplingConfig(...)`` dead latents are resampled layer by layer
-(:class:`~sdl_anchor.integrations.clt_resampling.CLTResamplingTrainer`). Not supported yet (refused with an
-error): merging duplicate latents (``duplicate_cosine``), torchrun and resuming.
+(:class:`~sdl_anchor.integrations.clt_resampling.CLTResamplingTrainer`).
+
+Under ``torchrun`` the runner trains data-parallel as :class:`~sdl_anchor.integrations.coder_runner.
+CoderTrainingRunner` does (:mod:`~sdl_anchor.integrations.distributed`): every rank checks it got the same
+config, reads its own shard of the dataset and ``train_batch_size_tokens / world_size`` rows per step;
+gradients are averaged by DDP, the dead-latent statistics of all ``n_layers * d_sae`` latents all-reduced
+every step, a resampling event decided on rank 0 from every rank's pool and broadcast
+(:class:`DistributedCLTTrainer`, :class:`~sdl_anchor.integrations.clt_resampling.
+DistributedCLTResamplingTrainer`); BatchTopK chooses its latents within each rank's rows and the ranks keep
+rank 0's thresholds (so ``metadata.train_batch_size_tokens``, the batch a BatchTopK CLT's conversion to
+per-latent thresholds assumes, records the per-rank batch). Rank 0 alone logs to W&B and saves the CLT.
+
+Not supported yet (refused with an error): merging duplicate latents (``duplicate_cosine``) and resuming.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,7 +49,7 @@ from sdl_anchor.integrations.coder_hooks import check_coder_hooks
 from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainingRunner, HfDataset
 from sdl_anchor.integrations.compat import set_sae_metadata
 from sdl_anchor.integrations.cross_layer_transcoder import CLT_INFERENCE_ARCHITECTURE, CLTConfigFields
-from sdl_anchor.integrations.distributed import DistributedTrainerMixin
+from sdl_anchor.integrations.distributed import DistributedTrainerMixin, init_distributed, local_batch_size
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.splice import evaluate_spliced_layers
 from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS, layer_hooks, resolve_layers
@@ -332,8 +342,6 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
     ) -> None:
         if override_dataset is None and cfg.dataset_path == "":
             raise ValueError("give a dataset: set dataset_path in the config or pass override_dataset")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("cross-layer transcoders train in one process for now; run without torchrun")
         for flag in ("resume_from_checkpoint", "from_pretrained_path"):
             if getattr(cfg, flag, None) is not None:
                 raise ValueError(f"{flag} is not supported for cross-layer transcoders yet; train afresh")
@@ -365,7 +373,7 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
             hook_d_ins |= check_coder_hooks(
                 self.model, layer_hooks(layer, self.hooks), template, "transcoder"
             )
-        self.context = None
+        self.context = init_distributed(cfg.device)
         self.activations_store = self._activation_store(override_dataset, hook_d_ins)
         torch.manual_seed(cfg.seed)
         config = TrainingSAEConfig.from_dict({**sae_dict, "n_layers": len(self.layers)})
@@ -383,8 +391,12 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
         # what the circuit-tracer export reads: the model's layer count (a CLT must cover every layer) and
         # the batch BatchTopK chose its latents over (converting it to per-latent JumpReLU thresholds)
         self.sae.cfg.metadata.model_n_layers = int(self.model.cfg.n_layers)
-        self.sae.cfg.metadata.train_batch_size_tokens = int(self.cfg.train_batch_size_tokens)
-        if self.cfg.logger.log_to_wandb:
+        batch = self.cfg.train_batch_size_tokens
+        if self.context is not None:  # BatchTopK chose within each rank's rows
+            batch = local_batch_size(batch, self.context.world_size)
+        self.sae.cfg.metadata.train_batch_size_tokens = int(batch)
+        main = self.context is None or self.context.is_main
+        if self.cfg.logger.log_to_wandb and main:
             wandb.init(
                 project=self.cfg.logger.wandb_project,
                 entity=self.cfg.logger.wandb_entity,
@@ -400,23 +412,39 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
             "evaluator": self.evaluator,
             "save_checkpoint_fn": self.save_checkpoint,
         }
+        trainer: CLTTrainer
         if self.resampling is None:
-            trainer = CLTTrainer(**kwargs)
+            if self.context is None:
+                trainer = CLTTrainer(**kwargs)
+            else:
+                trainer = DistributedCLTTrainer(**kwargs, context=self.context)
         else:
-            from sdl_anchor.integrations.clt_resampling import CLTResamplingTrainer
+            from sdl_anchor.integrations.clt_resampling import (
+                CLTResamplingTrainer,
+                DistributedCLTResamplingTrainer,
+            )
 
-            trainer = CLTResamplingTrainer(**kwargs, resampling=self.resampling)
+            if self.context is None:
+                trainer = CLTResamplingTrainer(**kwargs, resampling=self.resampling)
+            else:
+                trainer = DistributedCLTResamplingTrainer(
+                    **kwargs, resampling=self.resampling, context=self.context
+                )
         try:
             self.run_trainer_with_interruption_handling(trainer)
         finally:
-            if self.cfg.logger.log_to_wandb:
+            if self.cfg.logger.log_to_wandb and main:
                 wandb.finish()
+        if isinstance(trainer, DistributedTrainerMixin):
+            trainer.unwrap_sae()
         if self.resampling is not None:
             self.sae.cfg.metadata.resampling = {
                 "strategy": self.resampling.strategy,
                 "events": trainer.resample_log,  # type: ignore[attr-defined]
             }
         bundle = CLTBundle(self.sae, self.layers, self.hooks)
-        if self.cfg.output_path is not None:
+        if self.cfg.output_path is not None and main:
             bundle.save(self.cfg.output_path)
+        if self.context is not None:
+            torch.distributed.barrier()  # no rank leaves before rank 0 has written the CLT
         return bundle

@@ -172,6 +172,30 @@ def test_sdl_anchor_train_under_torchrun(workspace, tmp_path):  # noqa: F811
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("wandb")) == ["sae", "train.json"]
 
 
+def test_sdl_anchor_train_a_cross_layer_transcoder_under_torchrun(workspace, tmp_path):  # noqa: F811
+    from sdl_anchor.integrations.clt_training import CLTBundle
+
+    run = [str(workspace / "data") if a == "DATA" else a for a in SMALL_RUN]
+    run[run.index("--training_tokens") + 1] = "2048"  # 8 steps of 256 tokens, 128 a rank
+    out = tmp_path / "run"
+    done = torchrun(
+        "-m", "sdl_anchor", "train", "--out", str(out), "--model-path", str(workspace / "ckpt"), *run,
+        "--architecture", "batchtopk_clt", "--layers", "all", "--k", "4", "--d_in", "32", "--d_out", "32",
+        "--d_sae", "64", "--resampling", "theory", "--resample-every", "4",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["kind"] == "cross_layer_transcoder" and summary["world_size"] == 2
+    assert summary["layers"] == [0, 1] and summary["n_steps"] == 8
+    assert [event["resample/step"] for event in summary["resampling"]["events"]] == [4.0]
+    assert "clt/ce_loss_score" in summary["eval"]
+    assert done.stdout.count("wrote ") == 2  # rank 0 alone reports (and writes)
+    bundle = CLTBundle.load(out / "clt")
+    assert bundle.coder.cfg.n_layers == 2 and bundle.coder.threshold.shape == (2, 64)
+    assert bundle.coder.cfg.metadata.train_batch_size_tokens == 128  # the rows BatchTopK chose within
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("wandb")) == ["clt", "train.json"]
+
+
 def test_sdl_anchor_train_batch_that_does_not_split_exits_2_on_every_rank(workspace, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     done = _cli(workspace, out, "--train_batch_size_tokens", "255")

@@ -397,7 +397,8 @@ def train_layer_coder(
     run: LayerCoderRun,
 ) -> int:
     """Train ``run``'s coder over ``--layers`` into ``partial``, rename it onto ``coder_path``, write the
-    summary; return the exit code."""
+    summary; return the exit code. Under torchrun (a CLT's runner joins the process group) every rank trains
+    and rank 0 alone renames, evaluates and writes the summary (with ``world_size``)."""
     from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS
     from sdl_anchor.io import write_json
 
@@ -408,9 +409,15 @@ def train_layer_coder(
         )
         passes = count_forward_passes(runner.model)
         trained = runner.run()
+        context = getattr(runner, "context", None)  # under torchrun (a CLT): rank 0 alone writes
+        if context is not None:
+            torch.distributed.destroy_process_group()
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
+    if context is not None and not context.is_main:
+        return 0
     seconds = time.perf_counter() - started
     shutil.rmtree(coder_path, ignore_errors=True)
     partial.rename(coder_path)  # the coder is kept first: whatever fails below, it is on disk
@@ -422,6 +429,7 @@ def train_layer_coder(
         "n_steps": config.training_tokens // config.train_batch_size_tokens,
         "model_forward_passes": passes["count"],
         "wall_seconds": seconds,
+        "world_size": 1 if context is None else context.world_size,
         run.path_key: str(coder_path),
         "eval": run.evaluate(runner, coder_path),
     }
