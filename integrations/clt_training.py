@@ -52,7 +52,12 @@ from sdl_anchor.integrations.cross_layer_transcoder import CLT_INFERENCE_ARCHITE
 from sdl_anchor.integrations.distributed import DistributedTrainerMixin, init_distributed, local_batch_size
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.splice import evaluate_spliced_layers
-from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS, layer_hooks, resolve_layers
+from sdl_anchor.integrations.transcoder_set import (
+    DEFAULT_LAYER_HOOKS,
+    LayerSpliceEvaluator,
+    layer_hooks,
+    resolve_layers,
+)
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.io import read_json, write_json
 from sdl_anchor.resampling import ResamplingConfig
@@ -300,30 +305,19 @@ def _splice_hooks(
 
 
 @dataclasses.dataclass
-class SplicedCLTEvaluator:
+class SplicedCLTEvaluator(LayerSpliceEvaluator):
     """The trainer's evaluator: :func:`evaluate_spliced_clt` on fresh token batches from the store, flattened
     to ``clt/...`` and ``layer_L/...`` keys."""
 
-    model: Any
-    activations_store: Any
-    layers: list[int]
-    hooks: tuple[str, str]
-    n_eval_batches: int
-    eval_batch_size_prompts: int | None
-
     def __call__(self, sae: Any, data_provider: Any = None, activation_scaler: Any = None) -> dict[str, Any]:
-        size = self.eval_batch_size_prompts or self.activations_store.store_batch_size_prompts
-        batches = [self.activations_store.get_batch_tokens(size) for _ in range(self.n_eval_batches)]
+        batches = self.token_batches()
         was_training = sae.training
         sae.eval()
         try:
             result = evaluate_spliced_clt(sae, self.model, batches, self.layers, self.hooks)
         finally:
             sae.train(was_training)
-        flat = {f"clt/{k}": v for k, v in result["clt"].items()}
-        for layer, values in result["layers"].items():
-            flat.update({f"layer_{layer}/{k}": v for k, v in values.items()})
-        return flat
+        return self.flatten(result, "clt")
 
 
 class CrossLayerTranscoderRunner(CoderTrainingRunner):

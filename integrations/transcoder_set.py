@@ -251,9 +251,10 @@ def _splice(coder: Any, layer: int, hooks: Sequence[str]) -> list[tuple[str, Any
 
 
 @dataclasses.dataclass
-class TranscoderSetEvaluator:
-    """``MultiSAETrainer``'s evaluator: :func:`evaluate_spliced_set` on fresh token batches, flattened to
-    ``set/...`` and ``layer_L/...`` keys."""
+class LayerSpliceEvaluator:
+    """What the per-layer spliced evaluators (:class:`TranscoderSetEvaluator`, the CLT's
+    :class:`~sdl_anchor.integrations.clt_training.SplicedCLTEvaluator`) share: fresh token batches from the
+    store, and the result flattened to ``<name>/...`` and ``layer_L/...`` keys."""
 
     model: Any
     activations_store: Any
@@ -262,17 +263,29 @@ class TranscoderSetEvaluator:
     n_eval_batches: int
     eval_batch_size_prompts: int | None
 
-    def __call__(
-        self, saes: dict[str, Any], data_provider: Any, scalers: Any, hook_names: Any
-    ) -> dict[str, Any]:
+    def token_batches(self) -> list[torch.Tensor]:
         size = self.eval_batch_size_prompts or self.activations_store.store_batch_size_prompts
-        batches = [self.activations_store.get_batch_tokens(size) for _ in range(self.n_eval_batches)]
-        transcoders = {layer: saes[f"layer_{layer}"] for layer in self.layers}
-        result = evaluate_spliced_set(transcoders, self.model, batches, self.hooks)
-        flat = {f"set/{k}": v for k, v in result["set"].items()}
+        return [self.activations_store.get_batch_tokens(size) for _ in range(self.n_eval_batches)]
+
+    @staticmethod
+    def flatten(result: dict[str, Any], name: str) -> dict[str, Any]:
+        flat = {f"{name}/{k}": v for k, v in result[name].items()}
         for layer, values in result["layers"].items():
             flat.update({f"layer_{layer}/{k}": v for k, v in values.items()})
         return flat
+
+
+@dataclasses.dataclass
+class TranscoderSetEvaluator(LayerSpliceEvaluator):
+    """``MultiSAETrainer``'s evaluator: :func:`evaluate_spliced_set` on fresh token batches, flattened to
+    ``set/...`` and ``layer_L/...`` keys."""
+
+    def __call__(
+        self, saes: dict[str, Any], data_provider: Any, scalers: Any, hook_names: Any
+    ) -> dict[str, Any]:
+        batches = self.token_batches()
+        transcoders = {layer: saes[f"layer_{layer}"] for layer in self.layers}
+        return self.flatten(evaluate_spliced_set(transcoders, self.model, batches, self.hooks), "set")
 
 
 class TranscoderSetRunner(CoderTrainingRunner):
