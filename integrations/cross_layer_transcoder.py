@@ -92,6 +92,7 @@ from sdl_anchor.anchoring.clt_anchors import CLTAnchors
 from sdl_anchor.anchoring.loss import ANCHOR_LOSSES, anchor_cosines
 from sdl_anchor.anchoring.loss import anchor_loss as anchor_loss_fn
 from sdl_anchor.integrations.clt_sparse_step import sparse_clt_step
+from sdl_anchor.integrations.paired_trainer import check_training_target, take_training_target
 from sdl_anchor.integrations.sparse_step import SparseBackwardConfigField, dense_step_reason
 
 CLT_INFERENCE_ARCHITECTURE = "cross_layer_transcoder"
@@ -493,11 +494,8 @@ class CLTTrainingSAE(CLTWeightsMixin, TrainingSAE[Any]):
     def set_training_target(self, target: torch.Tensor) -> None:
         """The next step's target, every layer's MLP output concatenated: ``[batch, n_layers * d_out]``
         (set by the trainer with each ``(x_in, x_out)`` batch)."""
-        if target.ndim != 2 or target.shape[-1] != self.n_layers * self.cfg.d_out:
-            raise ValueError(
-                f"CLT targets must be [batch, {self.n_layers} * {self.cfg.d_out}], got {tuple(target.shape)}"
-            )
-        self._training_target = target
+        expected = f"CLT targets must be [batch, {self.n_layers} * {self.cfg.d_out}]"
+        self._training_target = check_training_target(target, self.n_layers * self.cfg.d_out, expected)
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
@@ -513,15 +511,12 @@ class CLTTrainingSAE(CLTWeightsMixin, TrainingSAE[Any]):
 
     def take_training_target(self, step_input: TrainStepInput) -> torch.Tensor:
         """The target set for this step (cleared: each step needs its own), on the input's device."""
-        target = self._training_target
-        if target is None:
-            raise ValueError(
-                "a CLT trains on (inputs, targets) pairs of every layer: train it with CrossLayerTranscoderRunner "
-                "(sdl-anchor train --architecture ..._clt --layers ...)"
-            )
-        self._training_target = None
-        if target.shape[0] != step_input.sae_in.shape[0]:
-            raise ValueError(f"target batch {target.shape[0]} != input batch {step_input.sae_in.shape[0]}")
+        target = take_training_target(
+            self,
+            step_input,
+            "a CLT trains on (inputs, targets) pairs of every layer: train it with CrossLayerTranscoderRunner "
+            "(sdl-anchor train --architecture ..._clt --layers ...)",
+        )
         return target.to(step_input.sae_in.device, self.dtype)
 
     def step_output(

@@ -37,6 +37,26 @@ FINITE_CHECK_EVERY = 50  # steps between reads of the non-finite-loss flag on a 
 CODER_STATE_FILE = "coder_training_state.safetensors"
 
 
+def check_training_target(target: torch.Tensor, width: int, expected: str) -> torch.Tensor:
+    """``target`` if it is ``[batch, width]`` (a coder's ``set_training_target`` check); else the error
+    ``"<expected>, got <shape>"``."""
+    if target.ndim != 2 or target.shape[-1] != width:
+        raise ValueError(f"{expected}, got {tuple(target.shape)}")
+    return target
+
+
+def take_training_target(coder: Any, step_input: Any, missing: str) -> torch.Tensor:
+    """The target ``coder.set_training_target`` stored for this step, cleared (each step needs its own), its
+    batch checked against the step's input; ``missing`` is the error when none was set."""
+    target = coder._training_target
+    if target is None:
+        raise ValueError(missing)
+    coder._training_target = None
+    if target.shape[0] != step_input.sae_in.shape[0]:
+        raise ValueError(f"target batch {target.shape[0]} != input batch {step_input.sae_in.shape[0]}")
+    return target
+
+
 class NonFiniteLossError(ValueError):
     """Training produced a NaN or infinite loss (the message names the step and the last checkpoint)."""
 

@@ -40,6 +40,7 @@ from typing_extensions import override
 
 from sdl_anchor.integrations.anchor_mixin import AnchorConfigFields, AnchoredMixin
 from sdl_anchor.integrations.inference import TopKSkipTranscoderConfig, TopKTranscoderConfig
+from sdl_anchor.integrations.paired_trainer import check_training_target, take_training_target
 from sdl_anchor.integrations.sparse_step import SparseBackwardConfigField, SparseTopKStepMixin
 
 
@@ -130,27 +131,20 @@ class TranscoderMixin:
 
     def set_training_target(self, target: torch.Tensor) -> None:
         """The target ``[batch, d_out]`` of the next training step (set by PairedSAETrainer)."""
-        if target.ndim != 2 or target.shape[-1] != self.cfg.d_out:
-            raise ValueError(
-                f"transcoder targets must be [batch, {self.cfg.d_out}], got {tuple(target.shape)}"
-            )
-        self._training_target = target
+        expected = f"transcoder targets must be [batch, {self.cfg.d_out}]"
+        self._training_target = check_training_target(target, self.cfg.d_out, expected)
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """SAELens's own step of the base architecture (its threshold clamps and updates, aux losses and
         coefficient handling included), with the target in place of the input wherever the step
         reconstructs: the MSE loss, the aux losses' residual and the output's ``sae_in``."""
-        target = self._training_target
-        if target is None:
-            raise ValueError(
-                "a transcoder trains on (input, target) pairs: train it with sdl_anchor's PairedSAETrainer "
-                "or train_on_bench on a transcoder bench"
-            )
-        self._training_target = None
-        if target.shape[0] != step_input.sae_in.shape[0]:
-            raise ValueError(f"target batch {target.shape[0]} != input batch {step_input.sae_in.shape[0]}")
-        target = target.to(step_input.sae_in.device, step_input.sae_in.dtype)
+        target = take_training_target(
+            self,
+            step_input,
+            "a transcoder trains on (input, target) pairs: train it with sdl_anchor's PairedSAETrainer "
+            "or train_on_bench on a transcoder bench",
+        ).to(step_input.sae_in.device, step_input.sae_in.dtype)
         self._step = (step_input.sae_in, target)
         try:
             output = super().training_forward_pass(step_input)  # type: ignore[misc]
