@@ -37,8 +37,7 @@ from sdl_anchor.integrations.resampling_trainer import DOMINANCE, LOSS_SAMPLE, R
 from sdl_anchor.resampling import (
     ResamplePool,
     ResampleUpdate,
-    anthropic_resample,
-    mean_live_norms,
+    anthropic_resample_weights,
     reset_adam_state,
     theory_resample,
 )
@@ -145,12 +144,7 @@ class CLTResamplingTrainer(CLTTrainer, ResamplingSAETrainer):
                 min_cluster_fraction=config.min_cluster_fraction, encoder_scale=config.encoder_scale,
                 generator=self._generator, frozen=self.sae.anchor_ks[layer],
             )  # fmt: skip
-        live = torch.ones(W_dec.shape[0], dtype=torch.bool, device=W_dec.device)
-        live[dead] = False
-        encoder_norm, decoder_norm = mean_live_norms(W_enc, W_dec, live)
-        return anthropic_resample(
-            dead, pool, encoder_norm, decoder_norm, config.encoder_scale, self._generator
-        )
+        return anthropic_resample_weights(dead, pool, W_enc, W_dec, config.encoder_scale, self._generator)
 
     @torch.no_grad()
     def _apply_layer(self, layer: int, update: ResampleUpdate) -> None:

@@ -38,8 +38,7 @@ from sdl_anchor.resampling import (
     ResamplePool,
     ResampleUpdate,
     ResamplingConfig,
-    anthropic_resample,
-    mean_live_norms,
+    anthropic_resample_weights,
     reset_adam_state,
     theory_resample,
 )
@@ -394,12 +393,7 @@ class ResamplingSAETrainer(PairedSAETrainer):
                 protected=protected,
                 fallback=fallback,
             )
-        live = torch.ones(W_dec.shape[0], dtype=torch.bool, device=W_dec.device)
-        live[dead] = False
-        encoder_norm, decoder_norm = mean_live_norms(W_enc, W_dec, live)
-        return anthropic_resample(
-            dead, pool, encoder_norm, decoder_norm, config.encoder_scale, self._generator
-        )
+        return anthropic_resample_weights(dead, pool, W_enc, W_dec, config.encoder_scale, self._generator)
 
     @torch.no_grad()
     def _apply(self, update: ResampleUpdate) -> None:

@@ -6,6 +6,7 @@ from sdl_anchor.resampling.strategies import (
     ResamplePool,
     ResampleUpdate,
     anthropic_resample,
+    anthropic_resample_weights,
     mean_live_norms,
     theory_resample,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "ResamplingConfig",
     "ResamplingSchedule",
     "anthropic_resample",
+    "anthropic_resample_weights",
     "mean_live_norms",
     "reset_adam_state",
     "theory_resample",

@@ -213,6 +213,22 @@ def anthropic_resample(
     return ResampleUpdate(dead_latents, encoder, pool.loss.new_zeros(m), decoder, n_dead_resampled=m)
 
 
+def anthropic_resample_weights(
+    dead_latents: torch.Tensor,
+    pool: ResamplePool,
+    W_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    encoder_scale: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> ResampleUpdate:
+    """:func:`anthropic_resample` at the mean norms (:func:`mean_live_norms`) of the latents of ``W_enc [d_in,
+    d_sae]`` and ``W_dec [d_sae, d_out]`` that are not in ``dead_latents``."""
+    live = torch.ones(W_dec.shape[0], dtype=torch.bool, device=W_dec.device)
+    live[dead_latents] = False
+    encoder_norm, decoder_norm = mean_live_norms(W_enc, W_dec, live)
+    return anthropic_resample(dead_latents, pool, encoder_norm, decoder_norm, encoder_scale, generator)
+
+
 def _candidate_pairs(
     pool: ResamplePool, candidates: torch.Tensor, max_members: int, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
