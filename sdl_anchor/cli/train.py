@@ -375,14 +375,16 @@ class LayerCoderRun:
     """What differs between the coders ``--layers`` trains (a transcoder set, a cross-layer transcoder) for
     :func:`train_layer_coder`: the runner class, the summary's ``kind`` and the key of its saved path, its
     spliced evaluation ``evaluate(runner, saved_path)``, the entries ``record(runner)`` adds to the summary
-    (resampling, kernels), and the sentence ``sentence(trained, summary, forward_passes)`` printed for it."""
+    (resampling, kernels), and the sentence printed for it: a ``str.format`` template of ``n_layers``,
+    ``architecture``, ``layers`` (comma-separated), ``seconds``, ``training_passes`` (the model forward passes
+    of training) and ``passes_now`` (those counted once the evaluation ran too)."""
 
     runner_class: Any
     kind: str
     path_key: str
     evaluate: Callable[[Any, Path], dict[str, float]]
     record: Callable[[Any], dict[str, Any]]
-    sentence: Callable[[Any, dict[str, Any], int], str]
+    sentence: str
 
 
 def train_layer_coder(
@@ -435,7 +437,16 @@ def train_layer_coder(
     }
     summary.update(run.record(runner))
     path = write_json(summary_path, summary)
-    print(run.sentence(trained, summary, passes["count"]))  # the count now includes the evaluation's passes
+    print(
+        run.sentence.format(
+            n_layers=len(trained.layers),
+            architecture=summary["architecture"],
+            layers=",".join(map(str, trained.layers)),
+            seconds=seconds,
+            training_passes=summary["model_forward_passes"],
+            passes_now=passes["count"],
+        )
+    )
     for key, value in summary["eval"].items():
         print(f"  {key}: {value:.4f}")
     print(f"wrote {path}")
@@ -459,20 +470,14 @@ def _train_set(
         chosen = [coder.cfg.metadata.kernels for coder in runner.saes.values() if coder.cfg.metadata.kernels]
         return {"kernels": chosen[0]} if chosen else {}  # one shape for every layer, so one choice
 
-    def sentence(transcoder_set: Any, summary: dict[str, Any], forward_passes: int) -> str:
-        return (
-            f"trained {len(transcoder_set.layers)} {summary['architecture']} transcoders (layers "
-            f"{','.join(map(str, transcoder_set.layers))}) in {summary['wall_seconds']:.1f} s from "
-            f"{forward_passes} model forward passes"
-        )
-
     run = LayerCoderRun(
         runner_class=TranscoderSetRunner,
         kind="transcoder_set",
         path_key="set_path",
         evaluate=lambda runner, _path: runner.set_evaluator(runner.saes, None, None, None),
         record=kernels,
-        sentence=sentence,
+        sentence="trained {n_layers} {architecture} transcoders (layers {layers}) in {seconds:.1f} s from "
+        "{passes_now} model forward passes",
     )
     return train_layer_coder(ours, config, model, resampling, set_path, summary_path, partial, started, run)
 

@@ -45,19 +45,13 @@ def train_clt(
         record = getattr(runner.sae.cfg.metadata, "resampling", None)
         return {"resampling": record} if record else {}
 
-    def sentence(bundle: Any, summary: dict[str, Any], forward_passes: int) -> str:
-        return (
-            f"trained a {summary['architecture']} cross-layer transcoder over layers "
-            f"{','.join(map(str, bundle.layers))} in {summary['wall_seconds']:.1f} s from "
-            f"{summary['model_forward_passes']} model forward passes"
-        )
-
     run = LayerCoderRun(
         runner_class=CrossLayerTranscoderRunner,
         kind="cross_layer_transcoder",
         path_key="clt_path",
         evaluate=evaluate,
         record=resampling_record,
-        sentence=sentence,
+        sentence="trained a {architecture} cross-layer transcoder over layers {layers} in {seconds:.1f} s from "
+        "{training_passes} model forward passes",
     )
     return train_layer_coder(ours, config, model, resampling, clt_path, summary_path, partial, started, run)
