@@ -23,93 +23,83 @@ def torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=cwd)
 
 
-@pytest.mark.parametrize(
-    "architecture,resampling",
-    [
-        ("topk", "theory"),
-        ("topk_transcoder", "theory"),
-        ("anchored_topk", "anthropic"),
-        ("standard_crosscoder", "none"),
-        ("anchored_jumprelu", "none"),
-    ],
-)
-def test_two_ranks_train_what_one_process_trains_on_the_global_batches(tmp_path, architecture, resampling):
-    done = torchrun(str(TESTS / "ddp_worker.py"), architecture, str(tmp_path), "--resampling", resampling)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    sae, trainer = train(architecture, 64, resampling)  # one process, batches of 64
-    for name, reference in sae.state_dict().items():
-        for rank in ranks:
-            assert torch.allclose(rank["state"][name], reference, rtol=1e-6, atol=1e-9), name
-    for rank in ranks:
-        assert torch.equal(rank["passes_since_fired"], trainer.n_forward_passes_since_fired)
-        assert torch.allclose(rank["act_freq_scores"], trainer.act_freq_scores)
-        assert rank["n_training_samples"] == trainer.n_training_samples == 12 * 64
-    if resampling != "none":
-        (event,) = trainer.resample_log
-        assert event["resample/latents"] > 0 and event["resample/step"] == 6
-        for rank in ranks:
-            (theirs,) = rank["resample_log"]
-            for key in ("resample/latents", "resample/split", "resample/dead_before"):
-                assert theirs[key] == event[key], key
-            assert theirs["resample/loss_after"] == pytest.approx(event["resample/loss_after"], rel=1e-9)
-
-
-def test_batchtopk_ranks_stay_identical(tmp_path):
-    """BatchTopK selects over each rank's rows (so it differs from one process), but the ranks agree."""
-    done = torchrun(str(TESTS / "ddp_worker.py"), "batchtopk", str(tmp_path), "--resampling", "theory")
-    assert done.returncode == 0, done.stderr[-3000:]
-    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
-    for name, tensor in first["state"].items():
-        assert torch.equal(tensor, second["state"][name]), name
-    assert first["resample_log"][0]["resample/latents"] == second["resample_log"][0]["resample/latents"] > 0
-
-
+# every equivalence run trains in one launch (each launch costs the two ranks' imports, most of its time)
+SINGLE_RUNS = [
+    "topk:theory",
+    "topk_transcoder:theory",
+    "anchored_topk:anthropic",
+    "standard_crosscoder:none",
+    "anchored_jumprelu:none",
+    "batchtopk:theory",
+]
 CLT_RUNS = ["topk_clt:theory", "topk_clt:anthropic", "jumprelu_clt:none", "batchtopk_clt:theory"]
 
 
-def test_two_ranks_train_the_cross_layer_transcoder_one_process_trains(tmp_path):
-    """One launch, four CLT runs (2 layers): TopK with a theory and an anthropic event and JumpReLU match one
-    process on the global batches (weights, dead-latent counters over all n_layers * d_sae latents, the event's
-    per-layer updates); BatchTopK (selection within each rank's rows) keeps its ranks identical, thresholds
-    included."""
-    done = torchrun(str(TESTS / "ddp_worker.py"), ",".join(CLT_RUNS), str(tmp_path))
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """One 2-rank launch training every run of SINGLE_RUNS and CLT_RUNS; ``{run: [rank 0's, rank 1's]}``."""
+    out = tmp_path_factory.mktemp("ddp")
+    runs = SINGLE_RUNS + CLT_RUNS
+    done = torchrun(str(TESTS / "ddp_worker.py"), ",".join(runs), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
-    for run in CLT_RUNS:
-        architecture, resampling = run.split(":")
-        ranks = [
-            torch.load(tmp_path / f"{architecture}.{resampling}.rank{r}.pt", weights_only=True)
-            for r in range(2)
-        ]
-        if architecture == "batchtopk_clt":
-            first, second = ranks
-            for name, tensor in first["state"].items():
-                assert torch.equal(tensor, second["state"][name]), name
-            assert (first["state"]["topk_threshold"] > 0).all()
-            assert torch.equal(first["passes_since_fired"], second["passes_since_fired"])
-            assert (
-                first["resample_log"][0]["resample/latents"]
-                == second["resample_log"][0]["resample/latents"]
-                > 0
-            )
-            continue
-        sae, trainer = train(architecture, 64, resampling)  # one process, batches of 64
-        for name, reference in sae.state_dict().items():
-            for rank in ranks:
-                assert torch.allclose(rank["state"][name], reference, rtol=1e-6, atol=1e-9), (run, name)
-        assert trainer.n_forward_passes_since_fired.shape == (sae.n_latents,)
+    return {
+        run: [torch.load(out / f"{run.replace(':', '.')}.rank{r}.pt", weights_only=True) for r in range(2)]
+        for run in runs
+    }
+
+
+def assert_ranks_identical(ranks):
+    first, second = ranks
+    for name, tensor in first["state"].items():
+        assert torch.equal(tensor, second["state"][name]), name
+    assert torch.equal(first["passes_since_fired"], second["passes_since_fired"])
+    assert first["resample_log"][0]["resample/latents"] == second["resample_log"][0]["resample/latents"] > 0
+
+
+def assert_ranks_train_what_one_process_trains(run, ranks):
+    architecture, resampling = run.split(":")
+    sae, trainer = train(architecture, 64, resampling)  # one process, batches of 64
+    for name, reference in sae.state_dict().items():
         for rank in ranks:
-            assert torch.equal(rank["passes_since_fired"], trainer.n_forward_passes_since_fired), run
-            assert torch.allclose(rank["act_freq_scores"], trainer.act_freq_scores), run
-            assert rank["n_training_samples"] == trainer.n_training_samples == 12 * 64
-        if resampling != "none":
-            (event,) = trainer.resample_log
-            assert event["resample/latents"] > 0 and event["resample/step"] == 6, run
-            for rank in ranks:
-                (theirs,) = rank["resample_log"]
-                for key in ("resample/latents", "resample/split", "resample/dead_before"):
-                    assert theirs[key] == event[key], (run, key)
-                assert theirs["resample/loss_after"] == pytest.approx(event["resample/loss_after"], rel=1e-9)
+            assert torch.allclose(rank["state"][name], reference, rtol=1e-6, atol=1e-9), (run, name)
+    for rank in ranks:
+        assert torch.equal(rank["passes_since_fired"], trainer.n_forward_passes_since_fired), run
+        assert torch.allclose(rank["act_freq_scores"], trainer.act_freq_scores), run
+        assert rank["n_training_samples"] == trainer.n_training_samples == 12 * 64
+    if resampling != "none":
+        (event,) = trainer.resample_log
+        assert event["resample/latents"] > 0 and event["resample/step"] == 6, run
+        for rank in ranks:
+            (theirs,) = rank["resample_log"]
+            for key in ("resample/latents", "resample/split", "resample/dead_before"):
+                assert theirs[key] == event[key], (run, key)
+            assert theirs["resample/loss_after"] == pytest.approx(event["resample/loss_after"], rel=1e-9)
+    return sae
+
+
+@pytest.mark.parametrize("run", SINGLE_RUNS[:-1])
+def test_two_ranks_train_what_one_process_trains_on_the_global_batches(two_rank_runs, run):
+    assert_ranks_train_what_one_process_trains(run, two_rank_runs[run])
+
+
+def test_batchtopk_ranks_stay_identical(two_rank_runs):
+    """BatchTopK selects over each rank's rows (so it differs from one process), but the ranks agree."""
+    assert_ranks_identical(two_rank_runs["batchtopk:theory"])
+
+
+@pytest.mark.parametrize("run", CLT_RUNS[:-1])
+def test_two_ranks_train_the_cross_layer_transcoder_one_process_trains(two_rank_runs, run):
+    """CLTs (2 layers): TopK with a theory and an anthropic event and JumpReLU match one process on the global
+    batches (weights, dead-latent counters over all n_layers * d_sae latents, the event's per-layer updates)."""
+    sae = assert_ranks_train_what_one_process_trains(run, two_rank_runs[run])
+    assert two_rank_runs[run][0]["passes_since_fired"].shape == (sae.n_latents,)
+
+
+def test_batchtopk_clt_ranks_stay_identical(two_rank_runs):
+    """BatchTopK CLTs select within each rank's rows; the ranks agree, thresholds included."""
+    ranks = two_rank_runs["batchtopk_clt:theory"]
+    assert_ranks_identical(ranks)
+    assert (ranks[0]["state"]["topk_threshold"] > 0).all()
 
 
 def test_mismatched_configs_fail_on_every_rank(tmp_path):
