@@ -376,8 +376,8 @@ class LayerCoderRun:
     :func:`train_layer_coder`: the runner class, the summary's ``kind`` and the key of its saved path, its
     spliced evaluation ``evaluate(runner, saved_path)``, the entries ``record(runner)`` adds to the summary
     (resampling, kernels), and the sentence printed for it: a ``str.format`` template of ``n_layers``,
-    ``architecture``, ``layers`` (comma-separated), ``seconds``, ``training_passes`` (the model forward passes
-    of training) and ``passes_now`` (those counted once the evaluation ran too)."""
+    ``architecture``, ``layers`` (comma-separated), ``seconds`` and ``training_passes`` (the model forward
+    passes of training, as train.json records them)."""
 
     runner_class: Any
     kind: str
@@ -444,7 +444,6 @@ def train_layer_coder(
             layers=",".join(map(str, trained.layers)),
             seconds=seconds,
             training_passes=summary["model_forward_passes"],
-            passes_now=passes["count"],
         )
     )
     for key, value in summary["eval"].items():
@@ -477,7 +476,7 @@ def _train_set(
         evaluate=lambda runner, _path: runner.set_evaluator(runner.saes, None, None, None),
         record=kernels,
         sentence="trained {n_layers} {architecture} transcoders (layers {layers}) in {seconds:.1f} s from "
-        "{passes_now} model forward passes",
+        "{training_passes} model forward passes",
     )
     return train_layer_coder(ours, config, model, resampling, set_path, summary_path, partial, started, run)
 
