@@ -350,6 +350,36 @@ def test_the_cli_trains_a_batchtopk_clt_over_every_layer_and_saves_it_loadable(c
     assert not any(p.name.startswith(".clt.partial") for p in out.iterdir())
 
 
+def test_the_cli_trains_an_anchored_topk_clt_from_an_anchor_file(checkpoint, tmp_path, capsys):
+    """``--anchor_path`` names a CLT anchor file (one AnchorSet per layer): each layer's first latents start at
+    its anchors (``--anchor_init``), stay near them through training and theory resampling, and the saved
+    CLT keeps the anchors beside it."""
+    import torch.nn.functional as F
+
+    from sdl_anchor import AnchorSet
+    from sdl_anchor.anchoring.clt_anchors import CLTAnchors
+
+    g = torch.Generator().manual_seed(3)
+    anchors = CLTAnchors([AnchorSet(torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g))
+                          for _ in range(3)])  # fmt: skip
+    path = anchors.save(tmp_path / "anchors.safetensors")
+    out = tmp_path / "run"
+    argv = train_argv(checkpoint, out, "--architecture", "topk_clt", "--k", "4", "--layers", "all",
+                      "--anchor_path", str(path), "--anchor_init", "True", "--anchor_coefficient", "1.0",
+                      "--resampling", "theory", "--resample-every", "2")  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["architecture"] == "topk_clt" and summary["layers"] == [0, 1, 2]
+    bundle = CLTBundle.load(out / "clt")
+    assert bundle.anchors is not None
+    for layer, saved in enumerate(bundle.anchors.layers):
+        assert torch.equal(saved.directions_in, anchors.layers[layer].directions_in)
+        encoder = bundle.coder.W_enc[layer][:, :2].T  # [k, d_in]
+        decoder = bundle.coder.W_dec[layer][:2, 0]  # [k, d_out]: the layer's own output
+        assert (F.cosine_similarity(encoder, anchors.layers[layer].directions_in, dim=1) > 0.9).all(), layer
+        assert (F.cosine_similarity(decoder, anchors.layers[layer].directions_out, dim=1) > 0.9).all(), layer
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
