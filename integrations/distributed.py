@@ -21,7 +21,9 @@ and ``fit`` once more at the end).
 Cross-layer transcoders use the same classes (:class:`~sdl_anchor.integrations.clt_training.
 DistributedCLTTrainer`, :class:`~sdl_anchor.integrations.clt_resampling.DistributedCLTResamplingTrainer`):
 their statistics cover all ``n_layers * d_sae`` latents, and a resampling event's update is a list of
-per-layer updates (``_update_to`` / ``_apply_decided``).
+per-layer updates (``_update_to`` / ``_apply_decided``). A transcoder set drives one of these trainers per
+layer in lockstep (:class:`~sdl_anchor.integrations.transcoder_set.DistributedMultiCoderTrainer`), each with
+its own DDP wrapper, statistics and events.
 """
 
 from __future__ import annotations
@@ -118,6 +120,25 @@ def local_batch_size(global_batch_size: int, world_size: int) -> int:
     return global_batch_size // world_size
 
 
+def check_normalization(sae: Any) -> None:
+    """Refuse ``covariance_whitening`` (its statistics are not averaged over the ranks)."""
+    if sae.cfg.normalize_activations == "covariance_whitening":
+        raise ValueError("covariance_whitening is not supported under torchrun; use expected_average_only_in")
+
+
+def average_scaling_factor(scaler: Any, context: DistributedContext) -> None:
+    """Replace the scaler's factor, estimated from this rank's rows, by the ranks' mean (on every rank)."""
+    factor = torch.tensor([float(scaler.scaling_factor)], dtype=torch.float64)
+    dist.all_reduce(factor)
+    scaler.scaling_factor = float(factor) / context.world_size
+
+
+def broadcast_buffers(sae: torch.nn.Module) -> None:
+    """Rank 0's buffers on every rank (e.g. BatchTopK's threshold, updated from each rank's rows)."""
+    for buffer in sae.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 class _TrainingForward(torch.nn.Module):
     """The module DDP wraps: its ``forward`` is the coder's ``training_forward_pass``."""
 
@@ -159,10 +180,7 @@ class DistributedTrainerMixin:
         return self.sae
 
     def fit(self) -> Any:
-        if self.sae.cfg.normalize_activations == "covariance_whitening":
-            raise ValueError(
-                "covariance_whitening is not supported under torchrun; use expected_average_only_in"
-            )
+        check_normalization(self.sae)
         if self.sae.cfg.normalize_activations == "expected_average_only_in":
             scaler = self.activation_scaler  # type: ignore[attr-defined]
             if scaler.scaling_factor is None:
@@ -171,12 +189,9 @@ class DistributedTrainerMixin:
                     data_provider=self.data_provider,  # type: ignore[attr-defined]
                     n_batches_for_norm_estimate=self.cfg.n_batches_for_norm_estimate,
                 )
-            factor = torch.tensor([float(scaler.scaling_factor)], dtype=torch.float64)
-            dist.all_reduce(factor)
-            scaler.scaling_factor = float(factor) / self.context.world_size
+            average_scaling_factor(scaler, self.context)
         sae = super().fit()  # type: ignore[misc]
-        for buffer in self.sae.buffers():  # e.g. BatchTopK's threshold, updated from this rank's rows
-            dist.broadcast(buffer, src=0)
+        broadcast_buffers(self.sae)
         return sae
 
     def step(self, batch: Any) -> TrainStepOutput:

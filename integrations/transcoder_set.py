@@ -13,6 +13,14 @@ blocks.{L}.hook_mlp_out``, with every activation, anchoring and resampling our s
 
 A set saves as a folder of SAELens-format transcoders, ``layer_{L}/``, plus ``manifest.json`` (layers, hooks,
 architecture, widths), written to a temporary folder and renamed when complete (:class:`TranscoderSet`).
+
+Under ``torchrun`` the runner trains data-parallel as :class:`~sdl_anchor.integrations.coder_runner.
+CoderTrainingRunner` does (:mod:`~sdl_anchor.integrations.distributed`): every rank checks it got the same
+config, reads its own shard of the dataset and ``train_batch_size_tokens / world_size`` rows per step, and
+drives one distributed trainer per layer (:class:`DistributedMultiCoderTrainer`): each layer's gradients are
+averaged by its own DDP wrapper, its dead-latent statistics all-reduced every step, its resampling events
+decided on rank 0 and broadcast; BatchTopK chooses within each rank's rows and the ranks keep rank 0's
+thresholds. Rank 0 alone logs to W&B, evaluates and saves the set.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +40,16 @@ from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from sdl_anchor.integrations.coder_hooks import check_coder_hooks, coder_kind
 from sdl_anchor.integrations.coder_runner import CoderRunnerConfig, CoderTrainingRunner, HfDataset
 from sdl_anchor.integrations.compat import set_sae_metadata
+from sdl_anchor.integrations.distributed import (
+    DistributedContext,
+    DistributedPairedSAETrainer,
+    DistributedResamplingSAETrainer,
+    DistributedTrainerMixin,
+    average_scaling_factor,
+    broadcast_buffers,
+    check_normalization,
+    init_distributed,
+)
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.sparse_step import record_kernels
@@ -174,12 +193,64 @@ class MultiCoderTrainer(MultiSAETrainer):
     def __init__(self, *args: Any, resampling: ResamplingConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         config = next(iter(self.trainers.values())).cfg
-        trainer_class = PairedSAETrainer if resampling is None else ResamplingSAETrainer
-        extra = {} if resampling is None else {"resampling": resampling}
         self.trainers = {
-            name: trainer_class(cfg=config, sae=sae, data_provider=iter(()), **extra)
-            for name, sae in self.saes.items()
+            name: self._coder_trainer(config, sae, resampling) for name, sae in self.saes.items()
         }
+
+    def _coder_trainer(self, config: Any, sae: Any, resampling: ResamplingConfig | None) -> PairedSAETrainer:
+        if resampling is None:
+            return PairedSAETrainer(cfg=config, sae=sae, data_provider=iter(()))
+        return ResamplingSAETrainer(cfg=config, sae=sae, data_provider=iter(()), resampling=resampling)
+
+
+class DistributedMultiCoderTrainer(MultiCoderTrainer):
+    """:class:`MultiCoderTrainer` under torchrun: one distributed trainer per coder (each with its own DDP
+    wrapper, its statistics all-reduced, its resampling events decided on rank 0), driven in lockstep on every
+    rank, so each collective is entered in the same order everywhere. Rank 0 alone logs, evaluates and writes
+    checkpoints; the scaling factors are the ranks' mean, and the ranks keep rank 0's buffers at the end."""
+
+    def __init__(self, *args: Any, context: DistributedContext, **kwargs: Any) -> None:
+        self.context = context
+        super().__init__(*args, **kwargs)
+        self._main_logs = self.cfg.logger.log_to_wandb  # rank 0's choice (every rank got the same config)
+        if not context.is_main:
+            self.cfg = replace(self.cfg, logger=replace(self.cfg.logger, log_to_wandb=False))
+            self.evaluator = None
+
+    def _coder_trainer(self, config: Any, sae: Any, resampling: ResamplingConfig | None) -> PairedSAETrainer:
+        kwargs = {"cfg": config, "sae": sae, "data_provider": iter(()), "context": self.context}
+        if resampling is None:
+            return DistributedPairedSAETrainer(**kwargs)
+        return DistributedResamplingSAETrainer(**kwargs, resampling=resampling)
+
+    def fit(self) -> dict[str, Any]:
+        for sae in self.saes.values():
+            check_normalization(sae)
+        saes = super().fit()
+        for sae in self.saes.values():
+            broadcast_buffers(sae)
+        return saes
+
+    @torch.no_grad()
+    def _estimate_scaling_factors(self) -> None:
+        super()._estimate_scaling_factors()  # from this rank's rows
+        for name, trainer in self.trainers.items():
+            if self.saes[name].cfg.normalize_activations == "expected_average_only_in":
+                average_scaling_factor(trainer.activation_scaler, self.context)
+
+    def save_checkpoint(self, checkpoint_name: str, wandb_aliases: list[str] | None = None) -> None:
+        if self.context.is_main or self.cfg.checkpoint_path is not None or not self._main_logs:
+            super().save_checkpoint(checkpoint_name, wandb_aliases)
+            return
+        # rank 0 saves into a temporary folder for W&B: join its per-coder trainers' collectives
+        for name, trainer in self.trainers.items():
+            trainer.save_checkpoint(checkpoint_name=name, base_path=None, wandb_aliases=wandb_aliases)
+
+    def unwrap_saes(self) -> None:
+        """Every coder with its own ``training_forward_pass`` back (after training)."""
+        for trainer in self.trainers.values():
+            assert isinstance(trainer, DistributedTrainerMixin)
+            trainer.unwrap_sae()
 
 
 def set_batches(store: Any, layers: Sequence[int], hooks: Sequence[str]) -> Iterator[dict[str, Any]]:
@@ -324,7 +395,7 @@ class TranscoderSetRunner(CoderTrainingRunner):
             hook_d_ins |= check_coder_hooks(
                 self.model, layer_hooks(layer, self.hooks), template.cfg, "transcoder"
             )
-        self.context = None
+        self.context = init_distributed(cfg.device)
         self.activations_store = self._activation_store(override_dataset, hook_d_ins)
         self.saes: dict[str, Any] = {}
         for layer in self.layers:
@@ -345,7 +416,8 @@ class TranscoderSetRunner(CoderTrainingRunner):
             set_sae_metadata(self)
             self.sae.cfg.metadata.hook_names = layer_hooks(layer, self.hooks)
             self.sae.cfg.metadata.hook_name = layer_hooks(layer, self.hooks)[0]
-        if self.cfg.logger.log_to_wandb:
+        main = self.context is None or self.context.is_main
+        if self.cfg.logger.log_to_wandb and main:
             wandb.init(
                 project=self.cfg.logger.wandb_project,
                 entity=self.cfg.logger.wandb_entity,
@@ -354,19 +426,26 @@ class TranscoderSetRunner(CoderTrainingRunner):
                 id=self.cfg.logger.wandb_id,
                 **wandb_env_settings(),
             )
-        trainer = MultiCoderTrainer(
-            cfg=self.cfg.to_sae_trainer_config(),
-            saes=self.saes,
-            hook_names={name: name for name in self.saes},
-            data_provider=set_batches(self.activations_store, self.layers, self.hooks),
-            evaluator=self.set_evaluator,
-            resampling=self.resampling,
-        )
+        kwargs: dict[str, Any] = {
+            "cfg": self.cfg.to_sae_trainer_config(),
+            "saes": self.saes,
+            "hook_names": {name: name for name in self.saes},
+            "data_provider": set_batches(self.activations_store, self.layers, self.hooks),
+            "evaluator": self.set_evaluator,
+            "resampling": self.resampling,
+        }
+        trainer: MultiCoderTrainer
+        if self.context is None:
+            trainer = MultiCoderTrainer(**kwargs)
+        else:
+            trainer = DistributedMultiCoderTrainer(**kwargs, context=self.context)
         try:
             trainer.fit()
         finally:
-            if self.cfg.logger.log_to_wandb:
+            if self.cfg.logger.log_to_wandb and main:
                 wandb.finish()
+        if isinstance(trainer, DistributedMultiCoderTrainer):
+            trainer.unwrap_saes()
         for name, layer_trainer in trainer.trainers.items():
             layer_trainer.check_finite()
             record_kernels(self.saes[name], self.cfg.train_batch_size_tokens)
@@ -378,6 +457,8 @@ class TranscoderSetRunner(CoderTrainingRunner):
         transcoder_set = TranscoderSet(
             {layer: self.saes[f"layer_{layer}"] for layer in self.layers}, self.hooks
         )
-        if self.cfg.output_path is not None:
+        if self.cfg.output_path is not None and main:
             transcoder_set.save(self.cfg.output_path)
+        if self.context is not None:
+            torch.distributed.barrier()  # no rank leaves before rank 0 has written the set
         return transcoder_set

@@ -5,7 +5,8 @@ rows of every batch). ``tests/test_distributed.py`` compares the two.
 [--config-seed N] [--resume-at S]``: every rank saves its final weights and resampling log to ``OUT_DIR/rank<r>.pt``.
 ``ARCHITECTURE`` may list several runs, ``ARCH[:RESAMPLING],...`` (one launch trains each in turn): then each
 rank saves ``OUT_DIR/<ARCH>.<RESAMPLING>.rank<r>.pt``. A cross-layer transcoder (``..._clt``) spans 2 layers
-of ``D / 2``."""
+of ``D / 2``. ``<transcoder>_set`` trains a transcoder set of 2 such transcoders in lockstep
+(``MultiCoderTrainer``; layer 1 maps the bench's ``x_out`` back to its ``x_in``)."""
 
 import argparse
 import sys
@@ -27,6 +28,7 @@ from sdl_anchor.integrations.distributed import (
 )
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
+from sdl_anchor.integrations.transcoder_set import DistributedMultiCoderTrainer, MultiCoderTrainer
 from sdl_anchor.resampling import ResamplingConfig
 
 STEPS = 12
@@ -77,7 +79,10 @@ def train(
     architecture: str, batch_size: int, resampling: str, context=None, resume_at=None, out=None, nan_at=None
 ):
     """Returns the trained coder and the trainer. With ``resume_at``, trains that many steps, saves a
-    checkpoint under ``out``, and finishes in a fresh trainer resumed from it."""
+    checkpoint under ``out``, and finishes in a fresh trainer resumed from it. A ``..._set`` returns
+    ``{"layer_0": coder, "layer_1": coder}`` and its ``MultiCoderTrainer`` (no resuming)."""
+    if architecture.endswith("_set"):
+        return train_set(architecture.removesuffix("_set"), batch_size, resampling, context)
     kind = (
         "transcoder"
         if "transcoder" in architecture or architecture.endswith("_clt")
@@ -138,6 +143,60 @@ def train(
     return fresh, trainer
 
 
+def train_set(architecture: str, batch_size: int, resampling: str, context=None):
+    rows = batch_size if context is None else local_batch_size(batch_size, context.world_size)
+    start = 0 if context is None else context.rank * rows
+    data = [
+        {"layer_0": (x_in[start : start + rows], x_out[start : start + rows]),
+         "layer_1": (x_out[start : start + rows], x_in[start : start + rows])}
+        for x_in, x_out in batches("transcoder", batch_size)
+    ]  # fmt: skip
+    saes = {"layer_0": build(architecture), "layer_1": build(architecture)}
+    config = SAETrainerConfig(
+        total_training_samples=STEPS * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=3e-3,
+        lr_end=3e-3,
+        device="cpu",
+        dead_feature_window=4,
+        checkpoint_path=None,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    kwargs = {"cfg": config, "saes": saes, "hook_names": {n: n for n in saes}, "data_provider": iter(data)}
+    if resampling != "none":
+        kwargs["resampling"] = ResamplingConfig(
+            strategy=resampling, every_n_steps=6, dead_steps=3, pool_size=4 * batch_size, max_events=1
+        )
+    if context is None:
+        trainer = MultiCoderTrainer(**kwargs)
+    else:
+        trainer = DistributedMultiCoderTrainer(**kwargs, context=context)
+    trainer.fit()
+    return saes, trainer
+
+
+def outcome(sae, trainer) -> dict:
+    """What a rank saves: the weights, resampling log, dead-latent statistics and sample count; a set's
+    weights keyed ``layer_L.<name>``, its logs and statistics every layer's in turn."""
+    if not isinstance(sae, dict):
+        return {
+            "state": {name: t.detach().clone() for name, t in sae.state_dict().items()},
+            "resample_log": getattr(trainer, "resample_log", []),
+            "passes_since_fired": trainer.n_forward_passes_since_fired,
+            "act_freq_scores": trainer.act_freq_scores,
+            "n_training_samples": trainer.n_training_samples,
+        }
+    names = sorted(sae)
+    layers = [outcome(sae[name], trainer.trainers[name]) for name in names]
+    return {
+        "state": {f"{names[i]}.{key}": t for i, o in enumerate(layers) for key, t in o["state"].items()},
+        "resample_log": [event for o in layers for event in o["resample_log"]],
+        "passes_since_fired": torch.cat([o["passes_since_fired"] for o in layers]),
+        "act_freq_scores": torch.cat([o["act_freq_scores"] for o in layers]),
+        "n_training_samples": trainer.n_training_samples,
+    }
+
+
 def run_steps(trainer, data) -> None:
     """What ``SAETrainer.fit`` does around each step."""
     for batch in data:
@@ -172,21 +231,10 @@ def main(argv: list[str]) -> None:
         except ValueError as err:
             print(f"rank {context.rank}: {err}", file=sys.stderr)
             sys.exit(3)
-        state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
-        log = getattr(trainer, "resample_log", [])
         name = f"rank{context.rank}.pt"
         if len(runs) > 1:
             name = f"{architecture}.{resampling or args.resampling}.{name}"
-        torch.save(
-            {
-                "state": state,
-                "resample_log": log,
-                "passes_since_fired": trainer.n_forward_passes_since_fired,
-                "act_freq_scores": trainer.act_freq_scores,
-                "n_training_samples": trainer.n_training_samples,
-            },
-            args.out / name,
-        )
+        torch.save(outcome(sae, trainer), args.out / name)
 
 
 if __name__ == "__main__":

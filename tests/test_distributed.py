@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_worker import train
+from ddp_worker import outcome, train
 from test_cli_workflow import SMALL_RUN, workspace  # noqa: F401  (the fixture)
 
 TESTS = Path(__file__).parent
@@ -33,13 +33,15 @@ SINGLE_RUNS = [
     "batchtopk:theory",
 ]
 CLT_RUNS = ["topk_clt:theory", "topk_clt:anthropic", "jumprelu_clt:none", "batchtopk_clt:theory"]
+SET_RUNS = ["topk_transcoder_set:theory", "batchtopk_transcoder_set:theory"]  # 2-layer transcoder sets
 
 
 @pytest.fixture(scope="module")
 def two_rank_runs(tmp_path_factory):
-    """One 2-rank launch training every run of SINGLE_RUNS and CLT_RUNS; ``{run: [rank 0's, rank 1's]}``."""
+    """One 2-rank launch training every run of SINGLE_RUNS, CLT_RUNS and SET_RUNS; ``{run: [rank 0's, rank
+    1's]}``."""
     out = tmp_path_factory.mktemp("ddp")
-    runs = SINGLE_RUNS + CLT_RUNS
+    runs = SINGLE_RUNS + CLT_RUNS + SET_RUNS
     done = torchrun(str(TESTS / "ddp_worker.py"), ",".join(runs), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     return {
@@ -100,6 +102,39 @@ def test_batchtopk_clt_ranks_stay_identical(two_rank_runs):
     ranks = two_rank_runs["batchtopk_clt:theory"]
     assert_ranks_identical(ranks)
     assert (ranks[0]["state"]["topk_threshold"] > 0).all()
+
+
+def test_two_ranks_train_the_transcoder_set_one_process_trains(two_rank_runs):
+    """A transcoder set (2 layers, a theory event each) matches one process on the global batches: every
+    layer's weights, dead-latent counters and event, through one DDP wrapper and one pool per layer."""
+    architecture, resampling = SET_RUNS[0].split(":")
+    saes, trainer = train(architecture, 64, resampling)  # one process, batches of 64
+    reference = outcome(saes, trainer)
+    assert [event["resample/latents"] > 0 for event in reference["resample_log"]] == [True, True]
+    for rank in two_rank_runs[SET_RUNS[0]]:
+        assert rank["state"].keys() == reference["state"].keys()
+        for name, tensor in reference["state"].items():
+            assert torch.allclose(rank["state"][name], tensor, rtol=1e-6, atol=1e-9), name
+        assert torch.equal(rank["passes_since_fired"], reference["passes_since_fired"])
+        assert torch.allclose(rank["act_freq_scores"], reference["act_freq_scores"])
+        assert rank["n_training_samples"] == reference["n_training_samples"] == 12 * 64
+        for theirs, event in zip(rank["resample_log"], reference["resample_log"], strict=True):
+            for key in ("resample/step", "resample/latents", "resample/split", "resample/dead_before"):
+                assert theirs[key] == event[key], key
+            assert theirs["resample/loss_after"] == pytest.approx(event["resample/loss_after"], rel=1e-9)
+
+
+def test_batchtopk_transcoder_set_ranks_stay_identical(two_rank_runs):
+    """A BatchTopK set selects within each rank's rows; the ranks agree, every layer's threshold included."""
+    first, second = two_rank_runs[SET_RUNS[1]]
+    for name, tensor in first["state"].items():
+        assert torch.equal(tensor, second["state"][name]), name
+    assert torch.equal(first["passes_since_fired"], second["passes_since_fired"])
+    assert [e["resample/latents"] for e in first["resample_log"]] == [
+        e["resample/latents"] for e in second["resample_log"]
+    ]
+    assert len(first["resample_log"]) == 2
+    assert all((first["state"][f"layer_{layer}.topk_threshold"] > 0).all() for layer in (0, 1))
 
 
 def test_mismatched_configs_fail_on_every_rank(tmp_path):
@@ -184,6 +219,31 @@ def test_sdl_anchor_train_a_cross_layer_transcoder_under_torchrun(workspace, tmp
     assert bundle.coder.cfg.n_layers == 2 and bundle.coder.threshold.shape == (2, 64)
     assert bundle.coder.cfg.metadata.train_batch_size_tokens == 128  # the rows BatchTopK chose within
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("wandb")) == ["clt", "train.json"]
+
+
+def test_sdl_anchor_train_a_transcoder_set_under_torchrun(workspace, tmp_path):  # noqa: F811
+    from sdl_anchor.integrations.transcoder_set import TranscoderSet
+
+    run = [str(workspace / "data") if a == "DATA" else a for a in SMALL_RUN]
+    run[run.index("--training_tokens") + 1] = "2048"  # 8 steps of 256 tokens, 128 a rank
+    out = tmp_path / "run"
+    done = torchrun(
+        "-m", "sdl_anchor", "train", "--out", str(out), "--model-path", str(workspace / "ckpt"), *run,
+        "--architecture", "topk_transcoder", "--layers", "all", "--k", "4", "--d_in", "32", "--d_out", "32",
+        "--d_sae", "64", "--resampling", "theory", "--resample-every", "4",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["kind"] == "transcoder_set" and summary["world_size"] == 2
+    assert summary["layers"] == [0, 1] and summary["n_steps"] == 8
+    assert "set/ce_loss_score" in summary["eval"]
+    assert done.stdout.count("wrote ") == 2  # rank 0 alone reports (and writes)
+    transcoder_set = TranscoderSet.load(out / "set")
+    assert transcoder_set.layers == [0, 1]
+    for coder in transcoder_set.transcoders.values():
+        events = coder.cfg.metadata.resampling["events"]
+        assert [event["resample/step"] for event in events] == [4.0]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("wandb")) == ["set", "train.json"]
 
 
 def test_sdl_anchor_train_batch_that_does_not_split_exits_2_on_every_rank(workspace, tmp_path):  # noqa: F811

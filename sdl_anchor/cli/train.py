@@ -399,8 +399,8 @@ def train_layer_coder(
     run: LayerCoderRun,
 ) -> int:
     """Train ``run``'s coder over ``--layers`` into ``partial``, rename it onto ``coder_path``, write the
-    summary; return the exit code. Under torchrun (a CLT's runner joins the process group) every rank trains
-    and rank 0 alone renames, evaluates and writes the summary (with ``world_size``)."""
+    summary; return the exit code. Under torchrun (the set's and the CLT's runners join the process group)
+    every rank trains and rank 0 alone renames, evaluates and writes the summary (with ``world_size``)."""
     from sdl_anchor.integrations.transcoder_set import DEFAULT_LAYER_HOOKS
     from sdl_anchor.io import write_json
 
@@ -411,7 +411,7 @@ def train_layer_coder(
         )
         passes = count_forward_passes(runner.model)
         trained = runner.run()
-        context = getattr(runner, "context", None)  # under torchrun (a CLT): rank 0 alone writes
+        context = getattr(runner, "context", None)  # under torchrun: rank 0 alone writes
         if context is not None:
             torch.distributed.destroy_process_group()
     except BaseException:
