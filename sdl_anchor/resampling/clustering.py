@@ -36,15 +36,15 @@ class SegmentLayout:
         counts = torch.bincount(segments, minlength=n_segments)
         starts = torch.cumsum(counts, 0) - counts
         size_class = torch.ceil(torch.log2(counts.clamp(min=1).double())).long()
+        padded_points = torch.cat([directions, directions.new_zeros(1, directions.shape[1])])
         self.blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for c in torch.unique(size_class[counts > 0]).tolist():
             members = torch.nonzero((size_class == c) & (counts > 0)).flatten()
             width = torch.arange(int(counts[members].max()), device=directions.device)
             filled = width[None, :] < counts[members, None]  # [S_b, M_b]
             sorted_index = (starts[members, None] + width[None, :]).clamp(max=max(self.n_points - 1, 0))
-            point = order[sorted_index]
-            block = directions[point].masked_fill_(~filled[..., None], 0.0)  # zero padding past each segment
-            self.blocks.append((members, filled, point[filled], block))
+            point = torch.where(filled, order[sorted_index], self.n_points)
+            self.blocks.append((members, filled, point[filled], padded_points[point]))
 
     def dots(self, vectors: torch.Tensor) -> torch.Tensor:
         """``[N, k]``: each point's dot product with its segment's ``k`` vectors (``vectors [S, k, D]``)."""

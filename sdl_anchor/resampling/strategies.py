@@ -345,7 +345,7 @@ def theory_resample(
     rows, segments = rows[enough[segments]], renumber[segments[enough[segments]]]
     k = n_clusters
     ranks, sizes = _chunked_clusters(
-        F.normalize(pool.targets, dim=1)[rows],  # row-wise: the same numbers as normalising the gathered rows
+        F.normalize(pool.targets[rows], dim=1),
         segments,
         candidates.numel(),
         k,
@@ -403,8 +403,7 @@ def theory_resample(
         member_rows = rows[offsets[s] : offsets[s + 1]]
         member_ranks = ranks[offsets[s] : offsets[s + 1]]
         for r in chosen[1:]:
-            # every pool row's projection, then the members': cheaper than gathering the members' inputs
-            projection = (pool.encoder_inputs @ (encoder_dirs[s, r] * encoder_norm))[member_rows]
+            projection = pool.encoder_inputs[member_rows] @ (encoder_dirs[s, r] * encoder_norm)
             s_in = projection[member_ranks == r].median()
             outside = projection[member_ranks != r]
             s_out = outside.median() if outside.numel() else s_in.new_zeros(())
