@@ -329,6 +329,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_the_resumed_run_finishes_the_re
 
     monkeypatch.setattr(PairedSAETrainer, "after_step", after_step)
     interrupt = True
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs as a background job
     argv = train_argv(workspace, tmp_path / "run", "--hook_name", HOOK, "--architecture", "topk")
     argv += ["--d_in", "32", "--d_sae", "64", "--k", "4", "--resampling", "theory", "--log_to_wandb", "False"]
     argv += ["--checkpoint_path", str(tmp_path / "ck")]
@@ -342,7 +343,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_the_resumed_run_finishes_the_re
         "runner_cfg.json", "resampling_state.json", "resampling_state.safetensors",
     } <= {p.name for p in checkpoint.iterdir()}  # fmt: skip
     assert not (tmp_path / "run" / "sae").exists() and not list((tmp_path / "run").glob(".sae.*"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is given back
     saved = load_file(str(checkpoint / "sae_weights.safetensors"))
     interrupt, steps[:] = False, []
     assert main([*argv, "--resume_from_checkpoint", str(checkpoint)]) == 0
