@@ -75,6 +75,20 @@ def build(architecture: str):
     return sae
 
 
+def trainer_config(batch_size: int, checkpoint_path: str | None) -> SAETrainerConfig:
+    """The trainer settings every run here shares: STEPS steps of ``batch_size``, a short dead window."""
+    return SAETrainerConfig(
+        total_training_samples=STEPS * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=3e-3,
+        lr_end=3e-3,
+        device="cpu",
+        dead_feature_window=4,
+        checkpoint_path=checkpoint_path,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+
+
 def train(
     architecture: str, batch_size: int, resampling: str, context=None, resume_at=None, out=None, nan_at=None
 ):
@@ -99,16 +113,7 @@ def train(
         return batch[start : start + rows]
 
     sae = build(architecture)
-    config = SAETrainerConfig(
-        total_training_samples=STEPS * batch_size,
-        train_batch_size_samples=batch_size,
-        lr=3e-3,
-        lr_end=3e-3,
-        device="cpu",
-        dead_feature_window=4,
-        checkpoint_path=None if out is None else str(out / "checkpoints"),
-        logger=LoggingConfig(log_to_wandb=False),
-    )
+    config = trainer_config(batch_size, None if out is None else str(out / "checkpoints"))
     data = [shard(b) for b in batches(kind, batch_size)]
     if nan_at is not None and (context is None or context.rank == context.world_size - 1):
         data[nan_at - 1] = data[nan_at - 1].clone()
@@ -152,16 +157,7 @@ def train_set(architecture: str, batch_size: int, resampling: str, context=None)
         for x_in, x_out in batches("transcoder", batch_size)
     ]  # fmt: skip
     saes = {"layer_0": build(architecture), "layer_1": build(architecture)}
-    config = SAETrainerConfig(
-        total_training_samples=STEPS * batch_size,
-        train_batch_size_samples=batch_size,
-        lr=3e-3,
-        lr_end=3e-3,
-        device="cpu",
-        dead_feature_window=4,
-        checkpoint_path=None,
-        logger=LoggingConfig(log_to_wandb=False),
-    )
+    config = trainer_config(batch_size, None)
     kwargs = {"cfg": config, "saes": saes, "hook_names": {n: n for n in saes}, "data_provider": iter(data)}
     if resampling != "none":
         kwargs["resampling"] = ResamplingConfig(

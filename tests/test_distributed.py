@@ -197,21 +197,28 @@ def test_sdl_anchor_train_under_torchrun(workspace, tmp_path):  # noqa: F811
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("wandb")) == ["sae", "train.json"]
 
 
-def test_sdl_anchor_train_a_cross_layer_transcoder_under_torchrun(workspace, tmp_path):  # noqa: F811
-    from sdl_anchor.integrations.clt_training import CLTBundle
-
+def train_every_layer_under_torchrun(workspace, tmp_path, architecture):  # noqa: F811
+    """``sdl-anchor train --layers all`` of ``architecture`` on 2 ranks, 8 steps of 256 tokens (128 a rank) with
+    a theory event at step 4: ``(out, the launch, train.json)``, its common checks done."""
     run = [str(workspace / "data") if a == "DATA" else a for a in SMALL_RUN]
-    run[run.index("--training_tokens") + 1] = "2048"  # 8 steps of 256 tokens, 128 a rank
+    run[run.index("--training_tokens") + 1] = "2048"
     out = tmp_path / "run"
     done = torchrun(
         "-m", "sdl_anchor", "train", "--out", str(out), "--model-path", str(workspace / "ckpt"), *run,
-        "--architecture", "batchtopk_clt", "--layers", "all", "--k", "4", "--d_in", "32", "--d_out", "32",
+        "--architecture", architecture, "--layers", "all", "--k", "4", "--d_in", "32", "--d_out", "32",
         "--d_sae", "64", "--resampling", "theory", "--resample-every", "4",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "train.json").read_text())
-    assert summary["kind"] == "cross_layer_transcoder" and summary["world_size"] == 2
-    assert summary["layers"] == [0, 1] and summary["n_steps"] == 8
+    assert summary["world_size"] == 2 and summary["layers"] == [0, 1] and summary["n_steps"] == 8
+    return out, done, summary
+
+
+def test_sdl_anchor_train_a_cross_layer_transcoder_under_torchrun(workspace, tmp_path):  # noqa: F811
+    from sdl_anchor.integrations.clt_training import CLTBundle
+
+    out, done, summary = train_every_layer_under_torchrun(workspace, tmp_path, "batchtopk_clt")
+    assert summary["kind"] == "cross_layer_transcoder"
     assert [event["resample/step"] for event in summary["resampling"]["events"]] == [4.0]
     assert "clt/ce_loss_score" in summary["eval"]
     assert done.stdout.count("wrote ") == 2  # rank 0 alone reports (and writes)
@@ -224,18 +231,8 @@ def test_sdl_anchor_train_a_cross_layer_transcoder_under_torchrun(workspace, tmp
 def test_sdl_anchor_train_a_transcoder_set_under_torchrun(workspace, tmp_path):  # noqa: F811
     from sdl_anchor.integrations.transcoder_set import TranscoderSet
 
-    run = [str(workspace / "data") if a == "DATA" else a for a in SMALL_RUN]
-    run[run.index("--training_tokens") + 1] = "2048"  # 8 steps of 256 tokens, 128 a rank
-    out = tmp_path / "run"
-    done = torchrun(
-        "-m", "sdl_anchor", "train", "--out", str(out), "--model-path", str(workspace / "ckpt"), *run,
-        "--architecture", "topk_transcoder", "--layers", "all", "--k", "4", "--d_in", "32", "--d_out", "32",
-        "--d_sae", "64", "--resampling", "theory", "--resample-every", "4",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((out / "train.json").read_text())
-    assert summary["kind"] == "transcoder_set" and summary["world_size"] == 2
-    assert summary["layers"] == [0, 1] and summary["n_steps"] == 8
+    out, done, summary = train_every_layer_under_torchrun(workspace, tmp_path, "topk_transcoder")
+    assert summary["kind"] == "transcoder_set"
     assert "set/ce_loss_score" in summary["eval"]
     assert done.stdout.count("wrote ") == 2  # rank 0 alone reports (and writes)
     transcoder_set = TranscoderSet.load(out / "set")
