@@ -58,7 +58,6 @@ from sdl_anchor.integrations.transcoder_set import (
     layer_hooks,
     resolve_layers,
 )
-from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.io import read_json, write_json
 from sdl_anchor.resampling import ResamplingConfig
 
@@ -389,16 +388,7 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
         if self.context is not None:  # BatchTopK chose within each rank's rows
             batch = local_batch_size(batch, self.context.world_size)
         self.sae.cfg.metadata.train_batch_size_tokens = int(batch)
-        main = self.context is None or self.context.is_main
-        if self.cfg.logger.log_to_wandb and main:
-            wandb.init(
-                project=self.cfg.logger.wandb_project,
-                entity=self.cfg.logger.wandb_entity,
-                config={**self.cfg.to_dict(), "layers": self.layers},
-                name=self.cfg.logger.run_name,
-                id=self.cfg.logger.wandb_id,
-                **wandb_env_settings(),
-            )
+        wandb_started = self.start_wandb({**self.cfg.to_dict(), "layers": self.layers})
         kwargs = {
             "cfg": self.cfg.to_sae_trainer_config(),
             "sae": self.sae,
@@ -427,7 +417,7 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
         try:
             self.run_trainer_with_interruption_handling(trainer)
         finally:
-            if self.cfg.logger.log_to_wandb and main:
+            if wandb_started:
                 wandb.finish()
         if isinstance(trainer, DistributedTrainerMixin):
             trainer.unwrap_sae()
@@ -437,7 +427,7 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
                 "events": trainer.resample_log,  # type: ignore[attr-defined]
             }
         bundle = CLTBundle(self.sae, self.layers, self.hooks)
-        if self.cfg.output_path is not None and main:
+        if self.cfg.output_path is not None and self.is_main:
             bundle.save(self.cfg.output_path)
         if self.context is not None:
             torch.distributed.barrier()  # no rank leaves before rank 0 has written the CLT

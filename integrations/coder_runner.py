@@ -163,6 +163,26 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
             eval_batch_size_prompts=cfg.eval_batch_size_prompts,
         )
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs and saves: the only one, or rank 0 under torchrun."""
+        return self.context is None or self.context.is_main
+
+    def start_wandb(self, config: dict[str, Any]) -> bool:
+        """Start this run's W&B run with ``config`` when ``cfg.logger`` logs to W&B, on the main process only;
+        return whether one started (the caller finishes it with ``wandb.finish()``)."""
+        if not (self.cfg.logger.log_to_wandb and self.is_main):
+            return False
+        wandb.init(
+            project=self.cfg.logger.wandb_project,
+            entity=self.cfg.logger.wandb_entity,
+            config=config,
+            name=self.cfg.logger.run_name,
+            id=self.cfg.logger.wandb_id,
+            **wandb_env_settings(),
+        )
+        return True
+
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
         """``trainer.fit()``; SIGINT or SIGTERM stops it at the next step boundary and writes a resumable
         checkpoint ``interrupted_<samples>`` under ``cfg.checkpoint_path`` (weights, optimizer, scheduler,
@@ -170,7 +190,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
         :class:`~sdl_anchor.integrations.paired_trainer.TrainingInterrupted` naming it. A second Ctrl-C
         stops at once and saves nothing. (SAELens's own handler saved only the data position, into a folder
         it never created.)"""
-        main = self.context is None or self.context.is_main
+        main = self.is_main
 
         def stop_after_this_step(signal_number: int, frame: Any) -> None:
             if trainer.stop_signal is not None and signal_number == signal.SIGINT:
@@ -274,16 +294,7 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
         """Train the coder (and save it to ``cfg.output_path`` when set); return it."""
         set_sae_metadata(self)
         self.sae.cfg.metadata.hook_names = list(self.cfg.hook_names)
-        main = self.context is None or self.context.is_main
-        if self.cfg.logger.log_to_wandb and main:
-            wandb.init(
-                project=self.cfg.logger.wandb_project,
-                entity=self.cfg.logger.wandb_entity,
-                config=self.cfg.to_dict(),
-                name=self.cfg.logger.run_name,
-                id=self.cfg.logger.wandb_id,
-                **wandb_env_settings(),
-            )
+        wandb_started = self.start_wandb(self.cfg.to_dict())
         trainer_kwargs = {
             "sae": self.sae,
             "data_provider": coder_batches(self.activations_store, self.cfg.hook_names, self.kind),
@@ -317,9 +328,9 @@ class CoderTrainingRunner(LanguageModelSAETrainingRunner):
         if isinstance(trainer, DistributedTrainerMixin):
             trainer.unwrap_sae()
         record_kernels(sae, self.cfg.train_batch_size_tokens)
-        if self.cfg.output_path is not None and main:
+        if self.cfg.output_path is not None and self.is_main:
             self.save_final_sae(sae, self.cfg.output_path, log_feature_sparsity=trainer.log_feature_sparsity)
-        if self.cfg.logger.log_to_wandb and main:
+        if wandb_started:
             wandb.finish()
         if self.context is not None:
             dist.barrier()  # no rank leaves before rank 0 has written the coder

@@ -54,7 +54,6 @@ from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.sparse_step import record_kernels
 from sdl_anchor.integrations.splice import coder_output, evaluate_spliced_layers
-from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.io import read_json, write_json
 from sdl_anchor.resampling import ResamplingConfig
 
@@ -416,16 +415,7 @@ class TranscoderSetRunner(CoderTrainingRunner):
             set_sae_metadata(self)
             self.sae.cfg.metadata.hook_names = layer_hooks(layer, self.hooks)
             self.sae.cfg.metadata.hook_name = layer_hooks(layer, self.hooks)[0]
-        main = self.context is None or self.context.is_main
-        if self.cfg.logger.log_to_wandb and main:
-            wandb.init(
-                project=self.cfg.logger.wandb_project,
-                entity=self.cfg.logger.wandb_entity,
-                config={**self.cfg.to_dict(), "layers": self.layers},
-                name=self.cfg.logger.run_name,
-                id=self.cfg.logger.wandb_id,
-                **wandb_env_settings(),
-            )
+        wandb_started = self.start_wandb({**self.cfg.to_dict(), "layers": self.layers})
         kwargs: dict[str, Any] = {
             "cfg": self.cfg.to_sae_trainer_config(),
             "saes": self.saes,
@@ -442,7 +432,7 @@ class TranscoderSetRunner(CoderTrainingRunner):
         try:
             trainer.fit()
         finally:
-            if self.cfg.logger.log_to_wandb and main:
+            if wandb_started:
                 wandb.finish()
         if isinstance(trainer, DistributedMultiCoderTrainer):
             trainer.unwrap_saes()
@@ -457,7 +447,7 @@ class TranscoderSetRunner(CoderTrainingRunner):
         transcoder_set = TranscoderSet(
             {layer: self.saes[f"layer_{layer}"] for layer in self.layers}, self.hooks
         )
-        if self.cfg.output_path is not None and main:
+        if self.cfg.output_path is not None and self.is_main:
             transcoder_set.save(self.cfg.output_path)
         if self.context is not None:
             torch.distributed.barrier()  # no rank leaves before rank 0 has written the set
