@@ -350,6 +350,23 @@ def test_the_cli_trains_a_batchtopk_clt_over_every_layer_and_saves_it_loadable(c
     assert not any(p.name.startswith(".clt.partial") for p in out.iterdir())
 
 
+@pytest.mark.parametrize("architecture", ["batchtopk_clt", "topk_transcoder"])
+def test_a_clt_and_a_transcoder_set_log_to_wandb(checkpoint, tmp_path, capsys, monkeypatch, architecture):
+    """--layers runs (a CLT, a transcoder set) start one W&B run (offline here), log their losses to it and
+    finish it."""
+    from wandb_records import logged_history, offline_runs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # the runs go into --out
+    out = tmp_path / "run"
+    argv = train_argv(checkpoint, out, "--architecture", architecture, "--k", "4", "--layers", "all",
+                      "--wandb-project", "sdl-anchor-test", "--wandb_log_frequency", "1")  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    (run,) = offline_runs(out)
+    history = logged_history(run)
+    assert any(key.endswith("mse_loss") for key in history), sorted(history)
+
+
 def test_the_cli_trains_an_anchored_topk_clt_from_an_anchor_file(checkpoint, tmp_path, capsys):
     """``--anchor_path`` names a CLT anchor file (one AnchorSet per layer): each layer's first latents start at
     its anchors (``--anchor_init``), stay near them through training and theory resampling, and the saved
