@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from sdl_anchor.resampling.clustering import SegmentLayout, segment_clusters
+from sdl_anchor.resampling.clustering import SegmentLayout, grouped_row_sums, segment_clusters
 
 
 def noisy(direction, n, generator, noise=0.05):
@@ -67,3 +67,34 @@ def test_the_padded_layout_gives_each_point_its_own_segments_dot_products():
     torch.testing.assert_close(layout.dots(vectors), expected)
     torch.testing.assert_close(layout.dot(vectors[:, 0]), expected[:, 0])
     assert SegmentLayout(directions[:0], segments[:0], 3).dots(vectors[:3]).shape == (0, 3)
+
+
+def test_grouped_row_sums_equal_index_add_of_the_gathered_rows():
+    """Repeated rows, groups out of order, an empty group, and no points at all."""
+    generator = torch.Generator().manual_seed(3)
+    source = torch.randn(7, 5, dtype=torch.float64, generator=generator)
+    rows = torch.tensor([3, 3, 0, 6, 1, 3, 2])
+    groups = torch.tensor([2, 0, 2, 3, 0, 3, 2])  # group 1 is empty
+    expected = torch.zeros(4, 5, dtype=torch.float64).index_add_(0, groups, source[rows])
+    torch.testing.assert_close(grouped_row_sums(source, rows, groups, 4), expected)
+    none = torch.zeros(0, dtype=torch.long)
+    assert grouped_row_sums(source, none, none, 3).abs().sum() == 0
+    assert grouped_row_sums(source, none, none, 0).shape == (0, 5)
+
+
+def test_points_given_as_rows_of_a_table_cluster_as_the_gathered_points_do():
+    """A theory event's points are pool rows owned by several latents: clustering ``(table, rows)`` must give
+    the same ranks and sizes as clustering the gathered ``table[rows]``, and the layout the same products."""
+    generator = torch.Generator().manual_seed(4)
+    a, b = torch.eye(12)[:2]
+    table = torch.cat([noisy(a, 30, generator), noisy(b, 20, generator), noisy(a + b, 10, generator)])
+    rows = torch.randint(0, 60, (150,), generator=generator)
+    segments = torch.sort(torch.randint(0, 5, (150,), generator=generator)).values
+    gathered = segment_clusters(table[rows], segments, 5, k=2, merge_cosine=0.9, min_fraction=0.05)
+    from_rows = segment_clusters(table, segments, 5, k=2, merge_cosine=0.9, min_fraction=0.05, rows=rows)
+    assert torch.equal(gathered[0], from_rows[0]) and torch.equal(gathered[1], from_rows[1])
+    vectors = torch.randn(5, 2, 12, generator=generator)
+    torch.testing.assert_close(
+        SegmentLayout(table, segments, 5, rows).dots(vectors),
+        SegmentLayout(table[rows], segments, 5).dots(vectors),
+    )

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sdl_anchor.resampling.clustering import segment_clusters
+from sdl_anchor.resampling.clustering import grouped_row_sums, segment_clusters
 
 
 @dataclass
@@ -250,6 +250,7 @@ def _candidate_pairs(
 
 def _chunked_clusters(
     directions: torch.Tensor,
+    rows: torch.Tensor,
     segments: torch.Tensor,
     n_segments: int,
     k: int,
@@ -257,8 +258,8 @@ def _chunked_clusters(
     min_fraction: float,
     max_points: int = 1 << 18,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``segment_clusters`` over runs of whole segments of at most ``max_points`` points (bounded memory);
-    every segment must hold a point."""
+    """``segment_clusters`` of the points ``directions[rows]`` over runs of whole segments of at most
+    ``max_points`` points (bounded memory); every segment must hold a point."""
     if n_segments == 0:
         return segments.new_zeros(0), segments.new_zeros(0, k)
     counts = torch.bincount(segments, minlength=n_segments).tolist()
@@ -271,12 +272,13 @@ def _chunked_clusters(
             last_segment += 1
         span = slice(first_point, first_point + n_points)
         chunk_ranks, chunk_sizes = segment_clusters(
-            directions[span],
+            directions,
             segments[span] - first_segment,
             last_segment - first_segment,
             k,
             merge_cosine,
             min_fraction,
+            rows=rows[span],
         )
         ranks.append(chunk_ranks)
         sizes.append(chunk_sizes)
@@ -345,7 +347,8 @@ def theory_resample(
     rows, segments = rows[enough[segments]], renumber[segments[enough[segments]]]
     k = n_clusters
     ranks, sizes = _chunked_clusters(
-        F.normalize(pool.targets[rows], dim=1),
+        F.normalize(pool.targets, dim=1),
+        rows,
         segments,
         candidates.numel(),
         k,
@@ -354,18 +357,11 @@ def theory_resample(
     )
     clustered = ranks >= 0
     slot = segments[clustered] * k + ranks[clustered]
-    decoder_dirs = F.normalize(
-        pool.targets.new_zeros(candidates.numel() * k, pool.targets.shape[1]).index_add_(
-            0, slot, pool.targets[rows[clustered]]
-        ),
-        dim=1,
-    ).view(candidates.numel(), k, pool.targets.shape[1])
-    encoder_dirs = F.normalize(
-        pool.encoder_inputs.new_zeros(candidates.numel() * k, pool.encoder_inputs.shape[1]).index_add_(
-            0, slot, pool.encoder_inputs[rows[clustered]]
-        ),
-        dim=1,
-    ).view(candidates.numel(), k, pool.encoder_inputs.shape[1])
+    n_slots, members = candidates.numel() * k, rows[clustered]
+    decoder_dirs = F.normalize(grouped_row_sums(pool.targets, members, slot, n_slots), dim=1)
+    decoder_dirs = decoder_dirs.view(candidates.numel(), k, pool.targets.shape[1])
+    encoder_dirs = F.normalize(grouped_row_sums(pool.encoder_inputs, members, slot, n_slots), dim=1)
+    encoder_dirs = encoder_dirs.view(candidates.numel(), k, pool.encoder_inputs.shape[1])
     splittable = torch.nonzero((sizes > 0).sum(dim=1) >= 2).flatten()
     # each new direction's closest live decoder other than the latent being split
     live_similarity = _max_similarity(
