@@ -78,9 +78,10 @@ PRESETS = {
     ),
     "cpu": LMPreset(
         name="cpu",
-        description="about 31 minutes on 2 CPU cores: the middle layer, 160k training tokens, seeds 0 and 1",
+        description="under 30 minutes on 2 CPU cores: the middle layer, 131k training tokens, seeds 0 and 1",
         layer=15,
-        train_tokens=163_840,
+        # 128 steps: 160 took 31 min 29 s on one host and projected to 32 min 40 s on a slower one (2026-12-07)
+        train_tokens=131_072,
         eval_tokens=16_384,
         ce_sequences=32,
         d_sae=4608,

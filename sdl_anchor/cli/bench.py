@@ -158,7 +158,7 @@ def _add_lm_parser(bench: Any) -> None:
         "--preset",
         default="cpu",
         choices=list(PRESETS),
-        help="smoke: seconds (CI); cpu (default): about 31 minutes on 2 CPU cores; gpu: a realistic budget "
+        help="smoke: seconds (CI); cpu (default): under 30 minutes on 2 CPU cores; gpu: a realistic budget "
         "(needs --corpus with 20M tokens of text)",
     )
     lm.add_argument("--out", type=Path, default=None, help="output folder (default: runs/lm-PRESET)")
