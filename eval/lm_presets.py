@@ -78,12 +78,14 @@ PRESETS = {
     ),
     "cpu": LMPreset(
         name="cpu",
-        description="under 30 minutes on 2 CPU cores: the middle layer, 131k training tokens, seeds 0 and 1",
+        description="under 30 minutes on 2 CPU cores: the middle layer, 123k training tokens, seeds 0 and 1",
         layer=15,
-        # 128 steps: 160 took 31 min 29 s on one host and projected to 32 min 40 s on a slower one (2026-12-07)
-        train_tokens=131_072,
+        # sized to the 30 minutes with margin: 163,840 tokens and 32 CE sequences took 31 min 29 s on one host
+        # and projected to 32 min 40 s on a slower one; 131,072 and 32 took 29 min 18 s there (2026-12-07), of
+        # which splicing 32 sequences 12 s per SAE
+        train_tokens=122_880,
         eval_tokens=16_384,
-        ce_sequences=32,
+        ce_sequences=16,
         d_sae=4608,
         k=32,
         seeds=(0, 1),
