@@ -9,7 +9,8 @@ the choice is not fixed: the first product of each *shape class* times both kern
 that shape (one warm-up each, then :data:`REPEATS` alternating rounds, medians), keeps the faster, and
 caches the choice in ``cache_root()/kernels.json`` keyed by
 
-    CPU model | torch threads | torch version | dtype | device type | batch, d_in, d_sae (powers of two)
+    CPU model (family, model, stepping) | torch threads | torch version | dtype | device type |
+    batch, d_in, d_sae (powers of two)
 
 so later runs on the same machine reuse it without timing (a second process reads the file; within a
 process the choice is kept in memory). The calibration's own cost (``calibration_seconds``, about 12
@@ -86,17 +87,38 @@ def run_dense_product(kernel: str, x: torch.Tensor, W_enc: torch.Tensor, b_enc: 
     raise ValueError(f"unknown dense-product kernel {kernel!r}; choose one of {', '.join(DENSE_PRODUCTS)}")
 
 
+# /proc/cpuinfo fields that tell CPU generations apart, beyond the model name
+CPU_GENERATION_FIELDS = ("cpu family", "model", "stepping")
+
+
 @functools.cache
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else what ``platform`` says)."""
+    """This machine's CPU as :func:`describe_cpu` names it from ``/proc/cpuinfo`` (else what ``platform``
+    says)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.lower().startswith("model name") and ":" in line:
-                    return " ".join(line.split(":", 1)[1].split())
+            described = describe_cpu(cpuinfo.read())
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        described = None
+    return described or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_cpu(cpuinfo: str) -> str | None:
+    """The first processor's model name in ``/proc/cpuinfo`` text, with its family, model and stepping
+    numbers when present: virtual machines often report a bare vendor name ("AMD EPYC") for several CPU
+    generations, whose kernel choices differ. None without a model name."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), " ".join(value.split()))
+    if not fields.get("model name"):
+        return None
+    generation = [
+        f"{field.split()[-1]} {fields[field]}" for field in CPU_GENERATION_FIELDS if fields.get(field)
+    ]
+    return f"{fields['model name']} ({', '.join(generation)})" if generation else fields["model name"]
 
 
 def shape_class(n: int) -> int:

@@ -174,6 +174,20 @@ def test_the_cpu_model_and_shape_classes():
     assert [kc.shape_class(n) for n in (1, 2, 3, 1000, 1024, 1025)] == [1, 2, 4, 1024, 1024, 2048]
 
 
+def test_two_generations_behind_one_vendor_name_get_different_cache_keys():
+    """A virtual machine's bare "AMD EPYC" covers several generations: family, model and stepping tell them
+    apart, so one generation's cached choice is not read on another."""
+    block = (
+        "processor\t: {cpu}\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: {model}\nstepping\t: 1\n"
+    )
+    milan = block.format(cpu=0, model=1) + "\n" + block.format(cpu=1, model=17)
+    genoa = block.format(cpu=0, model=17)
+    assert kc.describe_cpu(milan) == "AMD EPYC (family 25, model 1, stepping 1)"  # the first processor's
+    assert kc.describe_cpu(genoa) == "AMD EPYC (family 25, model 17, stepping 1)"
+    assert kc.describe_cpu("model name\t: Apple M2\n") == "Apple M2"
+    assert kc.describe_cpu("processor\t: 0\nfeatures\t: fp asimd\n") is None
+
+
 @needs_onednn
 def test_a_training_run_records_the_kernel_choice_in_its_metadata(monkeypatch):
     from sdl_anchor.integrations.training import train_on_bench
