@@ -9,7 +9,8 @@
 * ``sparse step's dense product: calibrated kernel / the other`` (CPU only): the one dense product of the
   step, ``x @ W_enc + b_enc``, on the kernel :mod:`sdl_anchor.kernel_choice` chose for this machine and shape
   (oneDNN's matmul or ``torch.addmm``, MKL's sgemm), against the other one, on the same batches: at most 1
-  when the calibration chose right.
+  when the calibration chose right, or within the noise floor (the chosen kernel timed against itself in
+  the same rounds) when the two tie on this machine.
 * ``sparse topk step / sparsify SparseCoder step``: our TopK SAE's whole trainer step (SAELens's
   bookkeeping, gradient clipping and all) against sparsify's ``SparseCoder`` forward, backward and update,
   both with torch's fused Adam, on the same batches. sparsify (``pip install eai-sparsify``) is imported
@@ -122,20 +123,40 @@ DENSE_PRODUCT_ROW = "sparse step's dense product: calibrated kernel / the other 
 def measure_dense_product(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """Median seconds of the sparse step's dense product on the kernel the calibration chose for this
     machine and shape (:func:`sdl_anchor.kernel_choice.choose_dense_product`, run first when not cached)
-    and on the other candidate, alternating on the same batches (CPU float32, where there are two)."""
+    and on the other candidate, alternating on the same batches (CPU float32, where there are two), with a
+    third turn per round on the chosen kernel again: ``noise_floor`` is the largest disagreement of the chosen
+    kernel with itself within a round, and ``within_noise`` says the ratio is within it (the two kernels tie
+    on this machine, so either choice is right)."""
     choice = choose_dense_product(sizes["batch_size"], sizes["d_in"], sizes["d_sae"], torch.float32, device)
     other = next(name for name in DENSE_PRODUCTS if name != choice.choice)
+    again = f"{choice.choice} again"
     generator = torch.Generator(device=device).manual_seed(0)
     W_enc = torch.randn(sizes["d_in"], sizes["d_sae"], generator=generator, device=device)
     b_enc = torch.randn(sizes["d_sae"], generator=generator, device=device)
-    steppers = {
-        choice.choice: _Product(partial(run_dense_product, choice.choice), W_enc, b_enc),
-        other: _Product(partial(run_dense_product, other), W_enc, b_enc),
-    }
-    row = _paired_row(
-        DENSE_PRODUCT_ROW, steppers, choice.choice, other, sizes, device, ("d_in", "d_sae", "batch_size")
+    kernels = {choice.choice: choice.choice, other: other, again: choice.choice}
+    batches = _batches(sizes, device)
+    times = step_seconds(
+        {
+            key: (_Product(partial(run_dense_product, kernel), W_enc, b_enc), batches)
+            for key, kernel in kernels.items()
+        },
+        sizes["steps"],
+        device,
+        warm_up=2,
     )
-    return {**row, "chosen": choice.choice, "other": other, "choice_source": choice.source}
+    ratio = paired_ratio(times, choice.choice, other)
+    noise_floor = max(abs(b / a - 1) for a, b in zip(times[choice.choice], times[again], strict=True))
+    return {
+        "name": DENSE_PRODUCT_ROW,
+        "ratio": ratio,
+        **{f"{key}_seconds": statistics.median(times[key]) for key in (choice.choice, other)},
+        **{key: sizes[key] for key in ("d_in", "d_sae", "batch_size")},
+        "chosen": choice.choice,
+        "other": other,
+        "choice_source": choice.source,
+        "noise_floor": noise_floor,
+        "within_noise": ratio <= 1 + noise_floor,
+    }
 
 
 class SparsifyStep:

@@ -149,6 +149,29 @@ def test_the_results_name_the_cpu_and_the_kernel_choices(tiny_results):
         (product,) = [r for r in tiny_results["rows"] if r["name"].startswith("sparse step's dense product")]
         assert product["chosen"] == choice["choice"] and product["other"] != choice["choice"]
         assert product[f"{product['chosen']}_seconds"] > 0 and product[f"{product['other']}_seconds"] > 0
+        assert product["noise_floor"] >= 0 and "noise floor" in product["note"]
+        assert product["ok"] == (product["ratio"] <= 1.0 or product["ratio"] <= 1 + product["noise_floor"])
+
+
+@pytest.mark.parametrize(
+    ("again", "floor", "within"),
+    [([1.05, 0.99, 1.0], 0.05, True), ([1.0, 1.0, 1.0], 0.0, False)],
+)
+def test_the_dense_product_row_judges_a_tie_by_the_chosen_kernel_against_itself(
+    monkeypatch, again, floor, within
+):
+    """Planted rounds: the chosen kernel is 3% slower than the other. When the chosen kernel disagrees with
+    itself by 5% in the same rounds, that is a tie within noise; when it never does, the choice was wrong."""
+    from sdl_anchor.eval import sparse_step_time
+
+    def planted(steppers, steps, device, warm_up):
+        chosen, other, repeat = steppers
+        return {chosen: [1.0, 1.0, 1.0], other: [0.97, 0.97, 0.97], repeat: again}
+
+    monkeypatch.setattr(sparse_step_time, "step_seconds", planted)
+    row = sparse_step_time.measure_dense_product({"d_in": 8, "d_sae": 16, "batch_size": 4, "steps": 3})
+    assert row["ratio"] == pytest.approx(1 / 0.97)
+    assert row["noise_floor"] == pytest.approx(floor) and row["within_noise"] is within
 
 
 def test_the_transcoder_set_wall_row_is_a_median_with_its_noise_floor(tiny_results):
