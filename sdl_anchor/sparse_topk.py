@@ -47,12 +47,12 @@ class SparseEntries:
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
         """The ``[n_rows, n_cols]`` CSR matrix holding ``values`` at these entries."""
-        return _csr(self.rows, self.cols, values, self.n_rows, self.n_cols)
+        return csr_from_sorted(self.rows, self.cols, values, self.n_rows, self.n_cols)
 
     def transposed_csr(self, values: torch.Tensor) -> torch.Tensor:
         """The ``[n_cols, n_rows]`` CSR matrix of the transpose (entries re-sorted by column)."""
         order = torch.argsort(self.cols, stable=True)
-        return _csr(self.cols[order], self.rows[order], values[order], self.n_cols, self.n_rows)
+        return csr_from_sorted(self.cols[order], self.rows[order], values[order], self.n_cols, self.n_rows)
 
     def select(self, mask: torch.Tensor) -> SparseEntries:
         """The entries where ``mask [N]`` is true (still row-major)."""
@@ -87,10 +87,10 @@ def latents_fired(feature_acts: torch.Tensor) -> torch.Tensor:
     return (feature_acts.detach() != 0).reshape(-1, feature_acts.shape[-1]).any(dim=0)
 
 
-def _csr(
+def csr_from_sorted(
     rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_rows: int, n_cols: int
 ) -> torch.Tensor:
-    """A CSR matrix from row-sorted COO entries."""
+    """The ``[n_rows, n_cols]`` CSR matrix holding ``values`` at the row-sorted COO entries ``(rows, cols)``."""
     counts = torch.bincount(rows, minlength=n_rows)
     crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     with warnings.catch_warnings():  # torch calls its CSR support "beta" on every construction

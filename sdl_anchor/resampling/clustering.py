@@ -15,10 +15,10 @@ so those cosines are one batched matrix product per block.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
+
+from sdl_anchor.sparse_topk import csr_from_sorted
 
 
 def grouped_row_sums(
@@ -30,14 +30,9 @@ def grouped_row_sums(
     points and the pool only tens of thousands of rows, so the product reads each row from cache (on
     SmolLM2's pool, 0.08 s instead of 1.2 s for the gather and ``index_add_``)."""
     order = torch.argsort(groups, stable=True)
-    counts = torch.bincount(groups, minlength=n_groups)
-    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        selector = torch.sparse_csr_tensor(
-            crow, rows[order], source.new_ones(rows.numel()), size=(n_groups, source.shape[0]),
-            check_invariants=False,
-        )  # fmt: skip
+    selector = csr_from_sorted(
+        groups[order], rows[order], source.new_ones(rows.numel()), n_groups, source.shape[0]
+    )
     return selector @ source
 
 
