@@ -60,25 +60,29 @@ def _fields(architecture: str, sizes: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _round_times(steppers: dict[str, Any], sizes: dict[str, Any], device: str) -> dict[str, list[float]]:
+    """Per-round seconds of every stepper (``.step(batch)``), taking turns on the same batches
+    (:func:`step_seconds`)."""
+    batches = _batches(sizes, device)
+    return step_seconds(
+        {key: (stepper, batches) for key, stepper in steppers.items()}, sizes["steps"], device, warm_up=2
+    )
+
+
 def _paired_row(
     name: str,
-    steppers: dict[str, Any],
+    times: dict[str, list[float]],
     ours: str,
     baseline: str,
     sizes: dict[str, Any],
-    device: str,
     size_keys: tuple[str, ...] = ("d_in", "d_sae", "k", "batch_size"),
 ) -> dict[str, Any]:
-    """A row of ``ours / baseline``: every stepper (``.step(batch)``) takes turns on the same batches
-    (:func:`step_seconds`); the row holds the paired ratio, each one's median seconds and the sizes."""
-    batches = _batches(sizes, device)
-    times = step_seconds(
-        {key: (stepper, batches) for key, stepper in steppers.items()}, sizes["steps"], device, warm_up=2
-    )
+    """A row of ``ours / baseline`` from :func:`_round_times`: the paired ratio, the two's median seconds and
+    the sizes."""
     return {
         "name": name,
         "ratio": paired_ratio(times, ours, baseline),
-        **{f"{key}_seconds": statistics.median(times[key]) for key in steppers},
+        **{f"{key}_seconds": statistics.median(times[key]) for key in (ours, baseline)},
         **{key: sizes[key] for key in size_keys},
     }
 
@@ -103,7 +107,8 @@ def measure_against_dense(architecture: str, sizes: dict[str, Any], device: str 
         "dense": trainer_for_timing(stock, sizes["batch_size"], device),
         "sparse": trainer_for_timing(ours, sizes["batch_size"], device),
     }
-    row = _paired_row(dense_comparison_name(architecture), steppers, "sparse", "dense", sizes, device)
+    times = _round_times(steppers, sizes, device)
+    row = _paired_row(dense_comparison_name(architecture), times, "sparse", "dense", sizes)
     return {**row, "optimizer": "torch fused Adam, both steps"}
 
 
@@ -133,29 +138,20 @@ def measure_dense_product(sizes: dict[str, Any], device: str = "cpu") -> dict[st
     generator = torch.Generator(device=device).manual_seed(0)
     W_enc = torch.randn(sizes["d_in"], sizes["d_sae"], generator=generator, device=device)
     b_enc = torch.randn(sizes["d_sae"], generator=generator, device=device)
-    kernels = {choice.choice: choice.choice, other: other, again: choice.choice}
-    batches = _batches(sizes, device)
-    times = step_seconds(
-        {
-            key: (_Product(partial(run_dense_product, kernel), W_enc, b_enc), batches)
-            for key, kernel in kernels.items()
-        },
-        sizes["steps"],
-        device,
-        warm_up=2,
-    )
-    ratio = paired_ratio(times, choice.choice, other)
+    steppers = {
+        key: _Product(partial(run_dense_product, kernel), W_enc, b_enc)
+        for key, kernel in ((choice.choice, choice.choice), (other, other), (again, choice.choice))
+    }
+    times = _round_times(steppers, sizes, device)
+    row = _paired_row(DENSE_PRODUCT_ROW, times, choice.choice, other, sizes, ("d_in", "d_sae", "batch_size"))
     noise_floor = max(abs(b / a - 1) for a, b in zip(times[choice.choice], times[again], strict=True))
     return {
-        "name": DENSE_PRODUCT_ROW,
-        "ratio": ratio,
-        **{f"{key}_seconds": statistics.median(times[key]) for key in (choice.choice, other)},
-        **{key: sizes[key] for key in ("d_in", "d_sae", "batch_size")},
+        **row,
         "chosen": choice.choice,
         "other": other,
         "choice_source": choice.source,
         "noise_floor": noise_floor,
-        "within_noise": ratio <= 1 + noise_floor,
+        "within_noise": row["ratio"] <= 1 + noise_floor,
     }
 
 
@@ -194,7 +190,7 @@ def measure_against_sparsify(sizes: dict[str, Any], device: str = "cpu") -> dict
         "ours": trainer_for_timing(ours, sizes["batch_size"], device),
     }
     name = "sparse topk step / sparsify SparseCoder step (same batches, fused Adam)"
-    return _paired_row(name, steppers, "ours", "sparsify", sizes, device)
+    return _paired_row(name, _round_times(steppers, sizes, device), "ours", "sparsify", sizes)
 
 
 def main(argv: list[str] | None = None) -> None:
