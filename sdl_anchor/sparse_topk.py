@@ -22,16 +22,20 @@ float32 on oneDNN's matmul (the kernel torch's inductor compiles CPU linear laye
 (:mod:`sdl_anchor.kernel_choice`).
 
 Entries are kept in row-major order (rows ascending, columns ascending within a row) as a
-:class:`SparseEntries`, so both sides use torch's CSR kernels.
+:class:`SparseEntries`: products over rows (the decoder's forward pass, ``dL/dx``) use torch's CSR
+kernels, and the weight gradients, products over columns, sum each latent's entries as an embedding bag
+(:meth:`SparseEntries.transposed_product`).
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sdl_anchor.kernel_choice import choose_dense_product, run_dense_product
 
@@ -49,10 +53,27 @@ class SparseEntries:
         """The ``[n_rows, n_cols]`` CSR matrix holding ``values`` at these entries."""
         return csr_from_sorted(self.rows, self.cols, values, self.n_rows, self.n_cols)
 
-    def transposed_csr(self, values: torch.Tensor) -> torch.Tensor:
-        """The ``[n_cols, n_rows]`` CSR matrix of the transpose (entries re-sorted by column)."""
+    @cached_property
+    def column_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(order, starts)``: the permutation sorting the entries by column (stable: rows stay ascending
+        within a column) and where each column's run starts in it. Computed once per step, shared by the
+        encoder's and the decoder's backward passes."""
         order = torch.argsort(self.cols, stable=True)
-        return csr_from_sorted(self.cols[order], self.rows[order], values[order], self.n_cols, self.n_rows)
+        counts = torch.bincount(self.cols, minlength=self.n_cols)
+        return order, counts.cumsum(0) - counts
+
+    def transposed_product(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """``A^T @ dense``, ``[n_cols, d]``, for ``A [n_rows, n_cols]`` holding ``values`` at these entries
+        and ``dense [n_rows, d]``.
+
+        Row ``j`` of the result is the sum of ``values[e] * dense[rows[e]]`` over column ``j``'s entries, one
+        embedding bag per column (torch's fused gather-scale-sum kernel, which sparsify's decoder also
+        runs), written once into a fresh tensor. Torch's ``CSR^T @ dense`` instead zero-fills a temporary
+        and copies it out; on the sparse step's weight gradients that cost more than the products."""
+        order, starts = self.column_order
+        return F.embedding_bag(
+            self.rows[order], dense.contiguous(), starts, mode="sum", per_sample_weights=values[order]
+        )
 
     def select(self, mask: torch.Tensor) -> SparseEntries:
         """The entries where ``mask [N]`` is true (still row-major)."""
@@ -182,21 +203,18 @@ class _SampledPreActivations(torch.autograd.Function):
         entries: SparseEntries = ctx.entries
         needs = ctx.needs_input_grad
         grad_values = grad_values.contiguous()
-        sparse_grad = entries.csr(grad_values)
         grad_x = grad_shift = grad_W_enc = grad_b_enc = None
         column_sums = None
-        if needs[3]:
+        if needs[3]:  # (x - shift)^T G, computed as the transpose of G^T (x - shift)
             centred = x - shift if ctx.has_shift else x
-            grad_W_enc = torch.mm(
-                centred.T.contiguous(), sparse_grad, out=torch.empty_like(W_enc)
-            )  # (x-shift)^T G
+            grad_W_enc = entries.transposed_product(grad_values, centred).T
         if needs[4] or needs[2]:
             column_sums = grad_values.new_zeros(entries.n_cols).index_add_(0, entries.cols, grad_values)
             grad_b_enc = column_sums if needs[4] else None
         if needs[2]:
             grad_shift = -(W_enc @ column_sums)  # sum over rows of -G W_enc^T
         if needs[1]:
-            grad_x = sparse_grad @ W_enc.T
+            grad_x = entries.csr(grad_values) @ W_enc.T
         return None, grad_x, grad_shift, grad_W_enc, grad_b_enc, None
 
 
@@ -240,9 +258,7 @@ class _SparseDecode(torch.autograd.Function):
             pattern = entries.csr(torch.zeros_like(values))
             grad_values = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.T, beta=0.0).values()
         if ctx.needs_input_grad[1]:
-            grad_W_dec = torch.mm(
-                entries.transposed_csr(values), grad_out, out=torch.empty_like(W_dec)
-            )  # A^T dL/dout
+            grad_W_dec = entries.transposed_product(values, grad_out)  # A^T dL/dout
         return grad_values, grad_W_dec, None
 
 

@@ -204,6 +204,22 @@ def test_entries_and_decode_match_dense_algebra():
     assert out.shape == (6, 5) and torch.all(out == 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_transposed_product_is_the_dense_transpose_product(dtype):
+    torch.manual_seed(0)
+    scores = torch.randn(7, 50, dtype=dtype)
+    entries = batch_topk_entries(scores, 2.0)  # uneven columns, most of the 50 empty
+    values, dense = torch.randn(14, dtype=dtype), torch.randn(7, 4, dtype=dtype)
+    product = entries.transposed_product(values, dense)
+    assert product.shape == (50, 4) and product.dtype == dtype and product.is_contiguous()
+    empty_columns = torch.ones(50, dtype=torch.bool).index_fill_(0, entries.cols, False)
+    assert empty_columns.sum() > 30 and torch.all(product[empty_columns] == 0)
+    torch.testing.assert_close(product, entries.scatter(values).T @ dense)
+    torch.testing.assert_close(entries.transposed_product(values, dense.T.contiguous().T), product)
+    nothing = entries.select(torch.zeros(14, dtype=torch.bool))
+    assert torch.equal(nothing.transposed_product(values[:0], dense), torch.zeros(50, 4, dtype=dtype))
+
+
 @pytest.mark.parametrize("positives", [1.0, 0.001])
 def test_largest_indices_are_topk_s_on_a_large_tensor(positives):
     torch.manual_seed(0)
