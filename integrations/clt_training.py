@@ -51,6 +51,7 @@ from sdl_anchor.integrations.compat import set_sae_metadata
 from sdl_anchor.integrations.cross_layer_transcoder import CLT_INFERENCE_ARCHITECTURE, CLTConfigFields
 from sdl_anchor.integrations.distributed import DistributedTrainerMixin, init_distributed, local_batch_size
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
+from sdl_anchor.integrations.sparse_step import record_kernels
 from sdl_anchor.integrations.splice import evaluate_spliced_layers
 from sdl_anchor.integrations.transcoder_set import (
     DEFAULT_LAYER_HOOKS,
@@ -388,6 +389,7 @@ class CrossLayerTranscoderRunner(CoderTrainingRunner):
         if self.context is not None:  # BatchTopK chose within each rank's rows
             batch = local_batch_size(batch, self.context.world_size)
         self.sae.cfg.metadata.train_batch_size_tokens = int(batch)
+        record_kernels(self.sae, batch)
         wandb_started = self.start_wandb({**self.cfg.to_dict(), "layers": self.layers})
         kwargs = {
             "cfg": self.cfg.to_sae_trainer_config(),

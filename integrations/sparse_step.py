@@ -84,14 +84,15 @@ def kernel_record(sae: Any, batch_size: int) -> dict[str, Any] | None:
     """What the training step of ``sae`` at ``batch_size`` runs on, for its metadata and ``train.json``:
     ``{"step": "sparse", "dense_product": "onednn" | "addmm", "source": ..., "cpu": ..., "threads": ...,
     "seconds": {kernel: median}, "calibration_seconds": ...}`` (:mod:`sdl_anchor.kernel_choice`), or
-    ``{"step": "dense", "reason": ...}``; None for a coder without the sparse step."""
-    if not isinstance(sae, SparseTopKStepMixin):
+    ``{"step": "dense", "reason": ...}``; None for a coder without the sparse step. A cross-layer
+    transcoder's ``W_enc [n_layers, d_in, d_sae]`` runs one such product per layer, all of one shape."""
+    if not isinstance(sae.cfg, SparseBackwardConfigField):
         return None
     reason = dense_step_reason(sae)
     if reason is not None:
         return {"step": "dense", "reason": reason}
     W_enc = sae.W_enc
-    choice = choose_dense_product(batch_size, W_enc.shape[0], W_enc.shape[1], W_enc.dtype, W_enc.device)
+    choice = choose_dense_product(batch_size, W_enc.shape[-2], W_enc.shape[-1], W_enc.dtype, W_enc.device)
     return {
         "step": "sparse",
         "dense_product": choice.choice,

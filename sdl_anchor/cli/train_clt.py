@@ -41,16 +41,16 @@ def train_clt(
         saved = CLTBundle.load(saved_path, device=str(runner.sae.device))  # as saved (BatchTopK: JumpReLU)
         return runner.evaluator(saved.coder)
 
-    def resampling_record(runner: Any) -> dict[str, Any]:
-        record = getattr(runner.sae.cfg.metadata, "resampling", None)
-        return {"resampling": record} if record else {}
+    def records(runner: Any) -> dict[str, Any]:  # resampling events; the sparse step's kernel choice
+        metadata = runner.sae.cfg.metadata
+        return {key: getattr(metadata, key) for key in ("resampling", "kernels") if getattr(metadata, key, None)}
 
     run = LayerCoderRun(
         runner_class=CrossLayerTranscoderRunner,
         kind="cross_layer_transcoder",
         path_key="clt_path",
         evaluate=evaluate,
-        record=resampling_record,
+        record=records,
         sentence="trained a {architecture} cross-layer transcoder over layers {layers} in {seconds:.1f} s from "
         "{training_passes} model forward passes",
     )
