@@ -338,7 +338,7 @@ def test_the_cli_trains_a_batchtopk_clt_over_every_layer_and_saves_it_loadable(c
     assert summary["layers"] == [0, 1, 2] and summary["activation"] == "jumprelu" and summary["n_steps"] == 4
     assert summary["model_forward_passes"] > 0
     assert [event["resample/step"] for event in summary["resampling"]["events"]] == [2.0]
-    kernels = summary["kernels"]  # the per-layer dense product's calibrated kernel, as the other coders record it
+    kernels = summary["kernels"]  # the per-layer dense product's calibrated kernel, as other coders record
     assert kernels["step"] == "sparse" and kernels["dense_product"] in ("onednn", "addmm")
     assert kernels["cpu"] and kernels["threads"] == torch.get_num_threads()
     assert {

@@ -209,7 +209,8 @@ def test_a_training_run_records_the_kernel_choice_in_its_metadata(monkeypatch):
     clt_class, clt_config = get_sae_training_class("batchtopk_clt")
     clt = clt_class(clt_config(d_in=16, d_out=8, d_sae=64, k=4, n_layers=3, sparse_backward=True))
     record_kernels(clt, 32)  # one product per layer, of shape [32, 16] x [16, 64]
-    assert clt.cfg.metadata.kernels["step"] == "sparse" and clt.cfg.metadata.kernels["dense_product"] == "addmm"
+    assert clt.cfg.metadata.kernels["step"] == "sparse"
+    assert clt.cfg.metadata.kernels["dense_product"] == "addmm"
     dense_clt = clt_class(clt_config(d_in=16, d_out=8, d_sae=64, k=4, n_layers=3, sparse_backward=False))
     assert kernel_record(dense_clt, 32) == {"step": "dense", "reason": "sparse_backward=False"}
     standard_class, standard_config = get_sae_training_class("anchored_standard")

@@ -43,7 +43,9 @@ def train_clt(
 
     def records(runner: Any) -> dict[str, Any]:  # resampling events; the sparse step's kernel choice
         metadata = runner.sae.cfg.metadata
-        return {key: getattr(metadata, key) for key in ("resampling", "kernels") if getattr(metadata, key, None)}
+        return {
+            key: getattr(metadata, key) for key in ("resampling", "kernels") if getattr(metadata, key, None)
+        }
 
     run = LayerCoderRun(
         runner_class=CrossLayerTranscoderRunner,
