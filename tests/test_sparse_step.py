@@ -199,6 +199,9 @@ def test_entries_and_decode_match_dense_algebra():
     values = torch.randn(18, dtype=torch.float64, requires_grad=True)
     W = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda v, w: sparse_decode(v, w, entries), (values, W))
+    torch.testing.assert_close(
+        entries.product(values.detach(), W.detach()), entries.scatter(values.detach()) @ W.detach()
+    )
     empty = SparseEntries(entries.rows[:0], entries.cols[:0], 6, 20)
     out = sparse_decode(values[:0], W, empty)
     assert out.shape == (6, 5) and torch.all(out == 0)
