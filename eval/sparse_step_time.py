@@ -11,10 +11,12 @@
   (oneDNN's matmul or ``torch.addmm``, MKL's sgemm), against the other one, on the same batches: at most 1
   when the calibration chose right, or within the noise floor (the chosen kernel timed against itself in
   the same rounds) when the two tie on this machine.
-* ``sparse topk step / sparsify SparseCoder step``: our TopK SAE's whole trainer step (SAELens's
-  bookkeeping, gradient clipping and all) against sparsify's ``SparseCoder`` forward, backward and update,
-  both with torch's fused Adam, on the same batches. sparsify (``pip install eai-sparsify``) is imported
-  when installed; without it the row is skipped with that reason.
+* ``sparse topk step / sparsify trainer step``: our TopK SAE's whole trainer step (SAELens's bookkeeping,
+  gradient clipping and all) against sparsify's ``SparseCoder`` step as sparsify's ``Trainer`` runs it
+  (decoder normalisation, gradient projection and bookkeeping included; :class:`SparsifyStep`), both with
+  torch's fused Adam, on the same batches; ``bare_ratio`` beside it is against sparsify's forward, backward
+  and update alone (what the row timed until 2026-12-07). sparsify (``pip install eai-sparsify``) is
+  imported when installed; without it the row is skipped with that reason.
 
 ``python -m sdl_anchor.eval.sparse_step_time`` prints both at the issue's size (d_in 768, d_sae 16,384,
 k 32, batch 1024).
@@ -156,19 +158,42 @@ def measure_dense_product(sizes: dict[str, Any], device: str = "cpu") -> dict[st
 
 
 class SparsifyStep:
-    """One training step of sparsify's ``SparseCoder``: forward, FVU loss, backward, fused Adam."""
+    """One training step of sparsify's ``SparseCoder`` with torch's fused Adam.
 
-    def __init__(self, d_in: int, d_sae: int, k: int, device: str) -> None:
+    ``trainer=True`` (the row's baseline) runs the step as sparsify's ``Trainer`` runs it for an SAE with
+    its defaults (``normalize_decoder=True``, ``auxk_alpha=0``): decoder rows set to unit norm, forward
+    with the batch's total variance, FVU loss, backward, each decoder row's gradient component along the row
+    removed, the update, and the fired-latent bookkeeping, as our side runs SAELens's trainer step with its
+    bookkeeping and gradient clipping. ``trainer=False`` is the forward, backward and update alone."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int, device: str, trainer: bool = True) -> None:
         from sparsify import SparseCoder, SparseCoderConfig
 
         self.coder = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device=device)
         self.optimizer = torch.optim.Adam(self.coder.parameters(), lr=3e-4, fused=True)
+        self.trainer = trainer
+        self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
 
     def step(self, batch: torch.Tensor) -> None:
-        output = self.coder(batch)
-        (output.fvu + output.auxk_loss).backward()
+        if not self.trainer:
+            output = self.coder(batch)
+            (output.fvu + output.auxk_loss).backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            return
+        self.coder.set_decoder_norm_to_unit_norm()
+        total_variance = (batch - batch.mean(0)).pow(2).sum()
+        output = self.coder(batch, total_variance=total_variance)
+        float(output.fvu.detach())  # the trainer's running FVU
+        output.fvu.backward()
+        self.coder.remove_gradient_parallel_to_decoder_directions()
         self.optimizer.step()
         self.optimizer.zero_grad()
+        with torch.no_grad():
+            fired = torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
+            fired[output.latent_indices.flatten()] = True
+            self.tokens_since_fired += batch.shape[0]
+            self.tokens_since_fired[fired] = 0
 
 
 def sparsify_missing() -> str | None:
@@ -180,17 +205,26 @@ def sparsify_missing() -> str | None:
     return None
 
 
+SPARSIFY_ROW = "sparse topk step / sparsify trainer step (same batches, fused Adam)"
+
+
 def measure_against_sparsify(sizes: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """Median step seconds of our sparse TopK SAE's trainer step and sparsify's ``SparseCoder`` step."""
+    """Median step seconds of our sparse TopK SAE's trainer step and of sparsify's, as its ``Trainer`` runs
+    it (:class:`SparsifyStep`); ``bare_ratio`` is ours against sparsify's forward, backward and update
+    alone, timed in the same rounds."""
     sae_class, config_class = get_sae_training_class("anchored_topk")
     torch.manual_seed(0)
     ours = sae_class(config_class(device=device, sparse_backward=True, **_fields("anchored_topk", sizes)))
     steppers = {
         "sparsify": SparsifyStep(sizes["d_in"], sizes["d_sae"], sizes["k"], device),
+        "sparsify_bare": SparsifyStep(sizes["d_in"], sizes["d_sae"], sizes["k"], device, trainer=False),
         "ours": trainer_for_timing(ours, sizes["batch_size"], device),
     }
-    name = "sparse topk step / sparsify SparseCoder step (same batches, fused Adam)"
-    return _paired_row(name, _round_times(steppers, sizes, device), "ours", "sparsify", sizes)
+    times = _round_times(steppers, sizes, device)
+    row = _paired_row(SPARSIFY_ROW, times, "ours", "sparsify", sizes)
+    row["sparsify_bare_seconds"] = statistics.median(times["sparsify_bare"])
+    row["bare_ratio"] = paired_ratio(times, "ours", "sparsify_bare")
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -316,3 +316,25 @@ def test_the_sparse_against_dense_rows_time_both_steps_with_the_same_trainer_and
             row["name"]
             == f"{architecture} sparse step / SAELens {stock} dense step (same trainer, fused Adam)"
         )
+
+
+def test_the_sparsify_row_times_sparsify_s_step_as_its_trainer_runs_it():
+    """The baseline does what sparsify's Trainer does every step for an SAE (decoder rows to unit norm, the
+    decoder gradient's component along each row removed, fired-latent bookkeeping); the bare step does
+    not, and is timed beside it."""
+    pytest.importorskip("sparsify")
+    from sdl_anchor.eval.sparse_step_time import SparsifyStep
+
+    torch.manual_seed(0)
+    batch = torch.randn(64, 16)
+    steps = {trainer: SparsifyStep(16, 128, 4, "cpu", trainer=trainer) for trainer in (True, False)}
+    for step in steps.values():
+        with torch.no_grad():
+            step.coder.W_dec.mul_(3.0 / step.coder.W_dec.norm(dim=1, keepdim=True))
+        step.optimizer.param_groups[0]["lr"] = 1e-6  # the update barely moves the rows
+        step.step(batch)
+    norms = {trainer: step.coder.W_dec.norm(dim=1) for trainer, step in steps.items()}
+    torch.testing.assert_close(norms[True], torch.ones(128), atol=1e-4, rtol=0)
+    torch.testing.assert_close(norms[False], torch.full((128,), 3.0), atol=1e-4, rtol=0)
+    since_fired = steps[True].tokens_since_fired
+    assert 0 < int((since_fired == 0).sum()) < 128 and set(since_fired.tolist()) == {0, 64}
