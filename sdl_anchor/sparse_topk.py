@@ -25,8 +25,11 @@ Entries are kept in row-major order (rows ascending, columns ascending within a 
 :class:`SparseEntries`. Its products sum each row's entries (the decoder, ``dL/dx``:
 :meth:`SparseEntries.product`) or each latent's (the weight gradients:
 :meth:`SparseEntries.transposed_product`) as embedding bags, torch's fused gather-scale-sum kernel, which
-writes its output once; torch's CSR products zero-fill and copy temporaries, and cost 2-5x more here. Only
-the decoder's gradient at the selected entries (a sampled dense product) stays on torch's CSR kernel.
+writes its output once; torch's CSR products zero-fill and copy temporaries. At batch 1024, d_in 768,
+d_sae 16,384 on 2 cores the decoder's product and its weight gradient take 3 and 4 ms (CSR: 8 and 10 ms);
+the encoder's weight gradient takes 4 ms latent by latent, and autograd's copy into ``W_enc``'s
+``[d_in, d_sae]`` layout another 15 (CSR: 19 in all). Only the decoder's gradient at the selected entries (a
+sampled dense product) stays on torch's CSR kernel.
 """
 
 from __future__ import annotations
