@@ -22,14 +22,14 @@ float32 on oneDNN's matmul (the kernel torch's inductor compiles CPU linear laye
 (:mod:`sdl_anchor.kernel_choice`).
 
 Entries are kept in row-major order (rows ascending, columns ascending within a row) as a
-:class:`SparseEntries`. Its products sum each row's entries (the decoder, ``dL/dx``:
+:class:`SparseEntries`. Its products sum each row's entries (the decoder:
 :meth:`SparseEntries.product`) or each latent's (the weight gradients:
 :meth:`SparseEntries.transposed_product`) as embedding bags, torch's fused gather-scale-sum kernel, which
 writes its output once; torch's CSR products zero-fill and copy temporaries. At batch 1024, d_in 768,
 d_sae 16,384 on 2 cores the decoder's product and its weight gradient take 3 and 4 ms (CSR: 8 and 10 ms);
 the encoder's weight gradient takes 4 ms latent by latent, and autograd's copy into ``W_enc``'s
 ``[d_in, d_sae]`` layout another 15 (CSR: 19 in all). Only the decoder's gradient at the selected entries (a
-sampled dense product) stays on torch's CSR kernel.
+sampled dense product) and ``dL/dx`` (rarely needed) stay on torch's CSR kernels.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class SparseEntries:
     def product(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """``A @ dense``, ``[n_rows, d]``, for ``A [n_rows, n_cols]`` holding ``values`` at these entries
         and ``dense [n_cols, d]``: row ``i`` sums ``values[e] * dense[cols[e]]`` over row ``i``'s entries,
-        one embedding bag per row (sparsify's decoder), about 3x torch's ``CSR @ dense`` here."""
+        one embedding bag per row (sparsify's decoder): 3.1 ms against torch's ``CSR @ dense``'s 8.4 at batch
+        1024, k 32, d_sae 16,384, d 768 on 2 cores."""
         return F.embedding_bag(
             self.cols, dense.contiguous(), self.row_starts, mode="sum", per_sample_weights=values
         )
@@ -233,7 +234,7 @@ class _SampledPreActivations(torch.autograd.Function):
         if needs[2]:
             grad_shift = -(W_enc @ column_sums)  # sum over rows of -G W_enc^T
         if needs[1]:
-            grad_x = entries.product(grad_values, W_enc.T)  # G W_enc^T
+            grad_x = entries.csr(grad_values) @ W_enc.T  # G W_enc^T (a bag would copy W_enc.T contiguous)
         return None, grad_x, grad_shift, grad_W_enc, grad_b_enc, None
 
 
