@@ -12,6 +12,7 @@ from sdl_anchor.sparse_topk import (
     batch_topk_entries,
     dense_pre_activations,
     largest_indices,
+    sampled_pre_activations,
     sparse_decode,
     topk_entries,
 )
@@ -202,6 +203,16 @@ def test_entries_and_decode_match_dense_algebra():
     torch.testing.assert_close(
         entries.product(values.detach(), W.detach()), entries.scatter(values.detach()) @ W.detach()
     )
+    x, shift = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    W_enc, b_enc = torch.randn(4, 20, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
+    tensors = [t.requires_grad_() for t in (x, shift, W_enc, b_enc)]
+
+    def sampled(x, shift, W_enc, b_enc):  # every input's gradient, dL/dx included
+        with torch.no_grad():
+            values = entries.gather((x - shift) @ W_enc + b_enc)
+        return sampled_pre_activations(values, x, shift, W_enc, b_enc, entries)
+
+    torch.autograd.gradcheck(sampled, tensors)
     empty = SparseEntries(entries.rows[:0], entries.cols[:0], 6, 20)
     out = sparse_decode(values[:0], W, empty)
     assert out.shape == (6, 5) and torch.all(out == 0)
