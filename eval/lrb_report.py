@@ -60,6 +60,13 @@ REPORTS = (
         ("README.md", "docs/results.md"),
     ),
     Report(
+        "paper-cpu-heldout-batchtopk",
+        "docs/assets/paper-cpu-heldout-batchtopk/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods batchtopk "
+        "--out runs/paper-cpu-heldout-batchtopk",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
         "synth-cpu",
         "docs/assets/synth-cpu/results.json",
         "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",

@@ -250,7 +250,9 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     assert preset.with_steps(100).anchor_settings("anchored", "jumprelu")["self_anchor_start_step"] == 80
 
 
-@pytest.mark.parametrize("name", ["quick", "quick-heldout", "paper-cpu-heldout", "clt-cpu-heldout"])
+@pytest.mark.parametrize(
+    "name", ["quick", "quick-heldout", "paper-cpu-heldout", "paper-cpu-heldout-batchtopk", "clt-cpu-heldout"]
+)
 def test_a_committed_table_was_made_with_its_preset_as_it_is_and_has_every_row(name):
     """docs/assets/NAME/results.json (the README's tables): a resume from it with the preset as it is now and
     the rows it selected is accepted (same settings) and trains nothing (no row of the selection missing)."""
