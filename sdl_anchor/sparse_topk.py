@@ -61,8 +61,7 @@ class SparseEntries:
     @cached_property
     def row_starts(self) -> torch.Tensor:
         """``[n_rows]``: where each row's entries start (the entries are row-major)."""
-        counts = torch.bincount(self.rows, minlength=self.n_rows)
-        return counts.cumsum(0) - counts
+        return run_offsets(self.rows, self.n_rows)[:-1]
 
     def product(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """``A @ dense``, ``[n_rows, d]``, for ``A [n_rows, n_cols]`` holding ``values`` at these entries
@@ -79,8 +78,7 @@ class SparseEntries:
         within a column) and where each column's run starts in it. Computed once per step, shared by the
         encoder's and the decoder's backward passes."""
         order = torch.argsort(self.cols, stable=True)
-        counts = torch.bincount(self.cols, minlength=self.n_cols)
-        return order, counts.cumsum(0) - counts
+        return order, run_offsets(self.cols, self.n_cols)[:-1]
 
     def transposed_product(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """``A^T @ dense``, ``[n_cols, d]``, for ``A [n_rows, n_cols]`` holding ``values`` at these entries
@@ -128,12 +126,18 @@ def latents_fired(feature_acts: torch.Tensor) -> torch.Tensor:
     return (feature_acts.detach() != 0).reshape(-1, feature_acts.shape[-1]).any(dim=0)
 
 
+def run_offsets(index: torch.Tensor, n: int) -> torch.Tensor:
+    """``[n + 1]``: where each value ``0 .. n-1`` of ``index``'s entries starts once they are sorted by it,
+    then the total (CSR's ``crow_indices``; an embedding bag's offsets without the last)."""
+    counts = torch.bincount(index, minlength=n)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
 def csr_from_sorted(
     rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_rows: int, n_cols: int
 ) -> torch.Tensor:
     """The ``[n_rows, n_cols]`` CSR matrix holding ``values`` at the row-sorted COO entries ``(rows, cols)``."""
-    counts = torch.bincount(rows, minlength=n_rows)
-    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    crow = run_offsets(rows, n_rows)
     with warnings.catch_warnings():  # torch calls its CSR support "beta" on every construction
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(crow, cols, values, (n_rows, n_cols), check_invariants=False)
