@@ -67,6 +67,13 @@ REPORTS = (
         ("README.md", "docs/results.md"),
     ),
     Report(
+        "paper-cpu-heldout-topk64",
+        "docs/assets/paper-cpu-heldout-topk64/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods topk --k 64 "
+        "--out runs/paper-cpu-heldout-topk64",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
         "synth-cpu",
         "docs/assets/synth-cpu/results.json",
         "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",

@@ -251,7 +251,15 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
 
 
 @pytest.mark.parametrize(
-    "name", ["quick", "quick-heldout", "paper-cpu-heldout", "paper-cpu-heldout-batchtopk", "clt-cpu-heldout"]
+    "name",
+    [
+        "quick",
+        "quick-heldout",
+        "paper-cpu-heldout",
+        "paper-cpu-heldout-batchtopk",
+        "paper-cpu-heldout-topk64",
+        "clt-cpu-heldout",
+    ],
 )
 def test_a_committed_table_was_made_with_its_preset_as_it_is_and_has_every_row(name):
     """docs/assets/NAME/results.json (the README's tables): a resume from it with the preset as it is now and
