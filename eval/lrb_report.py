@@ -74,6 +74,13 @@ REPORTS = (
         ("README.md", "docs/results.md"),
     ),
     Report(
+        "paper-cpu-heldout-negative",
+        "docs/assets/paper-cpu-heldout-negative/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods topk --k 32 --interference negative "
+        "--out runs/paper-cpu-heldout-negative",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
         "synth-cpu",
         "docs/assets/synth-cpu/results.json",
         "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",

@@ -258,6 +258,7 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
         "paper-cpu-heldout",
         "paper-cpu-heldout-batchtopk",
         "paper-cpu-heldout-topk64",
+        "paper-cpu-heldout-negative",
         "clt-cpu-heldout",
     ],
 )
