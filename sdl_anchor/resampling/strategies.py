@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from sdl_anchor.resampling.clustering import grouped_row_sums, segment_clusters
+from sdl_anchor.sparse_topk import run_offsets
 
 
 @dataclass
@@ -370,10 +371,7 @@ def theory_resample(
         live,
         candidates[splittable].repeat_interleave(k),
     ).view(-1, k)
-    offsets = torch.cat(
-        [segments.new_zeros(1), torch.bincount(segments, minlength=candidates.numel()).cumsum(0)]
-    )
-    offsets = offsets.tolist()
+    offsets = run_offsets(segments, candidates.numel()).tolist()
     n_free = slots.numel()
     assigned = decoder_dirs.new_zeros(2 * n_free + 1, decoder_dirs.shape[-1])
     n_assigned = 0
