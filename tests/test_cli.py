@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from sdl_anchor.cli import main
+from sdl_anchor.eval.lrb_report import REPORTS
 
 ROW_KEYS = {
     "method",
@@ -251,16 +252,7 @@ def test_the_paper_cpu_preset_is_the_paper_s_configuration():
 
 
 @pytest.mark.parametrize(
-    "name",
-    [
-        "quick",
-        "quick-heldout",
-        "paper-cpu-heldout",
-        "paper-cpu-heldout-batchtopk",
-        "paper-cpu-heldout-topk64",
-        "paper-cpu-heldout-negative",
-        "clt-cpu-heldout",
-    ],
+    "name", [*(report.name for report in REPORTS if report.kind == "lrb"), "clt-cpu-heldout"]
 )
 def test_a_committed_table_was_made_with_its_preset_as_it_is_and_has_every_row(name):
     """docs/assets/NAME/results.json (the README's tables): a resume from it with the preset as it is now and
