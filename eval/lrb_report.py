@@ -10,6 +10,10 @@ from the held-out aggregate (:func:`claims`): what stock SAELens gets, what theo
 resampling alone (no ground truth) gets, what anchoring adds over it and at what cost, the baselines, and
 whether the goal is met.
 
+A summary section (``<!-- lrb-summary NAME -->``, :data:`SUMMARIES`) puts several reports' rows side by side, one
+line per table row: stock SAELens, theory resampling alone, self-anchoring with theory (the two without ground
+truth) and anchored with theory, each as encoder and decoder M_GT and FVU, and the columns that meet the goal.
+
 ``python -m sdl_anchor.eval.lrb_report`` rewrites every section in place; ``--check`` only compares, exiting
 1 when a page disagrees with its results (the test suite runs the check).
 """
@@ -37,6 +41,11 @@ class Report:
     command: str
     pages: tuple[str, ...] = ("README.md",)
     kind: str = "lrb"  # "lrb" (bench lrb) or "synth" (bench synth, rendered by synth_bench.render_report)
+
+    @property
+    def tag(self) -> str:
+        """The section markers' tag: ``lrb-report`` or ``synth-report``."""
+        return f"{self.kind}-report"
 
 
 REPORTS = (
@@ -88,6 +97,40 @@ REPORTS = (
         kind="synth",
     ),
 )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A generated table across several reports (by name), one line per table row of each."""
+
+    name: str
+    reports: tuple[str, ...]
+    pages: tuple[str, ...] = ("README.md",)
+    tag: str = "lrb-summary"
+
+
+SUMMARIES = (
+    Summary(
+        "paper-cpu",
+        (
+            "paper-cpu-heldout",
+            "paper-cpu-heldout-batchtopk",
+            "paper-cpu-heldout-topk64",
+            "paper-cpu-heldout-negative",
+        ),
+        ("README.md", "docs/results.md"),
+    ),
+)
+
+# the summary's columns: (variant, resampling) and heading; every one but the last uses no ground truth
+SUMMARY_COLUMNS = (
+    (("plain", "none"), "Stock SAELens (AuxK on)"),
+    (("plain", "theory"), "Theory resampling alone"),
+    (("self_anchored", "theory"), "Self-anchoring + theory"),
+    (("aligned", "theory"), "Aligned encoder + theory"),
+    (("anchored", "theory"), "Anchored + theory"),
+)
+NO_GROUND_TRUTH = {("plain", "none"), ("plain", "theory"), ("self_anchored", "theory"), ("aligned", "theory")}
 
 
 def _pct(value: float) -> str:
@@ -221,12 +264,58 @@ def render(report: Report, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _markers(report: Report) -> tuple[str, str]:
-    tag = f"{report.kind}-report"
-    return f"<!-- {tag} {report.name} -->", f"<!-- /{tag} {report.name} -->"
+def _summary_cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "not run"
+    text = f"{100 * cell['M_GT_mean']:.1f} / {100 * cell['M_GT_dec_mean']:.1f}, {cell['fvu_mean']:.3f}"
+    return text + (" (degenerate)" if cell["degenerate"] else "")
 
 
-def updated_page(text: str, report: Report, section: str) -> str:
+def render_summary(summary: Summary, root: Path) -> str:
+    """The summary's markdown: one line per table row of its reports, then how many rows meet the goal and
+    how many of those by a column that uses no ground truth."""
+    by_name = {report.name: report for report in REPORTS}
+    lines = [
+        "| Row (held-out seeds) | "
+        + " | ".join(heading for _, heading in SUMMARY_COLUMNS)
+        + " | Goal met by |",
+        "|---" * (len(SUMMARY_COLUMNS) + 2) + "|",
+    ]
+    met_rows, met_without_truth = [], []
+    for name in summary.reports:
+        results = json.loads((root / by_name[name].results).read_text())
+        cells = aggregate(results["rows"], results["config"]["seeds"])
+        for key in dict.fromkeys(cell_key(c) for c in cells):
+            mine = {column_key(c): c for c in cells if cell_key(c) == key}
+            seeds = sorted({seed for cell in mine.values() for seed in cell["seeds"]})
+            label = f"{row_label(key[1], key[2])}, {key[0]}"
+            met = [column for column, cell in mine.items() if cell.get("goal")]
+            if met:
+                met_rows.append(label)
+                if any(column in NO_GROUND_TRUTH for column in met):
+                    met_without_truth.append(label)
+            label += f" ({','.join(map(str, seeds))})"
+            cells_text = [_summary_cell(mine.get(column)) for column, _ in SUMMARY_COLUMNS]
+            goal_text = ", ".join(short_column_name(*column) for column in met) or "none"
+            lines.append(f"| {label} | " + " | ".join(cells_text) + f" | {goal_text} |")
+    n_rows = len(lines) - 2
+    lines += [
+        "",
+        "Each cell: encoder M_GT % / decoder M_GT %, FVU; the mean over the row's held-out seeds. Only the "
+        "anchored column uses ground truth (its anchors, which are not scored).",
+        "",
+        f"The goal is met on {len(met_rows)} of {n_rows} rows"
+        + (f" ({'; '.join(met_rows)})" if met_rows else "")
+        + (f", on {len(met_without_truth)} of them by a column without ground truth." if met_rows else "."),
+    ]
+    return "\n".join(lines)
+
+
+def _markers(report: Report | Summary) -> tuple[str, str]:
+    return f"<!-- {report.tag} {report.name} -->", f"<!-- /{report.tag} {report.name} -->"
+
+
+def updated_page(text: str, report: Report | Summary, section: str) -> str:
     """``text`` with ``report``'s section replaced by ``section`` (ValueError when its markers are missing)."""
     start, end = _markers(report)
     pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.DOTALL)
@@ -238,9 +327,11 @@ def updated_page(text: str, report: Report, section: str) -> str:
 def stale_pages(root: Path, write: bool) -> list[str]:
     """The pages whose generated sections differ from their results (rewritten when ``write``)."""
     stale = []
-    for report in REPORTS:
-        results = json.loads((root / report.results).read_text())
-        section = render(report, results)
+    sections: list[tuple[Report | Summary, str]] = [
+        (report, render(report, json.loads((root / report.results).read_text()))) for report in REPORTS
+    ]
+    sections += [(summary, render_summary(summary, root)) for summary in SUMMARIES]
+    for report, section in sections:
         for page in report.pages:
             path = root / page
             text = path.read_text()

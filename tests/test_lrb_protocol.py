@@ -12,7 +12,7 @@ import sdl_anchor as sa
 from sdl_anchor.cli import main
 from sdl_anchor.eval.lrb_presets import PRESETS, PROTOCOL_COLUMNS
 from sdl_anchor.eval.lrb_protocol import aggregate, degenerate_reasons, flag_degenerate, goal, held_out_seeds
-from sdl_anchor.eval.lrb_report import REPORTS, claims, stale_pages, updated_page
+from sdl_anchor.eval.lrb_report import REPORTS, SUMMARIES, claims, render_summary, stale_pages, updated_page
 from sdl_anchor.eval.lrb_table import format_table, run_lrb_bench, select_columns
 
 ROOT = Path(__file__).parents[1]
@@ -288,6 +288,46 @@ def test_a_changed_number_makes_the_page_stale(tmp_path):
     assert updated_page(page, held_out, "new") == page.replace("old", "new")
     with pytest.raises(ValueError, match="has no <!-- lrb-report quick-heldout -->"):
         updated_page("no markers", held_out, "new")
+
+
+def test_the_summary_reads_every_row_of_its_reports_and_goes_stale_with_them(tmp_path):
+    """The paper-size summary has one line per table row of its reports, each cell the held-out means of
+    encoder and decoder M_GT and FVU; a changed number in one report makes the summary stale too."""
+    import shutil
+
+    for report in REPORTS:
+        for relative in (report.results, *report.pages):
+            (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / relative, tmp_path / relative)
+    summary = next(s for s in SUMMARIES if s.name == "paper-cpu")
+    text = render_summary(summary, tmp_path)
+    n_rows = 0
+    for report in (r for r in REPORTS if r.name in summary.reports):
+        results = json.loads((tmp_path / report.results).read_text())
+        cells = aggregate(results["rows"], results["config"]["seeds"])
+        theory = [c for c in cells if (c["variant"], c["resampling"]) == ("plain", "theory")]
+        n_rows += len(theory)
+        for cell in theory:  # the theory-alone cell of every row, as the summary prints it
+            assert (
+                f"{100 * cell['M_GT_mean']:.1f} / {100 * cell['M_GT_dec_mean']:.1f}, {cell['fvu_mean']:.3f}"
+                in text
+            )
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == n_rows + 1 and f"of {n_rows} rows" in text  # the heading and one line a row
+
+    def negative_line() -> str:
+        return render_summary(summary, tmp_path).split("| TopK k=32, negative")[1].split("\n")[0]
+
+    assert "self+theory" in negative_line()
+    negative = next(r for r in REPORTS if r.name == "paper-cpu-heldout-negative")
+    results = json.loads((tmp_path / negative.results).read_text())
+    for row in results["rows"]:
+        if (row["variant"], row["resampling"]) == ("self_anchored", "theory"):
+            row["fvu"] *= 2  # self-anchoring's FVU doubles on every seed: no longer within 1.1x plain's
+    (tmp_path / negative.results).write_text(json.dumps(results))
+    assert "self+theory" not in negative_line()
+    stale = stale_pages(tmp_path, write=False)
+    assert {"README.md (paper-cpu)", "docs/results.md (paper-cpu)"} <= set(stale)
 
 
 @pytest.mark.parametrize("command", [["bench", "lrb", "--preset", "smoke"], ["bench", "perf"]])
