@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sdl_anchor.feature_indices import check_feature_indices
+
 if TYPE_CHECKING:
     from sdl_anchor.lrb.bench import LinearRepresentationBench
 
@@ -51,8 +53,9 @@ def recovery(
     """M_GT / M_IP on encoder columns, their decoder-side versions and MCC, anchors excluded.
 
     ``sae`` is any SAELens SAE or TrainingSAE (anything with ``W_enc [d_in, d_sae]`` and
-    ``W_dec [d_sae, d_out]``). ``latents`` (a boolean mask over latents) restricts the max to those
-    latents; by default every latent counts.
+    ``W_dec [d_sae, d_out]``). ``exclude``: the feature indices left out of every score (the anchors'
+    ``AnchorSet.indices``); a boolean mask is refused, pass ``mask.nonzero().flatten()``. ``latents`` (a
+    boolean mask over latents) restricts the max to those latents; by default every latent counts.
     """
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau must be in (0, 1), got {tau}")
@@ -165,10 +168,7 @@ def check_finite_weights(sae: Any, measurement: str, named: Any = None) -> None:
 def _kept_features(n_features: int, exclude: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
     keep = torch.ones(n_features, dtype=torch.bool)
     if exclude is not None:
-        excluded = torch.as_tensor(exclude, dtype=torch.long).flatten()
-        if excluded.numel() and (excluded.min() < 0 or excluded.max() >= n_features):
-            raise ValueError(f"exclude names features outside 0..{n_features - 1}")
-        keep[excluded] = False
+        keep[check_feature_indices(exclude, "exclude", n_features).flatten()] = False
     if not keep.any():
         raise ValueError("exclude removes every feature; nothing is left to score")
     return torch.nonzero(keep).flatten()

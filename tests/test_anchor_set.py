@@ -42,6 +42,15 @@ def test_bad_anchors(args, message):
 def test_bad_indices_and_names():
     with pytest.raises(ValueError, match="indices must hold 2"):
         sa.AnchorSet(torch.randn(2, 3), indices=[1])
+    for indices, message in (
+        ([4, 4, 2], "repeats feature\\(s\\) \\[4\\]; each anchor needs its own feature"),
+        ([-5, 2, 3], "negative feature index \\(-5\\)"),
+        ([1.7, 2.0, 3.0], "whole-number feature indices"),
+        (torch.tensor([True, False, True]), "boolean mask"),
+    ):  # each once read silently as other features: 1.7 -> 1, a mask -> features 1, 0, 1
+        with pytest.raises(ValueError, match=message):
+            sa.AnchorSet(torch.randn(3, 3), indices=indices)
+    assert sa.AnchorSet(torch.randn(2, 3), indices=torch.tensor([5.0, 2.0])).indices.tolist() == [5, 2]
     with pytest.raises(ValueError, match="names must hold 2"):
         sa.AnchorSet(torch.randn(2, 3), names=["a"])
 

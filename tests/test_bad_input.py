@@ -106,6 +106,48 @@ def test_load_mismatched_config(saved):
         sa.LinearRepresentationBench.load(path)
 
 
+@pytest.mark.parametrize(
+    "kind, extra", [("sae", {}), ("crosscoder", {"n_sources": 2}), ("transcoder", {"d_out": 12})]
+)
+def test_features_that_are_not_unit_norm_per_block_are_refused(kind, extra, tmp_path):
+    """The LRB specification: every source block of a feature direction is unit norm; a zero row or a
+    rescaled block, given to from_features or found in a saved bench, is refused with the row named."""
+    bench = sa.LinearRepresentationBench(kind=kind, n_features=20, d_in=16, max_interference=0.5, **extra)
+    features = bench.features_in.clone()
+    features[3, -4:] *= 3.0  # the last block of feature 3
+    with pytest.raises(ValueError, match="features_in: (block 1 of )?feature 3 has norm .*must be unit norm"):
+        sa.LinearRepresentationBench.from_features(bench.config, features, bench.features_out)
+    bench.save(tmp_path / "bench")
+    from safetensors.torch import save_file
+
+    tensors = {"features_in": bench.features_in.clone()}
+    if kind == "transcoder":
+        tensors["features_out"] = bench.features_out.clone()
+        tensors["features_out"][0] = 0.0
+    else:
+        tensors["features_in"][0] = 0.0
+    save_file(tensors, str(tmp_path / "bench" / "lrb_features.safetensors"))
+    side = "features_out" if kind == "transcoder" else "features_in"
+    with pytest.raises(ValueError, match=f"does not match lrb_config.json: {side}: .*feature 0 has norm 0"):
+        sa.LinearRepresentationBench.load(tmp_path / "bench")
+
+
+def test_a_clt_bench_allows_zero_blocks_but_not_a_feature_with_none():
+    """A CLT feature is read at one layer and writes to some: zero blocks are the specification there, a
+    feature with no unit block is not."""
+    bench = sa.LinearRepresentationBench(
+        kind="clt", n_features=20, d_in=16, d_out=16, n_layers=2, max_interference=0.5
+    )
+    rebuilt = sa.LinearRepresentationBench.from_features(bench.config, bench.features_in, bench.features_out)
+    assert torch.equal(rebuilt.features_out, bench.features_out)
+    features = bench.features_in.clone()
+    features[5] = 0.0
+    with pytest.raises(
+        ValueError, match="feature 5 has norm 0.*unit norm or zero \\(and one block unit norm\\)"
+    ):
+        sa.LinearRepresentationBench.from_features(bench.config, features, bench.features_out)
+
+
 def test_load_wrong_format(saved):
     _, path = saved
     write_json(path / "lrb_config.json", {"format": "something else"})

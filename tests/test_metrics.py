@@ -51,6 +51,24 @@ def test_exclude_removes_anchor_features(bench):
     assert sa.recovery(sae, bench, exclude=anchors.indices)["n_scored"] == 35
 
 
+def test_exclude_takes_indices_only(bench):
+    """A boolean mask, fractions or features the bench lacks are refused, not read as other features (a
+    mask over features 3, 5 and 7 once excluded features 0 and 1)."""
+    sae = planted_sae(bench, recovered=range(10))
+    mask = torch.zeros(bench.n_features, dtype=torch.bool)
+    mask[[3, 5, 7]] = True
+    for exclude, message in (
+        (mask, "boolean mask; pass the indices it marks"),
+        ([2.9], "whole-number feature indices"),
+        ([40], "names feature 40, outside 0..39"),
+        ([-1], "negative feature index"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            sa.recovery(sae, bench, exclude=exclude)
+    by_indices = sa.recovery(sae, bench, exclude=mask.nonzero().flatten(), mcc=False)
+    assert by_indices["n_scored"] == 37 and by_indices["M_GT"] == pytest.approx(7 / 37)
+
+
 def test_tau_threshold(bench):
     sae = planted_sae(bench, recovered=range(40), noise=0.6, seed=3)
     r_low = sa.recovery(sae, bench, tau=0.5, mcc=False)

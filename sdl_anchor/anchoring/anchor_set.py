@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sdl_anchor.feature_indices import check_feature_indices
 from sdl_anchor.io import read_safetensors, write_safetensors
 
 
@@ -42,7 +43,7 @@ class AnchorSet:
                 f"directions_out has {self.directions_out.shape[0]} anchors but directions_in has "
                 f"{k}; give one output direction per input direction"
             )
-        self.indices = None if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        self.indices = None if indices is None else check_feature_indices(indices, "indices", unique=True)
         if self.indices is not None and self.indices.shape != (k,):
             raise ValueError(f"indices must hold {k} feature indices, got shape {tuple(self.indices.shape)}")
         self.names = None if names is None else [str(n) for n in names]

@@ -432,6 +432,9 @@ class LinearRepresentationBench:
     ) -> LinearRepresentationBench:
         """A bench over given feature directions (rows), e.g. a saved bench's or your own."""
         features_in = _check_features(features_in, "features_in", (config.n_features, _input_width(config)))
+        _check_unit_blocks(
+            features_in, "features_in", _input_width(config) // config.d_in, config.kind == "clt"
+        )
         if config.kind in ("transcoder", "clt"):
             layers = config.n_layers if config.kind == "clt" else 1
             if features_out is None:
@@ -439,6 +442,7 @@ class LinearRepresentationBench:
             features_out = _check_features(
                 features_out, "features_out", (config.n_features, layers * config.output_width)
             )
+            _check_unit_blocks(features_out, "features_out", layers, config.kind == "clt")
         bench = cls.__new__(cls)
         bench._init(config, features_in, features_in if features_out is None else features_out, device)
         bench.generation_seconds = 0.0
@@ -500,6 +504,26 @@ def _check_features(tensor: torch.Tensor, name: str, shape: tuple[int, int]) -> 
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return tensor
+
+
+UNIT_NORM_TOLERANCE = 1e-3  # a saved float32 direction is unit norm to about 1e-7
+
+
+def _check_unit_blocks(tensor: torch.Tensor, name: str, n_blocks: int, zero_blocks: bool) -> None:
+    """Every feature's direction is unit norm in each of its ``n_blocks`` blocks (sources, layers), the LRB
+    specification; with ``zero_blocks`` (a CLT: a feature is read at one layer and writes to some) a block may
+    also be all zeros, as long as one block of each feature is unit norm."""
+    norms = tensor.unflatten(1, (n_blocks, -1)).norm(dim=-1)
+    unit = (norms - 1.0).abs() <= UNIT_NORM_TOLERANCE
+    fine = (unit | (norms == 0)) & unit.any(dim=1, keepdim=True) if zero_blocks else unit
+    if not bool(fine.all()):
+        feature, block = (int(i) for i in torch.nonzero(~fine)[0])
+        where = f"block {block} of feature {feature}" if n_blocks > 1 else f"feature {feature}"
+        allowed = "unit norm or zero (and one block unit norm)" if zero_blocks else "unit norm"
+        raise ValueError(
+            f"{name}: {where} has norm {float(norms[feature, block]):.4g}, but every block of a feature "
+            f"direction must be {allowed}; normalise each block of each row (F / F.norm(dim=-1, keepdim=True))"
+        )
 
 
 def _generate_clt_matrices(config: LRBConfig, device: torch.device) -> dict[str, Any]:
