@@ -20,6 +20,7 @@ import wandb
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAE
 
+from sdl_anchor.feature_indices import check_feature_indices
 from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.compat import quiet_trainer
 from sdl_anchor.integrations.cross_layer_transcoder import CLTConfigFields
@@ -87,12 +88,7 @@ def _excluded_features(
     features) or, when None, the coder's own anchored features."""
     if exclude is None:
         return anchored_features(sae)
-    indices = torch.as_tensor(exclude, dtype=torch.long).flatten()
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= bench.n_features):
-        raise ValueError(
-            f"exclude must hold feature indices in [0, {bench.n_features}) of the bench, got {exclude!r}"
-        )
-    return indices
+    return check_feature_indices(exclude, "exclude", bench.n_features).flatten()
 
 
 def check_coder_kind(sae: TrainingSAE[Any], bench: LinearRepresentationBench) -> None:

@@ -161,7 +161,7 @@ def test_a_plain_lrb_row_s_curve_and_w_and_b_scores_leave_the_anchor_features_ou
     (evaluator,) = evaluators
     plain = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=preset.d_in, d_sae=8, k=2))
     assert evaluator(plain, None, None)["lrb/n_scored"] == n_scored
-    with pytest.raises(ValueError, match=r"exclude must hold feature indices in \[0, 48\)"):
+    with pytest.raises(ValueError, match=r"exclude names feature 48, outside 0..47"):
         sa.train_on_bench(plain, evaluator.bench, n_steps=1, exclude=[48])
 
 
