@@ -90,6 +90,13 @@ REPORTS = (
         ("README.md", "docs/results.md"),
     ),
     Report(
+        "paper-cpu-heldout-topk128",
+        "docs/assets/paper-cpu-heldout-topk128/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods topk --k 128 "
+        "--out runs/paper-cpu-heldout-topk128",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
         "synth-cpu",
         "docs/assets/synth-cpu/results.json",
         "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",
@@ -116,6 +123,7 @@ SUMMARIES = (
             "paper-cpu-heldout",
             "paper-cpu-heldout-batchtopk",
             "paper-cpu-heldout-topk64",
+            "paper-cpu-heldout-topk128",
             "paper-cpu-heldout-negative",
         ),
         ("README.md", "docs/results.md"),
