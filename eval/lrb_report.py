@@ -154,13 +154,18 @@ def _describe(cell: dict[str, Any]) -> str:
     )
 
 
+def _table_rows(cells: list[dict[str, Any]]):
+    """Each table row's key (interference, method, k) and its cells by column, in the order they ran."""
+    for key in dict.fromkeys(cell_key(c) for c in cells):
+        yield key, {column_key(c): c for c in cells if cell_key(c) == key}
+
+
 def claims(results: dict[str, Any]) -> list[str]:
     """One paragraph per table row, every number from the held-out aggregate."""
     cells = aggregate(results["rows"], results["config"]["seeds"])
     paragraphs = []
-    for key in dict.fromkeys(cell_key(c) for c in cells):
+    for key, mine in _table_rows(cells):
         mode, method, k = key
-        mine = {column_key(c): c for c in cells if cell_key(c) == key}
         seeds = sorted({seed for cell in mine.values() for seed in cell["seeds"]})
         parts = [
             f"**{row_label(method, k)}, {mode} interference** (seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}):"
@@ -208,8 +213,7 @@ def _compare(
     """The table rows where column ``ours`` is ahead of, level with or behind column ``base`` in encoder M_GT
     (by ``SAME_POINTS``), a degenerate ``ours`` counting as no gain."""
     verdicts: dict[str, list[str]] = {"adds": [], "nothing": [], "loses": []}
-    for key in dict.fromkeys(cell_key(c) for c in cells):
-        mine = {column_key(c): c for c in cells if cell_key(c) == key}
+    for key, mine in _table_rows(cells):
         if ours not in mine or base not in mine:
             continue
         delta = 100 * (mine[ours]["M_GT_mean"] - mine[base]["M_GT_mean"])
@@ -293,8 +297,7 @@ def render_summary(summary: Summary, root: Path) -> str:
     for name in summary.reports:
         results = json.loads((root / by_name[name].results).read_text())
         cells = aggregate(results["rows"], results["config"]["seeds"])
-        for key in dict.fromkeys(cell_key(c) for c in cells):
-            mine = {column_key(c): c for c in cells if cell_key(c) == key}
+        for key, mine in _table_rows(cells):
             seeds = sorted({seed for cell in mine.values() for seed in cell["seeds"]})
             label = f"{row_label(key[1], key[2])}, {key[0]}"
             met = [column for column, cell in mine.items() if cell.get("goal")]
