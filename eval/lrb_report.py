@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdl_anchor.eval.lrb_protocol import aggregate, cell_key, column_key
+from sdl_anchor.eval.lrb_protocol import GOAL_M_GT, aggregate, cell_key, column_key
 from sdl_anchor.eval.lrb_table import format_table, row_label, seeds_sentence, short_column_name
 
 
@@ -160,6 +160,28 @@ def _table_rows(cells: list[dict[str, Any]]):
         yield key, {column_key(c): c for c in cells if cell_key(c) == key}
 
 
+def _standing(mine: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """Which columns of one table row reach the TopK family's encoder goal (``GOAL_M_GT``) and which lead on
+    FVU, MCC and decoder M_GT; columns level at the printed precision are named together, a degenerate one
+    with its flag."""
+
+    def name(column: tuple[str, str]) -> str:
+        return short_column_name(*column) + (" (degenerate)" if mine[column]["degenerate"] else "")
+
+    def leaders(metric: str, best, shown) -> str:
+        top = shown(best(cell[f"{metric}_mean"] for cell in mine.values()))
+        named = [name(column) for column, cell in mine.items() if shown(cell[f"{metric}_mean"]) == top]
+        return f"{', '.join(named)} ({top})"
+
+    reached = [name(column) for column, cell in mine.items() if cell["M_GT_mean"] >= GOAL_M_GT]
+    short = [name(column) for column, cell in mine.items() if cell["M_GT_mean"] < GOAL_M_GT]
+    return (
+        f"Encoder M_GT at or above {_pct(GOAL_M_GT)}: {', '.join(reached) or 'no column'}; below: "
+        f"{', '.join(short) or 'no column'}. Lowest FVU: {leaders('fvu', min, '{:.3f}'.format)}; highest MCC: "
+        f"{leaders('MCC', max, '{:.3f}'.format)}; highest decoder M_GT: {leaders('M_GT_dec', max, _pct)}."
+    )
+
+
 def claims(results: dict[str, Any]) -> list[str]:
     """One paragraph per table row, every number from the held-out aggregate."""
     cells = aggregate(results["rows"], results["config"]["seeds"])
@@ -192,6 +214,7 @@ def claims(results: dict[str, Any]) -> list[str]:
         ):
             if column in mine:
                 parts.append(f"{name}: {_describe(mine[column])}.")
+        parts.append(_standing(mine))
         met = [short_column_name(*c) for c, cell in mine.items() if cell.get("goal")]
         parts.append(
             f"Goal met by: {', '.join(met)}."

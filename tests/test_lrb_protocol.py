@@ -248,6 +248,28 @@ def test_claims_are_generated_from_the_numbers(protocol_run):
     assert "over theory alone, anchoring adds" in text
 
 
+def test_claims_name_the_columns_that_reach_the_encoder_goal_and_lead_each_metric(protocol_run):
+    """Planted: the aligned tie gets the lowest FVU and the paper's method alone an encoder M_GT of 99% on every
+    seed; the generated sentence names them, and a degenerate leader carries its flag."""
+    import copy
+
+    results = copy.deepcopy(protocol_run)
+    for row in results["rows"]:
+        column = (row["variant"], row["resampling"])
+        row["M_GT"] = {("anchors", "none"): 0.99}.get(column, 0.5)
+        if column == ("aligned", "theory"):
+            row["fvu"] = 1e-4
+        if column == ("self_anchored", "theory"):
+            row["MCC"], row["degenerate"] = 1.0, True
+    text = claims(results)[0]
+    assert (
+        "Encoder M_GT at or above 95.0%: anchors; below: plain, anchored, theory, self+theory (degenerate)"
+        in text
+    )
+    assert "Lowest FVU: aligned+theory (0.000)" in text
+    assert "highest MCC: self+theory (degenerate) (1.000)" in text
+
+
 def test_the_committed_pages_say_what_their_results_say():
     """README and docs sections between lrb-report markers are what the script writes from results.json."""
     assert stale_pages(ROOT, write=False) == []
