@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepOutput
 
 from sdl_anchor.anchoring.anchor_set import AnchorSet
@@ -62,6 +63,7 @@ class AnchorConfigFields:
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]
+        _check_widths(self)
         if self.anchor_loss not in ANCHOR_LOSSES:
             raise ValueError(f"anchor_loss must be one of {ANCHOR_LOSSES}, got {self.anchor_loss!r}")
         if not self.anchor_coefficient >= 0:
@@ -84,6 +86,29 @@ class AnchorConfigFields:
             raise ValueError(
                 f"self_anchor_target must be one of {SELF_ANCHOR_TARGETS}, got {self.self_anchor_target!r}"
             )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_widths(cfg: Any) -> None:
+    """SAELens's configs take any d_in, d_sae and k; a bad one fails later, deep in torch (a negative tensor
+    size, ``selected index k out of range``) or trains silently at L0 0. Refuse it here, naming the field."""
+    for field in ("d_in", "d_sae", "d_out"):
+        if hasattr(cfg, field) and not _is_count(getattr(cfg, field)):
+            raise ValueError(f"{field} must be a positive integer, got {getattr(cfg, field)!r}")
+    k = getattr(cfg, "k", None)
+    if k is None:
+        return
+    batch_mean = isinstance(cfg, BatchTopKTrainingSAEConfig)  # BatchTopK's k is a mean over the batch
+    if (
+        isinstance(k, bool)
+        or not isinstance(k, (int, float) if batch_mean else int)
+        or not 0 < k <= cfg.d_sae
+    ):
+        kind = "a number above 0" if batch_mean else "an integer from 1"
+        raise ValueError(f"k must be {kind} up to d_sae={cfg.d_sae} (latents kept per input), got {k!r}")
 
 
 def check_anchors_fit(anchors: AnchorSet, d_in: int, d_out: int, d_sae: int) -> None:

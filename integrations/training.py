@@ -30,7 +30,7 @@ from sdl_anchor.integrations.sparse_step import record_kernels
 from sdl_anchor.integrations.wandb_env import wandb_env_settings
 from sdl_anchor.lrb.bench import LinearRepresentationBench
 from sdl_anchor.lrb.data import LRBDataset
-from sdl_anchor.metrics import live_recovery, recovery
+from sdl_anchor.metrics import check_finite_weights, live_recovery, recovery
 from sdl_anchor.resampling import ResamplingConfig
 
 
@@ -162,6 +162,8 @@ def train_on_bench(
     for name, value in (("n_steps", n_steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if dataset is not None and dataset.bench is not bench:
         raise ValueError("dataset was drawn from a different bench")
     device = str(device if device is not None else bench.device)
@@ -226,6 +228,7 @@ def train_on_bench(
     finally:
         if own_run:
             wandb.finish()
+    check_finite_weights(trained, "scores")  # the loss checks miss a last update that diverged
     if recovery_every is not None:
         curve.append(_recovery_point(trained, bench, n_steps, scored_without))
         trained.cfg.metadata.recovery_curve = curve

@@ -60,15 +60,7 @@ def recovery(
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau must be in (0, 1), got {tau}")
     w_enc, w_dec = _weights(sae)
-    if w_enc.shape[0] != bench.d_in:
-        raise ValueError(
-            f"the SAE's W_enc has d_in={w_enc.shape[0]} but the bench's inputs have width "
-            f"{bench.d_in}; train the SAE on this bench"
-        )
-    if w_dec.shape[1] != bench.d_out:
-        raise ValueError(
-            f"the SAE's W_dec has d_out={w_dec.shape[1]} but the bench's targets have width {bench.d_out}"
-        )
+    _check_fits_bench(w_enc, w_dec, bench)
     if latents is not None:
         if latents.dtype != torch.bool or latents.shape != (w_enc.shape[1],):
             raise ValueError(f"latents must be a boolean mask of shape ({w_enc.shape[1]},)")
@@ -104,6 +96,7 @@ def live_recovery(
         raise ValueError(
             f"n_samples must be a positive integer (the inputs to find live latents on), got {n_samples!r}"
         )
+    _check_fits_bench(*_weights(sae), bench)  # before encoding the bench's inputs with it
     generator = torch.Generator(device=bench.device).manual_seed(seed)
     n_latents = getattr(sae, "n_latents", sae.cfg.d_sae)  # a CLT's latents over every layer
     device = sae.W_enc.device
@@ -116,6 +109,18 @@ def live_recovery(
         return {**{f"{k}_live": 0.0 for k in keys}, "n_live": 0}
     scores = recovery(sae, bench, mcc=False, latents=fired, **kwargs)
     return {**{f"{k}_live": scores[k] for k in keys}, "n_live": int(fired.sum())}
+
+
+def _check_fits_bench(w_enc: torch.Tensor, w_dec: torch.Tensor, bench: LinearRepresentationBench) -> None:
+    if w_enc.shape[0] != bench.d_in:
+        raise ValueError(
+            f"the SAE's W_enc has d_in={w_enc.shape[0]} but the bench's inputs have width "
+            f"{bench.d_in}; train the SAE on this bench"
+        )
+    if w_dec.shape[1] != bench.d_out:
+        raise ValueError(
+            f"the SAE's W_dec has d_out={w_dec.shape[1]} but the bench's targets have width {bench.d_out}"
+        )
 
 
 def clt_flat_weights(clt: Any) -> tuple[torch.Tensor, torch.Tensor]:

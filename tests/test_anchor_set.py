@@ -39,6 +39,18 @@ def test_bad_anchors(args, message):
         sa.AnchorSet(*args)
 
 
+def test_any_finite_scale_gives_the_same_unit_directions():
+    """Rows are scaled by their largest entry before the norm: 1e19 once overflowed float32's norm into zero
+    rows, and 1e-9 was refused as zero-norm."""
+    base = torch.randn(3, 8)
+    unit = torch.nn.functional.normalize(base, dim=1)
+    for scale in (1e19, 1e-9, 50.0):
+        anchors = sa.AnchorSet(base * scale, base * scale)
+        assert torch.allclose(anchors.directions_in, unit, atol=1e-6)
+        assert torch.allclose(anchors.directions_out, unit, atol=1e-6)
+    assert torch.allclose(sa.AnchorSet(base.double() * 1e-50).directions_in, unit, atol=1e-6)
+
+
 def test_bad_indices_and_names():
     with pytest.raises(ValueError, match="indices must hold 2"):
         sa.AnchorSet(torch.randn(2, 3), indices=[1])
@@ -63,3 +75,10 @@ def test_load_missing_and_foreign_files(tmp_path):
     save_file({"weights": torch.randn(2, 2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="no 'directions_in' tensor"):
         sa.AnchorSet.load(tmp_path / "other.safetensors")
+    for names, message in (
+        ("not json", "unreadable 'names' metadata"),
+        ("3", "'names' metadata that is not a list"),
+    ):
+        save_file({"directions_in": torch.randn(2, 2)}, str(tmp_path / "named.safetensors"), {"names": names})
+        with pytest.raises(ValueError, match=f"anchor file .*named.safetensors has {message}"):
+            sa.AnchorSet.load(tmp_path / "named.safetensors")

@@ -29,6 +29,8 @@ from sdl_anchor.io import write_json
         ({"hierarchy": {0: 3}}, "must be a list"),
         ({"hierarchy": [(0, [1])]}, "must be a dict"),
         ({"child_firing_probability": 0.0, "hierarchy": {0: [1]}}, "child_firing_probability"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"c_min": "1"}, "c_min must be a number"),
     ],
 )
 def test_invalid_parameters_raise_clear_value_errors(kwargs, message):
@@ -162,3 +164,85 @@ def test_load_config_with_invalid_values(saved):
     write_json(path / "lrb_config.json", meta)
     with pytest.raises(ValueError, match="sparsity"):
         sa.LinearRepresentationBench.load(path)
+
+
+@pytest.mark.parametrize(
+    "config, kwargs, message",
+    [
+        (
+            "AnchoredTopKTrainingSAEConfig",
+            {"d_sae": 10, "k": 20},
+            "k must be an integer from 1 up to d_sae=10",
+        ),
+        ("AnchoredTopKTrainingSAEConfig", {"d_sae": 10, "k": 0}, "k must be an integer"),
+        ("AnchoredTopKTrainingSAEConfig", {"d_sae": 10, "k": 2.5}, "k must be an integer"),
+        ("AnchoredBatchTopKTrainingSAEConfig", {"d_sae": 10, "k": 11}, "k must be a number above 0 up to"),
+        ("AnchoredStandardTrainingSAEConfig", {"d_sae": -5}, "d_sae must be a positive integer, got -5"),
+        ("AnchoredJumpReLUTrainingSAEConfig", {"d_sae": 0}, "d_sae must be a positive integer"),
+        ("AnchoredStandardTrainingSAEConfig", {"d_sae": 10, "d_in": 0}, "d_in must be a positive integer"),
+    ],
+)
+def test_anchored_configs_refuse_widths_and_k_that_fail_later_inside_torch(config, kwargs, message):
+    """Each of these once constructed, then failed deep in torch (``selected index k out of range``, a negative
+    tensor size) or trained silently at L0 0."""
+    from sdl_anchor.integrations import anchored
+
+    with pytest.raises(ValueError, match=message):
+        getattr(anchored, config)(**{"d_in": 16, **kwargs})
+    assert anchored.AnchoredBatchTopKTrainingSAEConfig(d_in=16, d_sae=10, k=2.5).k == 2.5  # a batch mean
+
+
+def _standard_sae(d_in: int, d_sae: int = 30):
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    return StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+
+
+def test_scores_check_widths_before_running_the_sae():
+    bench = sa.LinearRepresentationBench(n_features=20, d_in=16, max_interference=0.5)
+    with pytest.raises(ValueError, match="W_enc has d_in=12 but the bench's inputs have width 16"):
+        sa.live_recovery(_standard_sae(12), bench)
+    transcoder = sa.LinearRepresentationBench(
+        n_features=20, d_in=16, d_out=12, kind="transcoder", max_interference=0.5, hierarchy={0: [1, 2]}
+    )
+    with pytest.raises(
+        ValueError, match="W_dec writes width 16 but the data's output features have width 12"
+    ):
+        sa.hierarchy_absorption(_standard_sae(16), transcoder, n_samples=64)
+
+
+def test_activation_patterns_refuse_what_would_read_as_every_latent_dead():
+    bench = sa.LinearRepresentationBench(n_features=20, d_in=16, max_interference=0.5)
+    sae = _standard_sae(16)
+    with pytest.raises(ValueError, match="magnitude must be a positive finite number"):
+        sa.activation_patterns(sae, bench, magnitude=float("inf"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        sa.activation_patterns(sae, torch.full((5, 16), float("nan")))
+    with torch.no_grad():
+        sae.W_enc.fill_(float("nan"))
+    with pytest.raises(ValueError, match="W_enc holds 480 NaN or infinite values"):
+        sa.activation_patterns(sae, bench)
+
+
+def test_class_mean_anchors_refuse_labels_that_casting_would_truncate():
+    acts = torch.randn(6, 4)
+    for labels in ([0.5, 0.5, 1.5, 1.5, 2.5, 2.5], [0, 0, 1, 1, 2, float("nan")]):
+        with pytest.raises(ValueError, match="fractional, NaN or infinite"):
+            sa.class_mean_anchors(acts, labels)
+    with pytest.raises(ValueError, match="integer class ids, got dtype torch.bool"):
+        sa.class_mean_anchors(acts, [True, False] * 3)
+    with pytest.raises(ValueError, match="at least one row"):
+        sa.class_mean_anchors(torch.zeros(0, 4), [])
+    whole = sa.class_mean_anchors(acts, [0.0, 0.0, 1.0, 1.0, 2.0, 2.0])  # whole numbers as floats are ids
+    assert torch.equal(whole.directions_in, sa.class_mean_anchors(acts, [0, 0, 1, 1, 2, 2]).directions_in)
+
+
+def test_train_on_bench_refuses_a_learning_rate_that_cannot_train():
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    from sdl_anchor.integrations.training import train_on_bench
+
+    bench = sa.LinearRepresentationBench(n_features=20, d_in=16, max_interference=0.5)
+    for lr in (float("inf"), 0.0, -1e-3):
+        with pytest.raises(ValueError, match="lr must be a positive finite number"):
+            train_on_bench(StandardTrainingSAE(StandardTrainingSAEConfig(d_in=16, d_sae=30)), bench, lr=lr)

@@ -69,8 +69,10 @@ def test_a_nan_loss_stops_training_naming_the_step_and_the_last_good_checkpoint(
 def test_train_on_bench_stops_on_a_nan_loss_with_the_step():
     bench = sa.LinearRepresentationBench(n_features=32, d_in=D_IN, sparsity=0.9, max_interference=0.3, seed=0)
     sae = sa.AnchoredTopKTrainingSAE(sa.AnchoredTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=3))
-    with pytest.raises(NonFiniteLossError, match="at step 2 .*no checkpoint"):  # step 1 made the weights inf
-        sa.train_on_bench(sae, bench, n_steps=10, batch_size=BATCH, lr=float("inf"), show_progress=False)
+    with pytest.raises(
+        NonFiniteLossError, match="at step 2 .*no checkpoint"
+    ):  # step 1 made the weights overflow
+        sa.train_on_bench(sae, bench, n_steps=10, batch_size=BATCH, lr=1e30, show_progress=False)
 
 
 def test_a_resampling_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one(tmp_path):

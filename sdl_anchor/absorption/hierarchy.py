@@ -69,6 +69,7 @@ class _Source:
     features_out: torch.Tensor  # [n_features, d_out]: the directions decoders should write
     hierarchy: dict[int, tuple[int, ...]]
     device: torch.device
+    d_in: int  # the width of the encoder inputs ``sample`` draws
 
 
 def hierarchy_from_sae_lens(roots: Any) -> dict[int, tuple[int, ...]]:
@@ -105,7 +106,11 @@ def _source(data: Any, hierarchy: Any) -> _Source:
             return batch.codes, batch.x_in
 
         return _Source(
-            sample_bench, data.features_out, _check_hierarchy(hierarchy, data.n_features), data.device
+            sample_bench,
+            data.features_out,
+            _check_hierarchy(hierarchy, data.n_features),
+            data.device,
+            data.d_in,
         )
     if hasattr(data, "sample_with_features") and hasattr(data, "feature_dict"):  # a SAELens SyntheticModel
         if hierarchy is None:
@@ -132,6 +137,7 @@ def _source(data: Any, hierarchy: Any) -> _Source:
             data.feature_dict.feature_vectors.detach(),
             _check_hierarchy(hierarchy, n_features),
             torch.device(data.device),
+            data.feature_dict.feature_vectors.shape[1],
         )
     raise ValueError(
         "hierarchy_absorption needs a LinearRepresentationBench or a SAELens SyntheticModel, "
@@ -235,6 +241,13 @@ def hierarchy_absorption(
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     if not 0.0 <= parent_cosine <= 1.0:
         raise ValueError(f"parent_cosine must be in [0, 1], got {parent_cosine}")
+    if source.d_in != sae.cfg.d_in:
+        raise ValueError(f"the data's inputs have width {source.d_in} but the SAE has d_in={sae.cfg.d_in}")
+    if sae.W_dec.shape[-1] != source.features_out.shape[1]:
+        raise ValueError(
+            f"the SAE's W_dec writes width {sae.W_dec.shape[-1]} but the data's output features have width "
+            f"{source.features_out.shape[1]}; score an SAE (or transcoder) trained on these data"
+        )
     d_sae = sae.cfg.d_sae
     tree = source.hierarchy
     parents = sorted(tree)
@@ -243,10 +256,6 @@ def hierarchy_absorption(
     device = sae.W_dec.device
 
     def encode(x_in: torch.Tensor) -> torch.Tensor:
-        if x_in.shape[-1] != sae.cfg.d_in:
-            raise ValueError(
-                f"the data's inputs have width {x_in.shape[-1]} but the SAE has d_in={sae.cfg.d_in}"
-            )
         return sae.encode(x_in.to(device, sae.W_enc.dtype)).float()
 
     # pass 1: pick each parent's latent by correlation without its children; its activation per unit of parent

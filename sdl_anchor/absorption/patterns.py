@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from sdl_anchor.metrics import check_finite_weights
+
 
 @dataclass
 class ActivationPatterns:
@@ -79,12 +81,15 @@ def activation_patterns(
         directions, default = features, 1.0
     if not isinstance(directions, torch.Tensor) or directions.ndim != 2:
         raise ValueError("features must be a LinearRepresentationBench or a [n_features, d_in] tensor")
+    if not bool(torch.isfinite(directions).all()):
+        raise ValueError("the feature directions hold NaN or infinite values; pass finite directions")
+    check_finite_weights(sae, "activation patterns")
     d_in = sae.cfg.d_in
     if directions.shape[1] != d_in:
         raise ValueError(f"the features have width {directions.shape[1]} but the SAE has d_in={d_in}")
     magnitude = default if magnitude is None else float(magnitude)
-    if not magnitude > 0:
-        raise ValueError(f"magnitude must be positive, got {magnitude}")
+    if not 0 < magnitude < float("inf"):
+        raise ValueError(f"magnitude must be a positive finite number, got {magnitude}")
     directions = directions.to(sae.W_enc.device, sae.W_enc.dtype)
     fires = torch.cat(
         [

@@ -88,7 +88,14 @@ class AnchorSet:
 
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        names = json.loads(metadata["names"]) if "names" in metadata else None
+        names = None
+        if "names" in metadata:
+            try:
+                names = json.loads(metadata["names"])
+            except json.JSONDecodeError as error:
+                raise ValueError(f"anchor file {path} has unreadable 'names' metadata ({error})") from None
+            if not isinstance(names, list):
+                raise ValueError(f"anchor file {path} has 'names' metadata that is not a list of names")
         return cls(tensors["directions_in"], tensors.get("directions_out"), tensors.get("indices"), names)
 
     def __repr__(self) -> str:
@@ -102,13 +109,17 @@ def _check_directions(directions: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must have shape [k, d], got shape {tuple(directions.shape)}")
     if directions.shape[0] == 0:
         raise ValueError(f"{name} holds no anchors (k = 0); give at least one direction")
-    directions = directions.detach().float()
+    directions = directions.detach()
     if not torch.isfinite(directions).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    norms = directions.norm(dim=1)
-    if (norms < 1e-8).any():
-        bad = torch.nonzero(norms < 1e-8).flatten().tolist()[:5]
+    # each row over its largest entry first, in float64: no scale overflows or underflows the norm
+    peak = directions.double().abs().amax(dim=1)
+    if (peak == 0).any():
+        bad = torch.nonzero(peak == 0).flatten().tolist()[:5]
         raise ValueError(f"{name} has zero-norm anchors at rows {bad}; every anchor needs a direction")
+    scaled = directions.double() / peak[:, None]
+    unit = (scaled / scaled.norm(dim=1, keepdim=True)).float()
     # rows already unit norm (within float rounding) are kept bit for bit, so save/load round trips exactly
-    already_unit = (norms - 1.0).abs() <= 1e-6
-    return torch.where(already_unit[:, None], directions, directions / norms[:, None])
+    directions = directions.float()
+    already_unit = (directions.norm(dim=1) - 1.0).abs() <= 1e-6
+    return torch.where(already_unit[:, None], directions, unit)

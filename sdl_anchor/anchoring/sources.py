@@ -34,7 +34,7 @@ def class_mean_anchors(
     input side.
     """
     acts = _check_activations(activations, "activations")
-    labels = torch.as_tensor(labels, dtype=torch.long, device=acts.device)
+    labels = _class_ids(labels, acts.device)
     if labels.shape != (acts.shape[0],):
         raise ValueError(
             f"labels must have shape [{acts.shape[0]}] (one per activation), got {tuple(labels.shape)}"
@@ -100,10 +100,20 @@ def _class_means(
     return means / norms.unsqueeze(1)
 
 
+def _class_ids(labels: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
+    """``labels`` as a long tensor, refusing what casting would silently truncate (1.5 -> 1, NaN)."""
+    raw = torch.as_tensor(labels)
+    if raw.dtype == torch.bool or raw.is_complex():
+        raise ValueError(f"labels must be integer class ids, got dtype {raw.dtype}")
+    if raw.is_floating_point() and not bool((torch.isfinite(raw) & (raw == raw.round())).all()):
+        raise ValueError("labels must be integer class ids 0..C-1; some are fractional, NaN or infinite")
+    return raw.to(device=device, dtype=torch.long)
+
+
 def _check_activations(tensor: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2:
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2 or tensor.shape[0] == 0:
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise ValueError(f"{name} must be a 2-D tensor [N, d], got {shape}")
+        raise ValueError(f"{name} must be a 2-D tensor [N, d] with at least one row, got {shape}")
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     return tensor.detach().float()

@@ -34,6 +34,7 @@ Feature directions are stored as rows: ``features_in [n_features, total input di
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -108,6 +109,12 @@ class LRBConfig:
             raise ValueError(
                 f"sparsity S must be in [0, 1) (features fire with probability 1 - S), got {self.sparsity!r}"
             )
+        for name in ("c_min", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not (math.isfinite(self.c_min) and self.c_min >= 0.0):
             raise ValueError(f"c_min must be a finite non-negative number, got {self.c_min!r}")
         if not (math.isfinite(self.beta) and self.beta > 0.0):
