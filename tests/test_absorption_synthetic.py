@@ -42,6 +42,29 @@ def planted_sae(bench):
     return sae
 
 
+def test_a_sibling_absorption_is_not_charged_to_a_child_that_fires_with_it():
+    """Children 1 and 2 of parent 0 can fire together; only child 1 is absorbed (latent 0 reads
+    w_0 - 30 w_1, latent 1 writes the parent direction). Child 2 once scored 0.086 with latent 1 as its
+    absorber, from the samples where 1 fired beside it."""
+    generated = sa.LinearRepresentationBench(
+        n_features=8, d_in=16, sparsity=0.5, c_min=0.5, hierarchy={0: [1, 2]}, seed=0
+    )
+    bench = sa.LinearRepresentationBench.from_features(generated.config, torch.eye(16)[:8])
+    w = bench.features_in
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=16, d_sae=8, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        sae.W_enc.copy_(w.T)
+        sae.W_enc[:, 0] = w[0] - 30 * w[1]
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        sae.W_dec.copy_(w)
+        sae.W_dec[1] = F.normalize(w[1] + w[0], dim=0)
+    pairs = {p["child"]: p for p in sa.hierarchy_absorption(sae, bench, n_samples=N_SAMPLES)["pairs"]}
+    assert pairs[1]["absorption"] == 1.0 and pairs[1]["absorbing_latents"] == [1]
+    assert pairs[2]["absorption"] == 0.0 and pairs[2]["absorbing_latents"] == []
+    assert 0 < pairs[2]["n_child_samples"] < N_SAMPLES / 2  # only the samples where 2 fires without 1
+
+
 def test_planted_absorption_is_exact(bench):
     sae = planted_sae(bench)
     result = sa.hierarchy_absorption(sae, bench, n_samples=N_SAMPLES, batch_size=N_SAMPLES)

@@ -14,9 +14,13 @@ directly, for every (parent, child) pair:
    1-5% even the true ReLU SAE scored F1 0.03-0.17 and its pairs were called unrepresented. Its
    correlation is 0.56-0.89, the best other latent's at most 0.15.)
 2. **Full absorption**, the hierarchy-conditioned silence gap (SAELens issue #729): with
-   ``s_alone = P(a_Lp = 0 | p alone)`` and ``s_c = P(a_Lp = 0 | c active)``,
+   ``s_alone = P(a_Lp = 0 | p alone)`` and ``s_c = P(a_Lp = 0 | c is the only active child of p)``,
    ``absorption = max(0, s_c - s_alone) / (1 - s_alone)``: the share of the samples on which ``L_p`` would
-   fire that the child silences (1: it never fires with the child; 0: the child does not matter).
+   fire that the child silences (1: it never fires with the child; 0: the child does not matter). Only
+   samples without a sibling of ``c`` count for ``c`` (steps 2 to 4): where children can fire together, a
+   sibling's absorption would otherwise be charged to ``c`` in proportion to how often they co-fire, and
+   the sibling's latent listed as ``c``'s absorber. With mutually exclusive children every child sample
+   counts.
 3. **Partial absorption**: on child samples where ``L_p`` still fires, how much weaker it is per unit of
    parent, ``1 - slope(c, fires) / slope(p alone, fires)`` clipped to ``[0, 1]``, where ``slope`` is the
    least-squares slope of ``a_Lp`` on ``c_p`` through the origin, ``sum a c / sum c^2``. (A mean of
@@ -295,7 +299,8 @@ def hierarchy_absorption(
     for codes, x_in in _batches(source, n_samples, batch_size, seed):
         codes = codes.to(device).float()
         acts = encode(x_in)
-        child = codes[:, pair_child] > 0  # [B, pairs]
+        active_children = torch.stack([(codes[:, list(tree[p])] > 0).sum(dim=1) for p in parents], dim=1)
+        child = (codes[:, pair_child] > 0) & (active_children[:, pair_parent] == 1)  # [B, pairs]: c alone
         parent_codes = codes[:, torch.tensor(parents, device=device)[pair_parent]]
         latent_acts = acts[:, parent_latent[pair_parent]]  # [B, pairs]
         fires = latent_acts > 0
@@ -378,7 +383,7 @@ def _unmeasurable(correlation: float, latent: int, parent: int, record: dict[str
     if record["n_parent_alone_samples"] == 0:
         return f"parent {parent} never fired without its children; raise n_samples"
     if record["n_child_samples"] == 0:
-        return f"child {record['child']} never fired; raise n_samples"
+        return f"child {record['child']} never fired without its siblings; raise n_samples"
     if correlation < MIN_PARENT_CORRELATION:
         return (
             f"no latent represents parent {parent}: the best, latent {latent}, correlates with its magnitude "
