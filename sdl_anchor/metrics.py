@@ -6,7 +6,9 @@ For every ground-truth feature ``w_i`` not excluded (anchors are excluded, as in
 
 on the encoder columns (SAELens layout ``W_enc [d_in, d_sae]``), and the same on the decoder rows
 (``W_dec [d_sae, d_out]``) against the output-side features. ``MCC`` is SAELens's mean correlation
-coefficient (Hungarian matching of decoder rows to features).
+coefficient (Hungarian matching of decoder rows to features), averaged, as SAELens defines it, over the
+``min(d_sae, n)`` matched pairs: a coder narrower than the features scored is judged on its own latents only
+(two latents on two of 20 features read 1.0), so compare MCC between coders of one width.
 
 The max runs over every latent, as in the paper. A dead latent whose encoder column sits on a feature
 therefore counts although it never fires (resampling plants such columns); ``live_recovery`` scores the
