@@ -94,7 +94,9 @@ def _is_count(value: Any) -> bool:
 
 def _check_widths(cfg: Any) -> None:
     """SAELens's configs take any d_in, d_sae and k; a bad one fails later, deep in torch (a negative tensor
-    size, ``selected index k out of range``) or trains silently at L0 0. Refuse it here, naming the field."""
+    size) or trains silently at L0 0. Refuse it here, naming the field. (k above d_sae is refused at the
+    first training step, :func:`check_k_fits`: SAELens's default k of 100 on a narrow coder that is built,
+    saved or pickled but never trained is fine.)"""
     for field in ("d_in", "d_sae", "d_out"):
         if hasattr(cfg, field) and not _is_count(getattr(cfg, field)):
             raise ValueError(f"{field} must be a positive integer, got {getattr(cfg, field)!r}")
@@ -102,13 +104,20 @@ def _check_widths(cfg: Any) -> None:
     if k is None:
         return
     batch_mean = isinstance(cfg, BatchTopKTrainingSAEConfig)  # BatchTopK's k is a mean over the batch
-    if (
-        isinstance(k, bool)
-        or not isinstance(k, (int, float) if batch_mean else int)
-        or not 0 < k <= cfg.d_sae
-    ):
-        kind = "a number above 0" if batch_mean else "an integer from 1"
-        raise ValueError(f"k must be {kind} up to d_sae={cfg.d_sae} (latents kept per input), got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, float) if batch_mean else int) or not k > 0:
+        kind = "a positive number" if batch_mean else "a positive integer"
+        raise ValueError(f"k must be {kind} (latents kept per input), got {k!r}")
+
+
+def check_k_fits(cfg: Any) -> None:
+    """Raise ValueError when a TopK-family coder keeps more latents per input than it has (``torch.topk``
+    would fail with ``selected index k out of range``)."""
+    k = getattr(cfg, "k", None)
+    if k is not None and k > cfg.d_sae:
+        raise ValueError(
+            f"k={k} latents kept per input but the coder has d_sae={cfg.d_sae}; set k at most d_sae "
+            "(SAELens's default k is 100)"
+        )
 
 
 def check_anchors_fit(anchors: AnchorSet, d_in: int, d_out: int, d_sae: int) -> None:
@@ -215,6 +224,7 @@ class AnchoredMixin:
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """The base step, plus ``losses["anchor_loss"] = lambda * L_anchor`` (Eq. 22) in the total loss and
         the ``anchor_cosine`` metric."""
+        check_k_fits(self.cfg)
         output = super().training_forward_pass(step_input)  # type: ignore[misc]
         if self.anchor_k:
             coefficient = step_input.coefficients.get("anchor", self.cfg.anchor_coefficient)

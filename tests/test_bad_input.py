@@ -169,27 +169,33 @@ def test_load_config_with_invalid_values(saved):
 @pytest.mark.parametrize(
     "config, kwargs, message",
     [
-        (
-            "AnchoredTopKTrainingSAEConfig",
-            {"d_sae": 10, "k": 20},
-            "k must be an integer from 1 up to d_sae=10",
-        ),
-        ("AnchoredTopKTrainingSAEConfig", {"d_sae": 10, "k": 0}, "k must be an integer"),
-        ("AnchoredTopKTrainingSAEConfig", {"d_sae": 10, "k": 2.5}, "k must be an integer"),
-        ("AnchoredBatchTopKTrainingSAEConfig", {"d_sae": 10, "k": 11}, "k must be a number above 0 up to"),
+        ("AnchoredTopKTrainingSAEConfig", {"d_sae": 10, "k": 0}, "k must be a positive integer"),
+        ("AnchoredTopKTrainingSAEConfig", {"d_sae": 10, "k": 2.5}, "k must be a positive integer"),
+        ("AnchoredBatchTopKTrainingSAEConfig", {"d_sae": 10, "k": -1.0}, "k must be a positive number"),
         ("AnchoredStandardTrainingSAEConfig", {"d_sae": -5}, "d_sae must be a positive integer, got -5"),
         ("AnchoredJumpReLUTrainingSAEConfig", {"d_sae": 0}, "d_sae must be a positive integer"),
         ("AnchoredStandardTrainingSAEConfig", {"d_sae": 10, "d_in": 0}, "d_in must be a positive integer"),
     ],
 )
 def test_anchored_configs_refuse_widths_and_k_that_fail_later_inside_torch(config, kwargs, message):
-    """Each of these once constructed, then failed deep in torch (``selected index k out of range``, a negative
-    tensor size) or trained silently at L0 0."""
+    """Each of these once constructed, then failed deep in torch (a negative tensor size) or trained silently
+    at L0 0."""
     from sdl_anchor.integrations import anchored
 
     with pytest.raises(ValueError, match=message):
         getattr(anchored, config)(**{"d_in": 16, **kwargs})
     assert anchored.AnchoredBatchTopKTrainingSAEConfig(d_in=16, d_sae=10, k=2.5).k == 2.5  # a batch mean
+
+
+@pytest.mark.parametrize("architecture", ["AnchoredTopKTrainingSAE", "AnchoredBatchTopKTrainingSAE"])
+def test_k_above_d_sae_is_refused_at_the_first_step_not_deep_in_torch(architecture):
+    """SAELens's default k (100) on a narrow coder builds, as stock SAELens's does; training it once failed
+    inside ``torch.topk`` with ``selected index k out of range``."""
+    bench = sa.LinearRepresentationBench(n_features=20, d_in=16, max_interference=0.5)
+    coder = getattr(sa, architecture)(getattr(sa, architecture + "Config")(d_in=16, d_sae=10))
+    assert coder.cfg.k == 100
+    with pytest.raises(ValueError, match="k=100 latents kept per input but the coder has d_sae=10"):
+        sa.train_on_bench(coder, bench, n_steps=2, batch_size=32, show_progress=False)
 
 
 def _standard_sae(d_in: int, d_sae: int = 30):
