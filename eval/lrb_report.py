@@ -97,6 +97,13 @@ REPORTS = (
         ("README.md", "docs/results.md"),
     ),
     Report(
+        "paper-cpu-heldout-matryoshka",
+        "docs/assets/paper-cpu-heldout-matryoshka/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods matryoshka_batchtopk "
+        "--out runs/paper-cpu-heldout-matryoshka",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
         "synth-cpu",
         "docs/assets/synth-cpu/results.json",
         "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",
@@ -125,6 +132,7 @@ SUMMARIES = (
             "paper-cpu-heldout-topk64",
             "paper-cpu-heldout-topk128",
             "paper-cpu-heldout-negative",
+            "paper-cpu-heldout-matryoshka",
         ),
         ("README.md", "docs/results.md"),
     ),
