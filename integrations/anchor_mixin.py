@@ -41,6 +41,7 @@ from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepO
 from sdl_anchor.anchoring.anchor_set import AnchorSet
 from sdl_anchor.anchoring.firing_inputs import FiringInputMeans
 from sdl_anchor.anchoring.loss import ANCHOR_LOSSES, anchor_loss, mean_anchor_cosine, self_anchor_loss
+from sdl_anchor.integrations.cross_layer_transcoder import check_positive_int
 
 DEFAULT_ANCHOR_LOSS = "mse"
 SELF_ANCHOR_TARGETS = ("decoder", "inputs")
@@ -88,18 +89,14 @@ class AnchorConfigFields:
             )
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _check_widths(cfg: Any) -> None:
     """SAELens's configs take any d_in, d_sae and k; a bad one fails later, deep in torch (a negative tensor
     size) or trains silently at L0 0. Refuse it here, naming the field. (k above d_sae is refused at the
     first training step, :func:`check_k_fits`: SAELens's default k of 100 on a narrow coder that is built,
     saved or pickled but never trained is fine.)"""
     for field in ("d_in", "d_sae", "d_out"):
-        if hasattr(cfg, field) and not _is_count(getattr(cfg, field)):
-            raise ValueError(f"{field} must be a positive integer, got {getattr(cfg, field)!r}")
+        if hasattr(cfg, field):
+            check_positive_int(field, getattr(cfg, field))
     k = getattr(cfg, "k", None)
     if k is None:
         return

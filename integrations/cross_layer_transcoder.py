@@ -99,15 +99,16 @@ CLT_INFERENCE_ARCHITECTURE = "cross_layer_transcoder"
 CLT_ACTIVATIONS = ("relu", "jumprelu", "topk")  # the saved (inference) activations
 
 
-def _positive_int(name: str, value: Any) -> None:
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise ValueError unless ``value`` is an integer of at least 1 (a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_clt_fields(cfg: Any) -> None:
     """The checks every CLT config (training and inference) makes of its shared fields."""
-    _positive_int("n_layers", cfg.n_layers)
-    _positive_int("d_out", cfg.d_out)
+    check_positive_int("n_layers", cfg.n_layers)
+    check_positive_int("d_out", cfg.d_out)
     if cfg.apply_b_dec_to_input:
         raise ValueError("apply_b_dec_to_input must be False for a CLT: b_dec lives in the output space")
     if cfg.normalize_activations != "none":
@@ -312,7 +313,7 @@ class CrossLayerTranscoderConfig(SAEConfig):
         if self.activation not in CLT_ACTIVATIONS:
             raise ValueError(f"activation must be one of {CLT_ACTIVATIONS}, got {self.activation!r}")
         if self.activation == "topk":
-            _positive_int("k", self.k)
+            check_positive_int("k", self.k)
             if self.k > self.d_sae:  # type: ignore[operator]
                 raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}")
 
