@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdl_anchor.eval.lrb_presets import K_METHODS
 from sdl_anchor.eval.lrb_protocol import GOAL_M_GT, aggregate, cell_key, column_key
 from sdl_anchor.eval.lrb_table import format_table, row_label, seeds_sentence, short_column_name
 
@@ -104,6 +105,13 @@ REPORTS = (
         ("README.md", "docs/results.md"),
     ),
     Report(
+        "paper-cpu-heldout-relu",
+        "docs/assets/paper-cpu-heldout-relu/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods standard "
+        "--out runs/paper-cpu-heldout-relu",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
         "synth-cpu",
         "docs/assets/synth-cpu/results.json",
         "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",
@@ -133,6 +141,7 @@ SUMMARIES = (
             "paper-cpu-heldout-topk128",
             "paper-cpu-heldout-negative",
             "paper-cpu-heldout-matryoshka",
+            "paper-cpu-heldout-relu",
         ),
         ("README.md", "docs/results.md"),
     ),
@@ -169,9 +178,10 @@ def _table_rows(cells: list[dict[str, Any]]):
 
 
 def _standing(mine: dict[tuple[str, str], dict[str, Any]]) -> str:
-    """Which columns of one table row reach the TopK family's encoder goal (``GOAL_M_GT``) and which lead on
-    FVU, MCC and decoder M_GT; columns level at the printed precision are named together, a degenerate one
-    with its flag."""
+    """Which columns of one table row reach the encoder part of the goal and which lead on FVU, MCC and decoder
+    M_GT (and, for ReLU and JumpReLU, whose L0 is free, on L0); columns level at the printed precision are
+    named together, a degenerate one with its flag. The encoder part is the TopK family's ``GOAL_M_GT``, or
+    ReLU's and JumpReLU's encoder M_GT above 0."""
 
     def name(column: tuple[str, str]) -> str:
         return short_column_name(*column) + (" (degenerate)" if mine[column]["degenerate"] else "")
@@ -181,13 +191,23 @@ def _standing(mine: dict[tuple[str, str], dict[str, Any]]) -> str:
         named = [name(column) for column, cell in mine.items() if shown(cell[f"{metric}_mean"]) == top]
         return f"{', '.join(named)} ({top})"
 
-    reached = [name(column) for column, cell in mine.items() if cell["M_GT_mean"] >= GOAL_M_GT]
-    short = [name(column) for column, cell in mine.items() if cell["M_GT_mean"] < GOAL_M_GT]
-    return (
+    k_family = next(iter(mine.values()))["method"] in K_METHODS
+    reaches = (lambda m_gt: m_gt >= GOAL_M_GT) if k_family else (lambda m_gt: m_gt > 0.0)
+    reached = [name(column) for column, cell in mine.items() if reaches(cell["M_GT_mean"])]
+    short = [name(column) for column, cell in mine.items() if not reaches(cell["M_GT_mean"])]
+    encoder = (
         f"Encoder M_GT at or above {_pct(GOAL_M_GT)}: {', '.join(reached) or 'no column'}; below: "
-        f"{', '.join(short) or 'no column'}. Lowest FVU: {leaders('fvu', min, '{:.3f}'.format)}; highest MCC: "
-        f"{leaders('MCC', max, '{:.3f}'.format)}; highest decoder M_GT: {leaders('M_GT_dec', max, _pct)}."
+        if k_family
+        else f"Encoder M_GT above 0: {', '.join(reached) or 'no column'}; at 0: "
     )
+    leads = [] if k_family else [f"lowest L0: {leaders('l0', min, '{:.1f}'.format)}"]
+    leads += [
+        f"lowest FVU: {leaders('fvu', min, '{:.3f}'.format)}",
+        f"highest MCC: {leaders('MCC', max, '{:.3f}'.format)}",
+        f"highest decoder M_GT: {leaders('M_GT_dec', max, _pct)}",
+    ]
+    sentence = "; ".join(leads)
+    return f"{encoder}{', '.join(short) or 'no column'}. {sentence[0].upper()}{sentence[1:]}."
 
 
 def claims(results: dict[str, Any]) -> list[str]:
@@ -202,7 +222,8 @@ def claims(results: dict[str, Any]) -> list[str]:
         ]
         plain = mine.get(("plain", "none"))
         if plain is not None:
-            parts.append(f"Stock SAELens (AuxK on): {_describe(plain)}.")
+            auxk = " (AuxK on)" if method in K_METHODS else ""  # SAELens's AuxK loss is the TopK family's
+            parts.append(f"Stock SAELens{auxk}: {_describe(plain)}.")
         theory = mine.get(("plain", "theory"))
         if theory is not None:
             parts.append(f"Theory resampling alone, no ground truth: {_describe(theory)}.")

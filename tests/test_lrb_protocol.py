@@ -270,6 +270,29 @@ def test_claims_name_the_columns_that_reach_the_encoder_goal_and_lead_each_metri
     assert "highest MCC: self+theory (degenerate) (1.000)" in text
 
 
+def test_a_relu_rows_claims_use_its_own_goal_and_name_the_lowest_l0(protocol_run):
+    """Planted: on a ReLU row (L0 free, goal encoder M_GT above 0) only the anchored columns find any feature
+    with their encoders, and the aligned tie has the lowest L0; the sentence says "above 0", not the TopK
+    family's 95%, and names the L0 leader."""
+    import copy
+
+    results = copy.deepcopy(protocol_run)
+    for row in results["rows"]:
+        column = (row["variant"], row["resampling"])
+        row["method"], row["k"], row["l0"] = "standard", None, 40.0
+        row["M_GT"] = 0.02 if row["variant"] == "anchored" else 0.0
+        if column == ("aligned", "theory"):
+            row["l0"] = 12.0
+    text = claims(results)[0]
+    assert "**ReLU SAE, bounded interference**" in text
+    assert (
+        "Encoder M_GT above 0: anchored, anchored+theory; at 0: plain, anchors, theory, self+theory" in text
+    )
+    assert "Lowest L0: aligned+theory (12.0); lowest FVU: " in text
+    assert "95.0%" not in text
+    assert "Stock SAELens: " in text and "AuxK" not in text  # SAELens's AuxK loss is the TopK family's
+
+
 def test_the_committed_pages_say_what_their_results_say():
     """README and docs sections between lrb-report markers are what the script writes from results.json."""
     assert stale_pages(ROOT, write=False) == []
