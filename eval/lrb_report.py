@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sdl_anchor.eval.lrb_presets import K_METHODS
-from sdl_anchor.eval.lrb_protocol import GOAL_M_GT, aggregate, cell_key, column_key
+from sdl_anchor.eval.lrb_protocol import GOAL_M_GT, aggregate, cell_key, column_key, meets_encoder_goal
 from sdl_anchor.eval.lrb_table import format_table, row_label, seeds_sentence, short_column_name
 
 
@@ -177,11 +177,11 @@ def _table_rows(cells: list[dict[str, Any]]):
         yield key, {column_key(c): c for c in cells if cell_key(c) == key}
 
 
-def _standing(mine: dict[tuple[str, str], dict[str, Any]]) -> str:
+def _standing(mine: dict[tuple[str, str], dict[str, Any]], method: str) -> str:
     """Which columns of one table row reach the encoder part of the goal and which lead on FVU, MCC and decoder
     M_GT (and, for ReLU and JumpReLU, whose L0 is free, on L0); columns level at the printed precision are
-    named together, a degenerate one with its flag. The encoder part is the TopK family's ``GOAL_M_GT``, or
-    ReLU's and JumpReLU's encoder M_GT above 0."""
+    named together, a degenerate one with its flag. The encoder part is
+    :func:`~sdl_anchor.eval.lrb_protocol.meets_encoder_goal`'s."""
 
     def name(column: tuple[str, str]) -> str:
         return short_column_name(*column) + (" (degenerate)" if mine[column]["degenerate"] else "")
@@ -191,10 +191,9 @@ def _standing(mine: dict[tuple[str, str], dict[str, Any]]) -> str:
         named = [name(column) for column, cell in mine.items() if shown(cell[f"{metric}_mean"]) == top]
         return f"{', '.join(named)} ({top})"
 
-    k_family = next(iter(mine.values()))["method"] in K_METHODS
-    reaches = (lambda m_gt: m_gt >= GOAL_M_GT) if k_family else (lambda m_gt: m_gt > 0.0)
-    reached = [name(column) for column, cell in mine.items() if reaches(cell["M_GT_mean"])]
-    short = [name(column) for column, cell in mine.items() if not reaches(cell["M_GT_mean"])]
+    k_family = method in K_METHODS
+    reached = [name(column) for column, cell in mine.items() if meets_encoder_goal(cell)]
+    short = [name(column) for column, cell in mine.items() if not meets_encoder_goal(cell)]
     encoder = (
         f"Encoder M_GT at or above {_pct(GOAL_M_GT)}: {', '.join(reached) or 'no column'}; below: "
         if k_family
@@ -243,7 +242,7 @@ def claims(results: dict[str, Any]) -> list[str]:
         ):
             if column in mine:
                 parts.append(f"{name}: {_describe(mine[column])}.")
-        parts.append(_standing(mine))
+        parts.append(_standing(mine, method))
         met = [short_column_name(*c) for c, cell in mine.items() if cell.get("goal")]
         parts.append(
             f"Goal met by: {', '.join(met)}."
