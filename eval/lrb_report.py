@@ -30,7 +30,13 @@ from typing import Any
 
 from sdl_anchor.eval.lrb_presets import K_METHODS
 from sdl_anchor.eval.lrb_protocol import GOAL_M_GT, aggregate, cell_key, column_key, meets_encoder_goal
-from sdl_anchor.eval.lrb_table import format_table, row_label, seeds_sentence, short_column_name
+from sdl_anchor.eval.lrb_table import (
+    column_applies,
+    format_table,
+    row_label,
+    seeds_sentence,
+    short_column_name,
+)
 
 
 @dataclass(frozen=True)
@@ -327,9 +333,16 @@ def render(report: Report, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _summary_cell(cell: dict[str, Any] | None) -> str:
+# why a method has no cell in some summary column (lrb_table.column_applies)
+WHY_NOT_APPLICABLE = {
+    "transcoder": "A transcoder has no aligned encoder: its encoder reads one space, its decoder writes another.",
+    "clt": "A CLT runs neither self-anchoring nor the aligned encoder.",
+}
+
+
+def _summary_cell(cell: dict[str, Any] | None, method: str, variant: str) -> str:
     if cell is None:
-        return "not run"
+        return "not run" if column_applies(method, variant) else "does not apply"
     text = f"{100 * cell['M_GT_mean']:.1f} / {100 * cell['M_GT_dec_mean']:.1f}, {cell['fvu_mean']:.3f}"
     return text + (" (degenerate)" if cell["degenerate"] else "")
 
@@ -344,7 +357,7 @@ def render_summary(summary: Summary, root: Path) -> str:
         + " | Goal met by |",
         "|---" * (len(SUMMARY_COLUMNS) + 2) + "|",
     ]
-    met_rows, met_without_truth = [], []
+    met_rows, met_without_truth, without_columns = [], [], []
     for name in summary.reports:
         results = json.loads((root / by_name[name].results).read_text())
         cells = aggregate(results["rows"], results["config"]["seeds"])
@@ -357,14 +370,17 @@ def render_summary(summary: Summary, root: Path) -> str:
                 if any(column in NO_GROUND_TRUTH for column in met):
                     met_without_truth.append(label)
             label += f" ({','.join(map(str, seeds))})"
-            cells_text = [_summary_cell(mine.get(column)) for column, _ in SUMMARY_COLUMNS]
+            cells_text = [_summary_cell(mine.get(column), key[1], column[0]) for column, _ in SUMMARY_COLUMNS]
+            if "does not apply" in cells_text:
+                without_columns.append(key[1])
             goal_text = ", ".join(short_column_name(*column) for column in met) or "none"
             lines.append(f"| {label} | " + " | ".join(cells_text) + f" | {goal_text} |")
     n_rows = len(lines) - 2
     lines += [
         "",
         "Each cell: encoder M_GT % / decoder M_GT %, FVU; the mean over the row's held-out seeds. Only the "
-        "anchored column uses ground truth (its anchors, which are not scored).",
+        "anchored column uses ground truth (its anchors, which are not scored)."
+        + "".join(f" {WHY_NOT_APPLICABLE[method]}" for method in dict.fromkeys(without_columns)),
         "",
         f"The goal is met on {len(met_rows)} of {n_rows} rows"
         + (f" ({'; '.join(met_rows)})" if met_rows else "")

@@ -129,6 +129,16 @@ def build_sae(
     return sae_class(config_class(d_in=d_in, d_sae=preset.d_sae, device=device, **settings))
 
 
+def column_applies(method: str, variant: str) -> bool:
+    """Whether ``method`` runs the column of ``variant``: a transcoder has no aligned encoder (its encoder and
+    decoder live in different spaces), a CLT runs only ``CLT_VARIANTS`` (no self-anchoring)."""
+    if method == "transcoder":
+        return variant != "aligned"
+    if method == "clt":
+        return variant in CLT_VARIANTS
+    return True
+
+
 def _jobs(
     preset: LRBPreset,
     methods: tuple[str, ...],
@@ -138,8 +148,8 @@ def _jobs(
     seeds: tuple[int, ...],
 ) -> list[tuple[int, str, str, int | None, str, str]]:
     """(seed, interference, method, k, resampling, variant) in run order: a table row's every seed and
-    column before the next row, so that a partial run holds whole rows. Transcoders skip ``aligned``
-    (their encoder and decoder live in different spaces); CLTs run only ``CLT_VARIANTS`` (no self-anchoring)."""
+    column before the next row, so that a partial run holds whole rows; only the columns each method has
+    (:func:`column_applies`)."""
     jobs = []
     for mode in interference:
         for method in methods:
@@ -155,11 +165,8 @@ def _jobs(
             for k in method_ks:
                 for seed in seeds:
                     for variant, strategy in columns:
-                        if variant == "aligned" and method == "transcoder":
-                            continue
-                        if method == "clt" and variant not in CLT_VARIANTS:
-                            continue
-                        jobs.append((seed, mode, method, k, strategy, variant))
+                        if column_applies(method, variant):
+                            jobs.append((seed, mode, method, k, strategy, variant))
     return jobs
 
 

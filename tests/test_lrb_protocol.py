@@ -12,7 +12,15 @@ import sdl_anchor as sa
 from sdl_anchor.cli import main
 from sdl_anchor.eval.lrb_presets import PRESETS, PROTOCOL_COLUMNS
 from sdl_anchor.eval.lrb_protocol import aggregate, degenerate_reasons, flag_degenerate, goal, held_out_seeds
-from sdl_anchor.eval.lrb_report import REPORTS, SUMMARIES, claims, render_summary, stale_pages, updated_page
+from sdl_anchor.eval.lrb_report import (
+    REPORTS,
+    SUMMARIES,
+    SUMMARY_COLUMNS,
+    claims,
+    render_summary,
+    stale_pages,
+    updated_page,
+)
 from sdl_anchor.eval.lrb_table import format_table, run_lrb_bench, select_columns
 
 ROOT = Path(__file__).parents[1]
@@ -373,6 +381,38 @@ def test_the_summary_reads_every_row_of_its_reports_and_goes_stale_with_them(tmp
     assert "self+theory" not in negative_line()
     stale = stale_pages(tmp_path, write=False)
     assert {"README.md (paper-cpu)", "docs/results.md (paper-cpu)"} <= set(stale)
+
+
+def test_the_summary_tells_a_column_a_method_lacks_from_one_that_was_not_run(tmp_path):
+    """A transcoder has no aligned encoder: its summary cell says the column does not apply, and the legend
+    says why; a column a row simply did not run says "not run"."""
+    import shutil
+
+    for report in REPORTS:
+        for relative in (report.results, *report.pages):
+            (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / relative, tmp_path / relative)
+    summary = next(s for s in SUMMARIES if s.name == "paper-cpu")
+    assert "does not apply" not in render_summary(summary, tmp_path)
+    by_name = {report.name: report for report in REPORTS}
+    planted = tmp_path / by_name["paper-cpu-heldout"].results
+    results = json.loads(planted.read_text())
+    results["rows"] = [
+        {**row, "method": "transcoder", "label": "Transcoder"}
+        for row in results["rows"]
+        if row["variant"] != "aligned"
+    ]
+    planted.write_text(json.dumps(results))
+    planted = tmp_path / by_name["paper-cpu-heldout-negative"].results
+    results = json.loads(planted.read_text())
+    results["rows"] = [row for row in results["rows"] if row["variant"] != "aligned"]
+    planted.write_text(json.dumps(results))
+    text = render_summary(summary, tmp_path)
+    transcoder = text.split("| Transcoder, bounded")[1].split("\n")[0].split(" | ")
+    negative = text.split("| TopK k=32, negative")[1].split("\n")[0].split(" | ")
+    aligned = 1 + [heading for _, heading in SUMMARY_COLUMNS].index("Aligned encoder + theory")
+    assert transcoder[aligned] == "does not apply" and negative[aligned] == "not run"
+    assert text.count("A transcoder has no aligned encoder") == 1
 
 
 @pytest.mark.parametrize("command", [["bench", "lrb", "--preset", "smoke"], ["bench", "perf"]])
