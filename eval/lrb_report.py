@@ -164,6 +164,12 @@ SUMMARY_COLUMNS = (
 NO_GROUND_TRUTH = {("plain", "none"), ("plain", "theory"), ("self_anchored", "theory"), ("aligned", "theory")}
 
 
+def at_l0(config: dict[str, Any]) -> str:
+    """``" at L0 N"`` for a row whose columns were matched to an L0 target, else ``""``."""
+    target = config.get("l0_target")
+    return "" if target is None else f" at L0 {target:g}"
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -223,7 +229,7 @@ def claims(results: dict[str, Any]) -> list[str]:
         mode, method, k = key
         seeds = sorted({seed for cell in mine.values() for seed in cell["seeds"]})
         parts = [
-            f"**{row_label(method, k)}, {mode} interference** (seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}):"
+            f"**{row_label(method, k)}{at_l0(results['config'])}, {mode} interference** (seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}):"
         ]
         plain = mine.get(("plain", "none"))
         if plain is not None:
@@ -363,7 +369,7 @@ def render_summary(summary: Summary, root: Path) -> str:
         cells = aggregate(results["rows"], results["config"]["seeds"])
         for key, mine in _table_rows(cells):
             seeds = sorted({seed for cell in mine.values() for seed in cell["seeds"]})
-            label = f"{row_label(key[1], key[2])}, {key[0]}"
+            label = f"{row_label(key[1], key[2])}{at_l0(results['config'])}, {key[0]}"
             met = [column for column, cell in mine.items() if cell.get("goal")]
             if met:
                 met_rows.append(label)

@@ -46,6 +46,7 @@ from sdl_anchor.eval.lrb_presets import (
 )
 from sdl_anchor.eval.lrb_protocol import aggregate, cell_key, column_key, flag_degenerate, held_out_seeds
 from sdl_anchor.eval.paper_numbers import PAPER_LABELS, paper_numbers, paper_source
+from sdl_anchor.integrations.l0_control import COEFFICIENT_NAMES
 from sdl_anchor.integrations.training import train_on_bench
 from sdl_anchor.io import atomic_write, write_json
 from sdl_anchor.lrb.bench import LinearRepresentationBench
@@ -127,6 +128,26 @@ def build_sae(
         d_in = bench.config.d_in  # per layer
     sae_class, config_class = get_sae_training_class(architecture_for(method, variant, preset))
     return sae_class(config_class(d_in=d_in, d_sae=preset.d_sae, device=device, **settings))
+
+
+def check_l0_target(l0_target: Any, methods: tuple[str, ...]) -> None:
+    """Refuse an L0 target that is not a positive number, or one for a method whose L0 is not a coefficient's
+    doing (the TopK family keeps k latents per input)."""
+    if (
+        isinstance(l0_target, bool)
+        or not isinstance(l0_target, (int, float))
+        or not 0 < l0_target < float("inf")
+    ):
+        raise ValueError(
+            f"the L0 target must be a positive number of active latents per input, got {l0_target!r}"
+        )
+    fixed = [method for method in methods if method not in COEFFICIENT_NAMES]
+    if fixed:
+        raise ValueError(
+            f"an L0 target applies to standard (ReLU) and jumprelu SAEs, whose sparsity is a coefficient; "
+            f"{', '.join(fixed)} keep{'s' * (len(fixed) == 1)} k latents per input (choose their k with --k or "
+            "the preset)"
+        )
 
 
 def column_applies(method: str, variant: str) -> bool:
@@ -216,6 +237,7 @@ def run_lrb_bench(
     seed: int | None = None,
     seeds: tuple[int, ...] | None = None,
     n_steps: int | None = None,
+    l0_target: float | None = None,
     progress: bool = True,
     previous: dict[str, Any] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -224,6 +246,8 @@ def run_lrb_bench(
     ``methods`` defaults to the preset's, the columns to the preset's (``select_columns``: ``variants`` and
     ``resampling`` select); ``ks`` selects TopK rows. ``seeds`` (or one ``seed``; default the development
     seed) each seed the bench's features, codes and anchors, the coder's initialisation and the data order.
+    ``l0_target`` (ReLU and JumpReLU only) matches every column's L0 to it by an L0 controller on the
+    sparsity coefficient, so the row compares columns at one L0.
 
     ``previous`` (an earlier results dict of the same preset and settings) resumes: its rows are kept and
     not rerun, and ``wall_seconds`` adds up over the runs. ``on_row`` receives the results so far after
@@ -247,6 +271,8 @@ def run_lrb_bench(
     if resampling is not None:
         check_choices(resampling, RESAMPLING, "resampling")
     check_choices(interference, ("bounded", "negative"), "interference")
+    if l0_target is not None:
+        check_l0_target(l0_target, methods)
     columns = select_columns(preset, variants, resampling)
     jobs = _jobs(preset, methods, ks, columns, interference, seeds)
     if not jobs:
@@ -262,6 +288,7 @@ def run_lrb_bench(
         "dev_seed": DEV_SEED,
         "held_out_seeds": held_out_seeds(seeds),
         "tau": 0.95,
+        "l0_target": l0_target,
     }
     rows: list[dict[str, Any]] = []
     benches: dict[str, dict[str, Any]] = {}
@@ -311,7 +338,18 @@ def run_lrb_bench(
         bar.set_postfix_str(f"{row_label(method, k, strategy)} {variant} seed {run_seed}")
         rows.append(
             _train_and_score(
-                preset, bench, dataset, anchors, mode, method, k, strategy, variant, run_seed, device
+                preset,
+                bench,
+                dataset,
+                anchors,
+                mode,
+                method,
+                k,
+                strategy,
+                variant,
+                run_seed,
+                device,
+                l0_target,
             )
         )
         if on_row is not None:
@@ -379,6 +417,7 @@ def _train_and_score(
     variant: str,
     seed: int,
     device: str,
+    l0_target: float | None = None,
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     sae = build_sae(method, preset, bench, device, variant, k)
@@ -404,6 +443,7 @@ def _train_and_score(
         else ResamplingConfig(strategy=strategy, seed=seed, **preset.resampling_for(method, k)),
         recovery_every=max(1, training["n_steps"] // points) if points else None,
         exclude=anchors.indices,  # every row, plain ones too, scored on the table's features
+        l0_target=l0_target,
     )
     train_seconds = time.perf_counter() - started
     scores = {
@@ -453,6 +493,9 @@ def _row(
     settings.update(preset.anchor_settings(variant, method, k))
     if strategy != "none":
         settings["resampling"] = sae.cfg.metadata.resampling  # the strategy and each event's record
+    l0_control = getattr(sae.cfg.metadata, "l0_control", None)
+    if l0_control is not None:
+        settings["l0_control"] = l0_control  # the target and the coefficient the controller ended at
     curve = getattr(sae.cfg.metadata, "recovery_curve", None)
     return {
         "method": method,
@@ -520,6 +563,12 @@ def _paper_cell(paper: tuple[float, float | None] | None) -> str:
     return f"{100 * paper[0]:>6.1f}% / {m_ip}"
 
 
+def l0_matched(config: dict[str, Any]) -> str:
+    """``", L0 matched to N ..."`` for results run with an L0 target, else ``""``."""
+    target = config.get("l0_target")
+    return "" if target is None else f", every column's L0 matched to {target:g} by its sparsity coefficient"
+
+
 def seeds_sentence(config: dict[str, Any]) -> str:
     """Which seeds a table reports, and whether they are held out."""
     reported = held_out_seeds(config["seeds"])
@@ -539,8 +588,8 @@ def format_table(results: dict[str, Any]) -> str:
     columns = _columns(cells)
     lines = [
         f"LRB (preset {config['name']}; n={config['n_features']}, d={config['d_in']}, width={config['d_sae']}, "
-        f"S={config['sparsity']}, M={config['max_interference']}, {config['n_anchors']} anchors not scored); "
-        f"encoder M_GT %, tau=0.95, {seeds_sentence(config)}",
+        f"S={config['sparsity']}, M={config['max_interference']}, {config['n_anchors']} anchors not scored"
+        f"{l0_matched(config)}); encoder M_GT %, tau=0.95, {seeds_sentence(config)}",
         f"{'interference':<12} {'method':<12} "
         + " ".join(f"{short_column_name(*c):>15}" for c in columns)
         + f" | {'paper plain':>14} {'paper anchors':>14}",

@@ -24,6 +24,7 @@ from sdl_anchor.feature_indices import check_feature_indices
 from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.compat import quiet_trainer
 from sdl_anchor.integrations.cross_layer_transcoder import CLTConfigFields
+from sdl_anchor.integrations.l0_control import COEFFICIENT_NAMES, L0Controller
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.sparse_step import record_kernels
@@ -110,6 +111,20 @@ def check_coder_kind(sae: TrainingSAE[Any], bench: LinearRepresentationBench) ->
         raise ValueError(f"the CLT has n_layers={sae.cfg.n_layers} but the bench has {bench.n_layers} layers")
 
 
+def _attach_l0_controller(trainer: PairedSAETrainer, l0_target: float) -> L0Controller:
+    """An L0 controller on the SAE's sparsity coefficient (``l1`` for ReLU, ``l0`` for JumpReLU), attached to
+    ``trainer``; a coder without one (TopK family: its L0 is its k) is refused."""
+    names = [name for name in COEFFICIENT_NAMES.values() if name in trainer.coefficient_schedulers]
+    if not names:
+        raise ValueError(
+            f"l0_target steers a ReLU (l1) or JumpReLU (l0) SAE's sparsity coefficient; "
+            f"{type(trainer.sae).__name__} has none (a TopK-family coder keeps k latents per input: set its k)"
+        )
+    controller = L0Controller(target=float(l0_target), coefficient=names[0])
+    trainer.step_callbacks.append(controller)
+    return controller
+
+
 def train_on_bench(
     sae: TrainingSAE[Any],
     bench: LinearRepresentationBench,
@@ -129,6 +144,7 @@ def train_on_bench(
     resampling: ResamplingConfig | None = None,
     recovery_every: int | None = None,
     exclude: torch.Tensor | list[int] | None = None,
+    l0_target: float | None = None,
 ) -> TrainingSAE[Any]:
     """Train ``sae`` for ``n_steps`` batches of LRB data and return it.
 
@@ -142,7 +158,10 @@ def train_on_bench(
     and kept in ``sae.cfg.metadata.recovery_curve`` as ``[{"step": ..., "M_GT": ..., "M_GT_live": ...,
     "n_live": ..., ...}, ...]``. The curve and the evaluator's ``lrb/*`` scores leave out the ``exclude``
     features (default: the coder's own anchored features); pass the anchors' indices to score a plain coder
-    on the same features as an anchored one beside it.
+    on the same features as an anchored one beside it. With ``l0_target`` (ReLU and JumpReLU SAEs, whose
+    sparsity is a coefficient, not a k) an :class:`~sdl_anchor.integrations.l0_control.L0Controller` steers
+    that coefficient toward ``l0_target`` active latents per input, and ``sae.cfg.metadata.l0_control``
+    records the target, the coefficient's start and end and the last step's batch L0.
     """
     if not hasattr(sae, "cfg") or not hasattr(sae, "training_forward_pass"):
         raise ValueError("sae must be a SAELens TrainingSAE (e.g. TopKTrainingSAE(cfg))")
@@ -164,6 +183,14 @@ def train_on_bench(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if l0_target is not None and (
+        isinstance(l0_target, bool)
+        or not isinstance(l0_target, (int, float))
+        or not 0 < l0_target < float("inf")
+    ):
+        raise ValueError(
+            f"l0_target must be a positive number of active latents per input, got {l0_target!r}"
+        )
     if dataset is not None and dataset.bench is not bench:
         raise ValueError("dataset was drawn from a different bench")
     device = str(device if device is not None else bench.device)
@@ -209,6 +236,7 @@ def train_on_bench(
         trainer = resampling_class(
             cfg=trainer_config, sae=sae, data_provider=provider, evaluator=evaluator, resampling=resampling
         )
+    controller = None if l0_target is None else _attach_l0_controller(trainer, l0_target)
     own_run = trainer_config.logger.log_to_wandb and wandb.run is None
     if own_run:
         wandb.init(
@@ -232,6 +260,14 @@ def train_on_bench(
     if recovery_every is not None:
         curve.append(_recovery_point(trained, bench, n_steps, scored_without))
         trained.cfg.metadata.recovery_curve = curve
+    if controller is not None:
+        trained.cfg.metadata.l0_control = {
+            "target": float(l0_target),
+            "coefficient": controller.coefficient,
+            "initial_value": controller.initial,
+            "final_value": controller.last[2],
+            "final_batch_l0": controller.last[1],
+        }
     if isinstance(trainer, ResamplingSAETrainer):
         trained.cfg.metadata.resampling = {
             "strategy": trainer.resampling.strategy,

@@ -194,6 +194,23 @@ def test_the_smoke_preset_runs_the_whole_path_in_seconds(tmp_path, capsys):
     assert "Total wall time" in capsys.readouterr().out
 
 
+def test_an_l0_target_reaches_every_column_and_the_table_and_is_refused_for_topk(tmp_path, capsys):
+    """``--l0-target`` puts an L0 controller on every column of a ReLU row (the train_on_bench test checks
+    that it steers); results.json and the table say the row was L0-matched; a TopK row is refused."""
+    command = ["bench", "lrb", "--preset", "smoke", "--methods", "standard", "--resampling", "none"]
+    assert main([*command, "--variants", "plain,anchored", "--l0-target", "6", "--out", str(tmp_path)]) == 0
+    assert "every column's L0 matched to 6 by its sparsity coefficient" in capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["l0_target"] == 6.0
+    assert [r["settings"]["l0_control"]["target"] for r in results["rows"]] == [6.0, 6.0]
+    assert [r["settings"]["l0_control"]["coefficient"] for r in results["rows"]] == ["l1", "l1"]
+    assert main(["bench", "lrb", "--preset", "smoke", "--l0-target", "6", "--out", str(tmp_path / "k")]) == 2
+    assert "topk keeps k latents per input" in capsys.readouterr().err
+    assert main([*command, "--l0-target", "0", "--out", str(tmp_path / "zero")]) == 2
+    assert "L0 target must be a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "k").exists() and not (tmp_path / "zero").exists()
+
+
 def test_the_paper_cpu_preset_is_the_paper_s_configuration():
     from sdl_anchor.eval.lrb_presets import PRESETS, PROTOCOL_COLUMNS
     from sdl_anchor.resampling import ResamplingConfig

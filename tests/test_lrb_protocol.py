@@ -299,6 +299,9 @@ def test_a_relu_rows_claims_use_its_own_goal_and_name_the_lowest_l0(protocol_run
     assert "Lowest L0: aligned+theory (12.0); lowest FVU: " in text
     assert "95.0%" not in text
     assert "Stock SAELens: " in text and "AuxK" not in text  # SAELens's AuxK loss is the TopK family's
+    results["config"]["l0_target"] = 20.0  # the same row, its columns matched to L0 20 (--l0-target 20)
+    assert "**ReLU SAE at L0 20, bounded interference**" in claims(results)[0]
+    assert "every column's L0 matched to 20 by its sparsity coefficient" in format_table(results)
 
 
 def test_the_committed_pages_say_what_their_results_say():

@@ -1,6 +1,11 @@
 import pytest
 import torch
-from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens import (
+    StandardTrainingSAE,
+    StandardTrainingSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+)
 from sae_lens.synthetic import (
     SyntheticModel,
     SyntheticSAERunner,
@@ -50,6 +55,39 @@ def test_train_on_bench_rejects_mismatches(bench):
         sa.train_on_bench(
             TopKTrainingSAE(TopKTrainingSAEConfig(d_in=20, d_sae=48, k=3)), transcoder_bench, n_steps=1
         )
+
+
+def test_an_l0_target_steers_a_relu_sae_to_it(bench):
+    """Left alone at a small L1 coefficient, a ReLU SAE fires most of its latents; with an L0 target of 8 the
+    controller raises the coefficient until about 8 fire, and the SAE's metadata says where it ended."""
+
+    def trained_l0(l0_target):
+        torch.manual_seed(0)
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=20, d_sae=96, l1_coefficient=1e-3))
+        sa.train_on_bench(
+            sae, bench, n_steps=400, batch_size=256, lr=3e-3, show_progress=False, l0_target=l0_target
+        )
+        x = bench.sample(2048, torch.Generator().manual_seed(1)).x_in
+        return sae, float((sae.encode(x) != 0).float().sum(-1).mean())
+
+    free, free_l0 = trained_l0(None)
+    steered, steered_l0 = trained_l0(8)
+    assert free_l0 > 40 and steered_l0 == pytest.approx(8, abs=2)
+    control = steered.cfg.metadata.l0_control
+    assert (control["target"], control["coefficient"], control["initial_value"]) == (8.0, "l1", 1e-3)
+    assert control["final_value"] > 100 * control["initial_value"]
+    assert control["final_batch_l0"] == pytest.approx(8, abs=3)
+    assert getattr(free.cfg.metadata, "l0_control", None) is None
+
+
+def test_an_l0_target_is_refused_where_no_coefficient_sets_l0(bench):
+    topk = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=20, d_sae=48, k=3))
+    with pytest.raises(ValueError, match="keeps k latents per input: set its k"):
+        sa.train_on_bench(topk, bench, n_steps=5, show_progress=False, l0_target=8)
+    relu = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=20, d_sae=48))
+    for bad in (0, -2.0, True, float("nan"), "8"):
+        with pytest.raises(ValueError, match="l0_target must be a positive number"):
+            sa.train_on_bench(relu, bench, n_steps=5, show_progress=False, l0_target=bad)
 
 
 def test_exported_synthetic_model_samples_the_bench_exactly(bench):

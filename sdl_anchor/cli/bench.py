@@ -64,6 +64,13 @@ def add_parsers(commands: Any) -> None:
         help="comma-separated interference modes: bounded,negative",
     )
     lrb.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
+    lrb.add_argument(
+        "--l0-target",
+        type=float,
+        default=None,
+        help="ReLU (standard) and JumpReLU only: steer every column's sparsity coefficient so that its L0 is "
+        "this many active latents per input (an L0 controller), to compare the columns at one L0",
+    )
     seeds = lrb.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="one seed (default 0, the development seed)")
     seeds.add_argument(
@@ -312,6 +319,7 @@ def bench_lrb(args: argparse.Namespace) -> int:
         seed=args.seed,
         seeds=None if args.seeds is None else tuple(args.seeds),
         n_steps=args.steps,
+        l0_target=args.l0_target,
         progress=not args.no_progress,
         previous=previous,
         on_row=lambda partial: write_json(out / "results.json", partial),
