@@ -46,7 +46,7 @@ from sdl_anchor.eval.lrb_presets import (
 )
 from sdl_anchor.eval.lrb_protocol import aggregate, cell_key, column_key, flag_degenerate, held_out_seeds
 from sdl_anchor.eval.paper_numbers import PAPER_LABELS, paper_numbers, paper_source
-from sdl_anchor.integrations.l0_control import COEFFICIENT_NAMES
+from sdl_anchor.integrations.l0_control import COEFFICIENT_NAMES, check_l0_target
 from sdl_anchor.integrations.training import train_on_bench
 from sdl_anchor.io import atomic_write, write_json
 from sdl_anchor.lrb.bench import LinearRepresentationBench
@@ -130,17 +130,10 @@ def build_sae(
     return sae_class(config_class(d_in=d_in, d_sae=preset.d_sae, device=device, **settings))
 
 
-def check_l0_target(l0_target: Any, methods: tuple[str, ...]) -> None:
+def check_l0_target_fits(l0_target: Any, methods: tuple[str, ...]) -> None:
     """Refuse an L0 target that is not a positive number, or one for a method whose L0 is not a coefficient's
     doing (the TopK family keeps k latents per input)."""
-    if (
-        isinstance(l0_target, bool)
-        or not isinstance(l0_target, (int, float))
-        or not 0 < l0_target < float("inf")
-    ):
-        raise ValueError(
-            f"the L0 target must be a positive number of active latents per input, got {l0_target!r}"
-        )
+    check_l0_target(l0_target, "the L0 target")
     fixed = [method for method in methods if method not in COEFFICIENT_NAMES]
     if fixed:
         raise ValueError(
@@ -272,7 +265,7 @@ def run_lrb_bench(
         check_choices(resampling, RESAMPLING, "resampling")
     check_choices(interference, ("bounded", "negative"), "interference")
     if l0_target is not None:
-        check_l0_target(l0_target, methods)
+        check_l0_target_fits(l0_target, methods)
     columns = select_columns(preset, variants, resampling)
     jobs = _jobs(preset, methods, ks, columns, interference, seeds)
     if not jobs:

@@ -21,6 +21,14 @@ from typing import Any
 COEFFICIENT_NAMES = {"standard": "l1", "jumprelu": "l0"}  # SAELens's coefficient of each architecture
 
 
+def check_l0_target(value: object, name: str = "l0_target") -> float:
+    """``value`` as a float when it is a positive, finite number of active latents per input; else a
+    ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive number of active latents per input, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class L0Controller:
     """Steers SAELens's coefficient ``coefficient`` ("l1" for ReLU SAEs, "l0" for JumpReLU) toward

@@ -24,7 +24,7 @@ from sdl_anchor.feature_indices import check_feature_indices
 from sdl_anchor.integrations.coder_hooks import coder_kind
 from sdl_anchor.integrations.compat import quiet_trainer
 from sdl_anchor.integrations.cross_layer_transcoder import CLTConfigFields
-from sdl_anchor.integrations.l0_control import COEFFICIENT_NAMES, L0Controller
+from sdl_anchor.integrations.l0_control import COEFFICIENT_NAMES, L0Controller, check_l0_target
 from sdl_anchor.integrations.paired_trainer import PairedSAETrainer
 from sdl_anchor.integrations.resampling_trainer import ResamplingSAETrainer
 from sdl_anchor.integrations.sparse_step import record_kernels
@@ -120,7 +120,7 @@ def _attach_l0_controller(trainer: PairedSAETrainer, l0_target: float) -> L0Cont
             f"l0_target steers a ReLU (l1) or JumpReLU (l0) SAE's sparsity coefficient; "
             f"{type(trainer.sae).__name__} has none (a TopK-family coder keeps k latents per input: set its k)"
         )
-    controller = L0Controller(target=float(l0_target), coefficient=names[0])
+    controller = L0Controller(target=l0_target, coefficient=names[0])
     trainer.step_callbacks.append(controller)
     return controller
 
@@ -183,14 +183,8 @@ def train_on_bench(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if l0_target is not None and (
-        isinstance(l0_target, bool)
-        or not isinstance(l0_target, (int, float))
-        or not 0 < l0_target < float("inf")
-    ):
-        raise ValueError(
-            f"l0_target must be a positive number of active latents per input, got {l0_target!r}"
-        )
+    if l0_target is not None:
+        l0_target = check_l0_target(l0_target)
     if dataset is not None and dataset.bench is not bench:
         raise ValueError("dataset was drawn from a different bench")
     device = str(device if device is not None else bench.device)
@@ -262,7 +256,7 @@ def train_on_bench(
         trained.cfg.metadata.recovery_curve = curve
     if controller is not None:
         trained.cfg.metadata.l0_control = {
-            "target": float(l0_target),
+            "target": l0_target,
             "coefficient": controller.coefficient,
             "initial_value": controller.initial,
             "final_value": controller.last[2],
