@@ -8,6 +8,8 @@ every table and plot, never counted as a win) when
   input, measured on the same inputs. A TopK-family coder's L0 is its k by construction, the same in every
   column of its row (the paper-size k=32 is already above 3 x 10), so for those the rule flags only an L0
   above k (a CLT's k per layer times its layers, ``k_all_layers``);
+* ``l0_target``: with an L0 target (``bench lrb --l0-target``), its L0 is more than 25% away from the target
+  (the controller could not steer it, so the row does not compare its columns at one L0);
 * ``decoder``: its decoder M_GT falls below the plain column's on the same seed and row (the coder found
   fewer features than stock SAELens, whatever its encoder scores).
 
@@ -38,6 +40,7 @@ METRICS = (
     "train_seconds",
 )
 L0_FACTOR = 3.0  # a cell whose L0 exceeds this many times the data's true L0 is degenerate
+L0_TARGET_TOLERANCE = 0.25  # with --l0-target, a cell whose L0 is further than this from it is not matched
 GOAL_M_GT = 0.95  # the TopK family's encoder M_GT goal
 GOAL_FVU_FACTOR = 1.1  # ... at FVU at most this many times plain's
 GOAL_L0_FACTOR = 2.0  # ReLU's and JumpReLU's L0 at most this many times plain's
@@ -63,6 +66,12 @@ def degenerate_reasons(row: dict[str, Any], plain: dict[str, Any] | None) -> lis
     l0_bound = max(L0_FACTOR * row["data_l0"], float(row.get("k_all_layers") or row["k"] or 0))
     if row["l0"] > l0_bound:
         reasons.append(f"L0 {row['l0']:.1f} > {l0_bound:.1f} (3 x the data's L0 {row['data_l0']:.1f}, or k)")
+    control = (row.get("settings") or {}).get("l0_control")
+    if control is not None and abs(row["l0"] / control["target"] - 1) > L0_TARGET_TOLERANCE:
+        reasons.append(
+            f"L0 {row['l0']:.1f} misses its target {control['target']:g} by more than "
+            f"{100 * L0_TARGET_TOLERANCE:.0f}%"
+        )
     if plain is not None and not is_plain(row) and row["M_GT_dec"] < plain["M_GT_dec"]:
         reasons.append(f"decoder M_GT {row['M_GT_dec']:.3f} < plain's {plain['M_GT_dec']:.3f}")
     return reasons

@@ -148,6 +148,22 @@ def test_degenerate_cells_are_planted_and_found():
     assert flag_degenerate([lost, plain])[0]["degenerate"]
 
 
+def test_a_cell_that_misses_its_l0_target_by_more_than_a_quarter_is_degenerate():
+    """With --l0-target a row compares its columns at one L0; a controller that could not steer (a JumpReLU
+    threshold that moves at the learning rate) leaves a cell off target, which is flagged, plain's too."""
+
+    def controlled(l0, variant="plain"):
+        return _row(variant=variant, l0=l0, settings={"l0_control": {"target": 20.0, "coefficient": "l0"}})
+
+    assert degenerate_reasons(controlled(24.9), None) == []
+    assert degenerate_reasons(controlled(15.1), None) == []
+    assert degenerate_reasons(controlled(25.7), None) == ["L0 25.7 misses its target 20 by more than 25%"]
+    assert degenerate_reasons(controlled(14.0, "anchored"), controlled(20.0)) == [
+        "L0 14.0 misses its target 20 by more than 25%"
+    ]
+    assert degenerate_reasons(_row(variant="plain", l0=25.7), None) == []  # no target, no such rule
+
+
 def test_the_aggregate_leaves_out_the_development_seed_and_reports_spread():
     rows = flag_degenerate(
         [
