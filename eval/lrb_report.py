@@ -118,6 +118,13 @@ REPORTS = (
         ("README.md", "docs/results.md"),
     ),
     Report(
+        "paper-cpu-heldout-transcoder",
+        "docs/assets/paper-cpu-heldout-transcoder/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods transcoder "
+        "--out runs/paper-cpu-heldout-transcoder",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
         "synth-cpu",
         "docs/assets/synth-cpu/results.json",
         "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",
@@ -148,6 +155,7 @@ SUMMARIES = (
             "paper-cpu-heldout-negative",
             "paper-cpu-heldout-matryoshka",
             "paper-cpu-heldout-relu",
+            "paper-cpu-heldout-transcoder",
         ),
         ("README.md", "docs/results.md"),
     ),

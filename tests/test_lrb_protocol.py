@@ -412,7 +412,7 @@ def test_the_summary_tells_a_column_a_method_lacks_from_one_that_was_not_run(tmp
             (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / relative, tmp_path / relative)
     summary = next(s for s in SUMMARIES if s.name == "paper-cpu")
-    assert "does not apply" not in render_summary(summary, tmp_path)
+    assert "| TopK k=32, bounded" in render_summary(summary, tmp_path)
     by_name = {report.name: report for report in REPORTS}
     planted = tmp_path / by_name["paper-cpu-heldout"].results
     results = json.loads(planted.read_text())
@@ -427,6 +427,7 @@ def test_the_summary_tells_a_column_a_method_lacks_from_one_that_was_not_run(tmp
     results["rows"] = [row for row in results["rows"] if row["variant"] != "aligned"]
     planted.write_text(json.dumps(results))
     text = render_summary(summary, tmp_path)
+    assert "| TopK k=32, bounded" not in text  # the planted row is the first transcoder row
     transcoder = text.split("| Transcoder, bounded")[1].split("\n")[0].split(" | ")
     negative = text.split("| TopK k=32, negative")[1].split("\n")[0].split(" | ")
     aligned = 1 + [heading for _, heading in SUMMARY_COLUMNS].index("Aligned encoder + theory")
