@@ -125,6 +125,13 @@ REPORTS = (
         ("README.md", "docs/results.md"),
     ),
     Report(
+        "paper-cpu-heldout-transcoder-negative",
+        "docs/assets/paper-cpu-heldout-transcoder-negative/results.json",
+        "sdl-anchor bench lrb --preset paper-cpu --seeds 1,2,3 --methods transcoder --interference negative "
+        "--out runs/paper-cpu-heldout-transcoder-negative",
+        ("README.md", "docs/results.md"),
+    ),
+    Report(
         "synth-cpu",
         "docs/assets/synth-cpu/results.json",
         "sdl-anchor bench synth --preset synth-cpu --out runs/synth-cpu",
@@ -156,6 +163,7 @@ SUMMARIES = (
             "paper-cpu-heldout-matryoshka",
             "paper-cpu-heldout-relu",
             "paper-cpu-heldout-transcoder",
+            "paper-cpu-heldout-transcoder-negative",
         ),
         ("README.md", "docs/results.md"),
     ),
