@@ -393,7 +393,7 @@ def render_summary(summary: Summary, root: Path) -> str:
                     met_without_truth.append(label)
             label += f" ({','.join(map(str, seeds))})"
             cells_text = [_summary_cell(mine.get(column), key[1], column[0]) for column, _ in SUMMARY_COLUMNS]
-            if "does not apply" in cells_text:
+            if not all(column_applies(key[1], column[0]) for column, _ in SUMMARY_COLUMNS):
                 without_columns.append(key[1])
             goal_text = ", ".join(short_column_name(*column) for column in met) or "none"
             lines.append(f"| {label} | " + " | ".join(cells_text) + f" | {goal_text} |")
